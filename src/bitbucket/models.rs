@@ -1,0 +1,240 @@
+//! Payloads of the Bitbucket Cloud REST API 2.0, decoded leniently.
+//!
+//! Shared by the client (which decodes them) and the simulator (which
+//! serialises them). Every field that Bitbucket may omit is an `Option` or
+//! defaults to empty, unknown fields are ignored, and dates keep the offset
+//! Bitbucket sent. See `shared/bitbucket-api.md` for the facts behind each
+//! choice.
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+/// One page of a paged collection. Only `values` and `next` are guaranteed;
+/// commit pages carry nothing else ("iterator" pagination).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items of this page.
+    #[serde(default = "Vec::new")]
+    pub values: Vec<T>,
+    /// Absolute URL of the next page; absent on the last page. Opaque:
+    /// follow it as given, never build one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Page size the server used (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagelen: Option<u32>,
+    /// Total number of items; only some collections send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// 1-based page number; only some collections send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u64>,
+}
+
+/// A repository as listed by `GET /repositories/{workspace}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repository {
+    /// Braced, immutable identity (`{6f0b…}`): survives renames.
+    pub uuid: String,
+    /// URL slug; newer schema copies omit it, see [`Repository::slug`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slug: Option<String>,
+    /// `workspace/slug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<String>,
+    /// Human name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The default branch; missing or `null` means the repository has no commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mainbranch: Option<Branch>,
+    /// Last update time (moves on pushes in practice; not documented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_on: Option<DateTime<FixedOffset>>,
+    /// Whether the repository is private.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_private: Option<bool>,
+}
+
+impl Repository {
+    /// The slug, falling back to the part of `full_name` after `/` when the
+    /// payload lacks `slug`.
+    pub fn slug(&self) -> Option<&str> {
+        match &self.slug {
+            Some(s) if !s.is_empty() => Some(s.as_str()),
+            _ => self
+                .full_name
+                .as_deref()
+                .and_then(|f| f.split_once('/'))
+                .map(|(_, s)| s)
+                .filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// Name of the default branch, if the repository has one.
+    pub fn default_branch(&self) -> Option<&str> {
+        self.mainbranch
+            .as_ref()
+            .map(|b| b.name.as_str())
+            .filter(|n| !n.is_empty())
+    }
+}
+
+/// A branch reference (`{"name":"main","type":"branch"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    /// Branch name; may contain `/`.
+    pub name: String,
+}
+
+/// A commit as listed by `GET …/commits/{revision}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    /// 40 hex digits.
+    pub hash: String,
+    /// ISO 8601 with the offset Bitbucket sent (usually `+00:00`).
+    pub date: DateTime<FixedOffset>,
+    /// The author; `user` is absent when the e-mail matches no account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Actor>,
+    /// The committer; newer than `author` in the API and may be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<Actor>,
+    /// Full commit message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Parent commits (0, 1 or more).
+    #[serde(default)]
+    pub parents: Vec<CommitRef>,
+}
+
+/// An author or committer: the raw `Name <email>` and, when Bitbucket
+/// matched it to an account, that account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Actor {
+    /// `Name <email>` as recorded in git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    /// The matching Bitbucket account, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+}
+
+/// A Bitbucket account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Braced account uuid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Atlassian account id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// Nickname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+}
+
+/// A reference to a commit (`parents` items).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRef {
+    /// 40 hex digits.
+    pub hash: String,
+}
+
+/// Bitbucket's error envelope: `{"type":"error","error":{…}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// The inner error object. `detail` is documented as a string but is an
+/// object for scope errors, so it is kept as raw JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Always present.
+    #[serde(default)]
+    pub message: String,
+    /// A string, or an object such as `{"granted":[…],"required":[…]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+    /// Extra data, e.g. `{"shas":[…]}` for unknown commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// Per-field errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Value>,
+    /// Error id for support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl ErrorDetail {
+    /// Scopes the credential has, when a 403 says so.
+    pub fn granted_scopes(&self) -> Option<Vec<String>> {
+        self.scope_list("granted")
+    }
+
+    /// Scopes the endpoint needs, when a 403 says so.
+    pub fn required_scopes(&self) -> Option<Vec<String>> {
+        self.scope_list("required")
+    }
+
+    fn scope_list(&self, key: &str) -> Option<Vec<String>> {
+        let list = self.detail.as_ref()?.get(key)?.as_array()?;
+        Some(
+            list.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+}
+
+/// The keep-only `fields=` list for repository listings: everything the
+/// crawler reads, and `next` so the page keeps its link.
+pub const REPOSITORY_FIELDS: &str = "values.uuid,values.slug,values.full_name,values.name,values.mainbranch.name,values.updated_on,values.is_private,next";
+
+/// The keep-only `fields=` list for commit pages.
+pub const COMMIT_FIELDS: &str = "values.hash,values.date,values.author.raw,values.author.user.display_name,values.author.user.uuid,values.author.user.account_id,values.committer.raw,values.committer.user.display_name,values.committer.user.uuid,values.committer.user.account_id,values.message,values.parents.hash,next";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_commit_without_user_or_committer() {
+        let json = r#"{"type":"commit","hash":"0123456789abcdef0123456789abcdef01234567",
+            "date":"2024-03-01T01:00:00+05:30","author":{"type":"author","raw":"A <a@x>"},
+            "message":"m","parents":[],"links":{"self":{"href":"x"}},"extra":1}"#;
+        let c: Commit = serde_json::from_str(json).unwrap();
+        assert_eq!(c.author.unwrap().user, None);
+        assert!(c.committer.is_none());
+        assert_eq!(c.date.offset().local_minus_utc(), 5 * 3600 + 1800);
+    }
+
+    #[test]
+    fn decodes_error_detail_as_string_or_object() {
+        let s: ErrorBody =
+            serde_json::from_str(r#"{"type":"error","error":{"message":"x","detail":"text"}}"#)
+                .unwrap();
+        assert_eq!(s.error.granted_scopes(), None);
+        let o: ErrorBody = serde_json::from_str(
+            r#"{"type":"error","error":{"message":"x","detail":{"granted":["account"],"required":["repository"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(o.error.granted_scopes().unwrap(), vec!["account"]);
+        assert_eq!(o.error.required_scopes().unwrap(), vec!["repository"]);
+    }
+
+    #[test]
+    fn slug_falls_back_to_full_name() {
+        let r: Repository =
+            serde_json::from_str(r#"{"uuid":"{u}","full_name":"acme/pay","mainbranch":null}"#)
+                .unwrap();
+        assert_eq!(r.slug(), Some("pay"));
+        assert_eq!(r.default_branch(), None);
+    }
+}

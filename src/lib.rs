@@ -1,0 +1,12 @@
+//! bbcrawl copies the default-branch commit history of every repository in a
+//! Bitbucket Cloud workspace into an embedded store and keeps it current.
+//!
+//! Module map (arrows point down, never back up):
+//! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
+//! - [`bitbucket`] the API: models, client (auth, pagination, origin check), retry, rate budget.
+//! - `verify`      the `verify` connection check and its DX-compatible error codes.
+//! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
+
+pub mod bitbucket;
+pub mod config;
+pub mod simulator;

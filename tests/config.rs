@@ -1,0 +1,1 @@
+//! Configuration: precedence, workspace URLs, secrets, errors.

@@ -1,0 +1,1 @@
+//! The simulator on its own: it must behave like the real Bitbucket API.
