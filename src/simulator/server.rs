@@ -475,16 +475,9 @@ impl Simulator {
         let mut rl_headers = Vec::new();
         let limit = self.inner.opts.requests_per_hour;
         if limit > 0 {
-            let now = Instant::now();
             let mut limits = lock(&self.inner.limits);
             let window = limits.entry(auth.identity.clone()).or_default();
-            while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600)) {
-                window.pop_front();
-            }
-            let over = window.len() >= limit as usize;
-            if !over {
-                window.push_back(now);
-            }
+            let over = !admit(window, Instant::now(), limit as usize);
             if auth.kind == Kind::AccessToken {
                 let remaining = (limit as usize).saturating_sub(window.len());
                 let near = remaining * 20 < limit as usize;
@@ -689,6 +682,23 @@ impl Simulator {
     }
 }
 
+/// The rolling one-hour window: forgets arrivals older than an hour, then
+/// admits (and records) `now` unless `limit` requests remain in the window.
+/// Refused requests are not recorded: Bitbucket does not count its 429s.
+fn admit(window: &mut std::collections::VecDeque<Instant>, now: Instant, limit: usize) -> bool {
+    while window
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(3600))
+    {
+        window.pop_front();
+    }
+    if window.len() >= limit {
+        return false;
+    }
+    window.push_back(now);
+    true
+}
+
 /// The `repository` scope check (`read:repository:bitbucket` for API tokens).
 fn scope_check(auth: &Auth) -> Option<Answer> {
     let (required, ok) = match auth.kind {
@@ -797,6 +807,19 @@ mod tests {
         tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
         assert!(decode_token(7, &String::from_utf8(tampered).unwrap()).is_none());
         assert!(decode_token(7, "2").is_none());
+    }
+
+    #[test]
+    fn rate_window_rolls_over_an_hour() {
+        let mut w = std::collections::VecDeque::new();
+        let t0 = Instant::now();
+        assert!(admit(&mut w, t0, 2));
+        assert!(admit(&mut w, t0 + Duration::from_secs(1800), 2));
+        assert!(!admit(&mut w, t0 + Duration::from_secs(3599), 2));
+        assert_eq!(w.len(), 2, "refusals are not counted");
+        assert!(admit(&mut w, t0 + Duration::from_secs(3600), 2));
+        assert!(!admit(&mut w, t0 + Duration::from_secs(3700), 2));
+        assert!(admit(&mut w, t0 + Duration::from_secs(5400), 2));
     }
 
     #[test]
