@@ -19,18 +19,66 @@ pub(crate) struct Person {
 
 /// The fixed cast: unicode names, a quote in a name, accounts and bots without one.
 pub(crate) const PEOPLE: [Person; 12] = [
-    Person { name: "Jane Doe", email: "jane@acme.io", account: Some(("Jane D.", "jdoe")) },
-    Person { name: "Zoë Ångström", email: "zoe@acme.io", account: Some(("Zoë Ångström", "zoe")) },
-    Person { name: "李雷", email: "li.lei@acme.io", account: Some(("李雷", "lilei")) },
-    Person { name: "José Núñez", email: "jose@acme.io", account: Some(("José N.", "jnunez")) },
-    Person { name: "Priya Sharma", email: "priya@acme.io", account: Some(("Priya Sharma", "priya")) },
-    Person { name: "build-bot", email: "ci@acme.io", account: None },
-    Person { name: "Olaf \"Ole\" Berg", email: "ole@example.org", account: None },
-    Person { name: "Søren Kierkegaard", email: "soren@acme.io", account: Some(("Søren K.", "soren")) },
-    Person { name: "Ana María O'Neil", email: "ana@acme.io", account: Some(("Ana María", "anamaria")) },
-    Person { name: "Raj Patel", email: "raj.patel@gmail.com", account: None },
-    Person { name: "Kim Min-jun 김민준", email: "minjun@acme.io", account: Some(("김민준", "minjun")) },
-    Person { name: "root", email: "root@localhost", account: None },
+    Person {
+        name: "Jane Doe",
+        email: "jane@acme.io",
+        account: Some(("Jane D.", "jdoe")),
+    },
+    Person {
+        name: "Zoë Ångström",
+        email: "zoe@acme.io",
+        account: Some(("Zoë Ångström", "zoe")),
+    },
+    Person {
+        name: "李雷",
+        email: "li.lei@acme.io",
+        account: Some(("李雷", "lilei")),
+    },
+    Person {
+        name: "José Núñez",
+        email: "jose@acme.io",
+        account: Some(("José N.", "jnunez")),
+    },
+    Person {
+        name: "Priya Sharma",
+        email: "priya@acme.io",
+        account: Some(("Priya Sharma", "priya")),
+    },
+    Person {
+        name: "build-bot",
+        email: "ci@acme.io",
+        account: None,
+    },
+    Person {
+        name: "Olaf \"Ole\" Berg",
+        email: "ole@example.org",
+        account: None,
+    },
+    Person {
+        name: "Søren Kierkegaard",
+        email: "soren@acme.io",
+        account: Some(("Søren K.", "soren")),
+    },
+    Person {
+        name: "Ana María O'Neil",
+        email: "ana@acme.io",
+        account: Some(("Ana María", "anamaria")),
+    },
+    Person {
+        name: "Raj Patel",
+        email: "raj.patel@gmail.com",
+        account: None,
+    },
+    Person {
+        name: "Kim Min-jun 김민준",
+        email: "minjun@acme.io",
+        account: Some(("김민준", "minjun")),
+    },
+    Person {
+        name: "root",
+        email: "root@localhost",
+        account: None,
+    },
 ];
 
 impl Person {
@@ -113,7 +161,8 @@ pub(crate) fn message(node: &Node) -> String {
     } else if roll < 500 {
         msg.push_str("\n\n");
         for _ in 0..1 + rng.below(4) {
-            msg.push_str(*rng.pick(&BODY_LINES[..]));
+            let line: &&str = rng.pick(&BODY_LINES);
+            msg.push_str(line);
             msg.push('\n');
         }
     } else {
@@ -123,7 +172,11 @@ pub(crate) fn message(node: &Node) -> String {
 }
 
 /// Characters escaped in path segments: everything but unreserved ones.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Percent-encodes one path segment (branch names may contain `/`).
 pub(crate) fn enc(segment: &str) -> String {
@@ -200,7 +253,12 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn api_repo(&self) -> String {
-        format!("{}/2.0/repositories/{}/{}", self.origin, enc(self.ws), enc(&self.repo.slug))
+        format!(
+            "{}/2.0/repositories/{}/{}",
+            self.origin,
+            enc(self.ws),
+            enc(&self.repo.slug)
+        )
     }
 
     fn html_repo(&self) -> String {
@@ -243,8 +301,14 @@ impl Ctx<'_> {
         let mut m = Map::new();
         m.insert("type".into(), json!("commit"));
         m.insert("hash".into(), json!(hash));
-        m.insert("date".into(), json!(iso(&datetime(node.time, node.offset_min))));
-        m.insert("author".into(), actor_json(self.origin, "author", node.author as usize));
+        m.insert(
+            "date".into(),
+            json!(iso(&datetime(node.time, node.offset_min))),
+        );
+        m.insert(
+            "author".into(),
+            actor_json(self.origin, "author", node.author as usize),
+        );
         if node.committer != NO_COMMITTER {
             m.insert(
                 "committer".into(),

@@ -128,7 +128,10 @@ mod tests {
         assert!(v["values"][0].get("links").is_none());
         assert_eq!(v["next"], "n");
         let v = apply(page(), "values.hash,+values.committer");
-        assert_eq!(v["values"][0], json!({"hash": "a", "committer": {"raw": "c"}}));
+        assert_eq!(
+            v["values"][0],
+            json!({"hash": "a", "committer": {"raw": "c"}})
+        );
         assert_eq!(apply(page(), "+committer"), page());
         let v = apply(page(), "values.*.self");
         assert_eq!(v["values"][1], json!({"links": {"self": {"href": "y"}}}));

@@ -258,10 +258,29 @@ pub struct Simulator {
 
 /// Repository names for generated worlds (numbered when there are more repositories).
 const REPO_NAMES: [&str; 24] = [
-    "payments-api", "web-app", "mobile-ios", "mobile-android", "data-pipeline", "auth-service",
-    "infra-terraform", "design-system", "search-indexer", "billing-worker", "docs-site",
-    "analytics-etl", "notification-hub", "gateway", "ml-models", "cli-tools", "config-repo",
-    "legacy-monolith", "email-templates", "feature-flags", "load-tests", "sdk-python", "sdk-go",
+    "payments-api",
+    "web-app",
+    "mobile-ios",
+    "mobile-android",
+    "data-pipeline",
+    "auth-service",
+    "infra-terraform",
+    "design-system",
+    "search-indexer",
+    "billing-worker",
+    "docs-site",
+    "analytics-etl",
+    "notification-hub",
+    "gateway",
+    "ml-models",
+    "cli-tools",
+    "config-repo",
+    "legacy-monolith",
+    "email-templates",
+    "feature-flags",
+    "load-tests",
+    "sdk-python",
+    "sdk-go",
     "status-page",
 ];
 
@@ -275,7 +294,7 @@ impl Simulator {
             queue: VecDeque::new(),
             rng: Rng::new(opts.seed ^ 0xFA17_FA17),
         };
-        let secret = mix(opts.seed ^ 0x70CE_5EC2_E7);
+        let secret = mix(opts.seed ^ 0x0070_CE5E_C2E7);
         Simulator {
             inner: Arc::new(Inner {
                 opts,
@@ -328,7 +347,12 @@ impl Simulator {
         );
         sim.add_repo(
             &ws,
-            RepoSpec { slug: "empty-repo".to_owned(), mainbranch: None, commits: 0, merges: false },
+            RepoSpec {
+                slug: "empty-repo".to_owned(),
+                mainbranch: None,
+                commits: 0,
+                merges: false,
+            },
         );
         sim.add_repo(
             &ws,
@@ -363,7 +387,11 @@ impl Simulator {
         let mut world = self.world();
         if world.workspace(ws).is_none() {
             let uuid = world.next_rng().uuid();
-            world.workspaces.push(Workspace { name: ws.to_owned(), uuid, repos: Vec::new() });
+            world.workspaces.push(Workspace {
+                name: ws.to_owned(),
+                uuid,
+                repos: Vec::new(),
+            });
         }
     }
 
@@ -398,7 +426,12 @@ impl Simulator {
     /// `GET …/commits` (all branches) differ from the default branch.
     pub fn add_branch(&self, ws: &str, slug: &str, name: &str, n: usize) -> Vec<String> {
         self.change(ws, slug, |repo| {
-            let base = repo.mainbranch.as_ref().and_then(|b| repo.branches.get(b)).copied().flatten();
+            let base = repo
+                .mainbranch
+                .as_ref()
+                .and_then(|b| repo.branches.get(b))
+                .copied()
+                .flatten();
             let before = repo.graph.nodes.len();
             let tip = repo.grow(base, n, false);
             repo.branches.insert(name.to_owned(), tip);
@@ -434,7 +467,10 @@ impl Simulator {
         let now = world.now;
         // Indices, not the slug, find the repository again: `f` may rename it.
         let wi = world.workspaces.iter().position(|w| w.name == ws)?;
-        let ri = world.workspaces[wi].repos.iter().position(|r| r.slug == slug)?;
+        let ri = world.workspaces[wi]
+            .repos
+            .iter()
+            .position(|r| r.slug == slug)?;
         let repo = &mut world.workspaces[wi].repos[ri];
         // New commits are dated after everything that happened so far.
         repo.clock = repo.clock.max(now);
@@ -541,7 +577,12 @@ impl Simulator {
         let Some(repo) = world.repo_mut(ws, slug) else {
             return Vec::new();
         };
-        let tip = repo.mainbranch.as_ref().and_then(|b| repo.branches.get(b)).copied().flatten();
+        let tip = repo
+            .mainbranch
+            .as_ref()
+            .and_then(|b| repo.branches.get(b))
+            .copied()
+            .flatten();
         let walk = repo.walk(tip.into_iter().collect(), Vec::new());
         walk.iter().map(|&i| sim_commit(&repo.graph, i)).collect()
     }
@@ -558,7 +599,11 @@ impl Simulator {
     /// Every request received so far, in arrival order (including ones
     /// answered with faults or errors).
     pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.inner.log).records.iter().map(|(_, r)| r.clone()).collect()
+        lock(&self.inner.log)
+            .records
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// Forgets the request log.
@@ -575,7 +620,11 @@ impl Simulator {
 
 /// Hashes of the commits appended since `before`, newest first.
 fn new_hashes(g: &Graph, before: usize) -> Vec<String> {
-    g.nodes[before..].iter().rev().map(|n| hex(&n.hash)).collect()
+    g.nodes[before..]
+        .iter()
+        .rev()
+        .map(|n| hex(&n.hash))
+        .collect()
 }
 
 fn sim_commit(g: &Graph, idx: u32) -> SimCommit {
@@ -589,7 +638,11 @@ fn sim_commit(g: &Graph, idx: u32) -> SimCommit {
         committer_raw: (n.committer != NO_COMMITTER)
             .then(|| PEOPLE[n.committer as usize % PEOPLE.len()].raw()),
         message: message(n),
-        parents: n.parents().iter().map(|&p| hex(&g.nodes[p as usize].hash)).collect(),
+        parents: n
+            .parents()
+            .iter()
+            .map(|&p| hex(&g.nodes[p as usize].hash))
+            .collect(),
     }
 }
 

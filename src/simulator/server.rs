@@ -69,7 +69,11 @@ pub(super) fn serve(sim: Simulator, listener: TcpListener) -> std::io::Result<Si
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(sim, listener, addr, stop_rx));
-    Ok(SimServer { addr, stop, task: Some(task) })
+    Ok(SimServer {
+        addr,
+        stop,
+        task: Some(task),
+    })
 }
 
 /// Resolves when shutdown was requested (or the server handle is gone).
@@ -81,7 +85,12 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-async fn accept_loop(sim: Simulator, listener: TcpListener, addr: SocketAddr, stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    sim: Simulator,
+    listener: TcpListener,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
     let stopping = stopped(stop.clone());
     tokio::pin!(stopping);
     loop {
@@ -161,17 +170,29 @@ impl Answer {
     }
 
     fn text(status: u16, content_type: &'static str, body: &str) -> Answer {
-        Answer { status, content_type, headers: Vec::new(), body: Bytes::from(body.to_owned()) }
+        Answer {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: Bytes::from(body.to_owned()),
+        }
     }
 
     fn unauthorized(message: &str) -> Answer {
         let mut a = Answer::error(401, message, None);
-        a.headers.push(("www-authenticate", "Basic realm=\"Bitbucket.org HTTP\"".to_owned()));
+        a.headers.push((
+            "www-authenticate",
+            "Basic realm=\"Bitbucket.org HTTP\"".to_owned(),
+        ));
         a
     }
 
     fn rate_limited(retry_after: Option<String>) -> Answer {
-        let mut a = Answer::text(429, "text/plain", "Rate limit for this resource has been exceeded");
+        let mut a = Answer::text(
+            429,
+            "text/plain",
+            "Rate limit for this resource has been exceeded",
+        );
         if let Some(r) = retry_after {
             a.headers.push(("retry-after", r));
         }
@@ -191,7 +212,9 @@ impl Answer {
     }
 
     fn into_response(self) -> Response<Body> {
-        let body = Full::new(self.body.clone()).map_err(|never| match never {}).boxed_unsync();
+        let body = Full::new(self.body.clone())
+            .map_err(|never| match never {})
+            .boxed_unsync();
         self.head().body(body).unwrap_or_else(|_| fallback())
     }
 
@@ -204,7 +227,8 @@ impl Answer {
         }
         let full_len = self.body.len();
         let part = self.body.slice(..full_len / 2);
-        let first = futures::stream::once(async move { Ok::<_, std::io::Error>(Frame::data(part)) });
+        let first =
+            futures::stream::once(async move { Ok::<_, std::io::Error>(Frame::data(part)) });
         let rest = futures::stream::once(async move {
             // Let hyper flush the first half before the connection goes.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -221,7 +245,11 @@ impl Answer {
 
 /// A response that cannot fail to build (used if a header was unusable).
 fn fallback() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     r
 }
@@ -238,11 +266,18 @@ struct ApiRequest {
 
 impl ApiRequest {
     fn param(&self, key: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn all(&self, key: &str) -> Vec<&str> {
-        self.params.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+        self.params
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -262,9 +297,17 @@ async fn handle(
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let auth = sim.authenticate(&parts.headers);
-    let id = sim.log_start(&method, &path, &query, auth.as_ref().ok().map(|a| a.identity.clone()));
+    let id = sim.log_start(
+        &method,
+        &path,
+        &query,
+        auth.as_ref().ok().map(|a| a.identity.clone()),
+    );
 
-    let mut params = query.as_deref().map(|q| pairs(q.as_bytes())).unwrap_or_default();
+    let mut params = query
+        .as_deref()
+        .map(|q| pairs(q.as_bytes()))
+        .unwrap_or_default();
     if method == "POST" {
         // Bounded: a test double must not be exhausted by a runaway client.
         if let Ok(collected) = Limited::new(body, 1 << 20).collect().await {
@@ -277,7 +320,12 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .map(|h| format!("http://{h}"))
         .unwrap_or_else(|| format!("http://{local}"));
-    let api = ApiRequest { method, path, params, origin };
+    let api = ApiRequest {
+        method,
+        path,
+        params,
+        origin,
+    };
 
     let latency = sim.inner.opts.latency;
     if !latency.is_zero() {
@@ -346,7 +394,13 @@ fn status_answer(code: u16) -> Answer {
 }
 
 impl Simulator {
-    fn log_start(&self, method: &str, path: &str, query: &Option<String>, credential: Option<String>) -> u64 {
+    fn log_start(
+        &self,
+        method: &str,
+        path: &str,
+        query: &Option<String>,
+        credential: Option<String>,
+    ) -> u64 {
         let mut log = lock(&self.inner.log);
         let id = log.next_id;
         log.next_id += 1;
@@ -413,7 +467,12 @@ impl Simulator {
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
             for c in &world.credentials {
-                if let SimCredential::AccessToken { token, scopes, workspaces } = c {
+                if let SimCredential::AccessToken {
+                    token,
+                    scopes,
+                    workspaces,
+                } = c
+                {
                     if token == rest {
                         return Ok(Auth {
                             identity: token.clone(),
@@ -426,7 +485,9 @@ impl Simulator {
             }
             // Bitbucket gives this message for API tokens sent as Bearer and
             // for any other unknown bearer token.
-            return Err("Token is invalid, expired, or not supported for this endpoint.".to_owned());
+            return Err(
+                "Token is invalid, expired, or not supported for this endpoint.".to_owned(),
+            );
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             return Err(INVALID.to_owned());
@@ -439,9 +500,12 @@ impl Simulator {
         let (user, pass) = decoded.split_once(':').ok_or_else(|| INVALID.to_owned())?;
         for c in &world.credentials {
             match c {
-                SimCredential::ApiToken { email, token, scopes, workspaces }
-                    if email.eq_ignore_ascii_case(user) && token == pass =>
-                {
+                SimCredential::ApiToken {
+                    email,
+                    token,
+                    scopes,
+                    workspaces,
+                } if email.eq_ignore_ascii_case(user) && token == pass => {
                     return Ok(Auth {
                         identity: email.clone(),
                         kind: Kind::ApiToken,
@@ -450,9 +514,12 @@ impl Simulator {
                     });
                 }
                 // Exact username only: an e-mail in its place fails with 401.
-                SimCredential::AppPassword { username, password, scopes, workspaces }
-                    if username == user && password == pass =>
-                {
+                SimCredential::AppPassword {
+                    username,
+                    password,
+                    scopes,
+                    workspaces,
+                } if username == user && password == pass => {
                     return Ok(Auth {
                         identity: username.clone(),
                         kind: Kind::AppPassword,
@@ -467,7 +534,12 @@ impl Simulator {
     }
 
     /// Authentication, rate limit and routing of one request.
-    fn respond(&self, req: &ApiRequest, auth: Result<Auth, String>, foreign: Option<&str>) -> Answer {
+    fn respond(
+        &self,
+        req: &ApiRequest,
+        auth: Result<Auth, String>,
+        foreign: Option<&str>,
+    ) -> Answer {
         let auth = match auth {
             Ok(a) => a,
             Err(message) => return Answer::unauthorized(&message),
@@ -486,7 +558,8 @@ impl Simulator {
                 rl_headers.push(("x-ratelimit-nearlimit", near.to_string()));
             }
             if over {
-                let mut a = Answer::rate_limited(self.inner.opts.retry_after.map(|s| s.to_string()));
+                let mut a =
+                    Answer::rate_limited(self.inner.opts.retry_after.map(|s| s.to_string()));
                 a.headers.extend(rl_headers);
                 return a;
             }
@@ -503,7 +576,11 @@ impl Simulator {
         };
         let mut segs: Vec<String> = rest
             .split('/')
-            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
             .collect();
         if segs.last().is_some_and(String::is_empty) {
             segs.pop();
@@ -562,7 +639,14 @@ impl Simulator {
         let end = (start + pagelen).min(total);
         let values: Vec<Value> = w.repos[start..end]
             .iter()
-            .map(|repo| Ctx { origin: &req.origin, ws, repo }.repository(&w.uuid))
+            .map(|repo| {
+                Ctx {
+                    origin: &req.origin,
+                    ws,
+                    repo,
+                }
+                .repository(&w.uuid)
+            })
             .collect();
         drop(world);
         let mut body = json!({"pagelen": pagelen, "size": total, "page": page, "values": values});
@@ -595,7 +679,12 @@ impl Simulator {
         let Some(repo) = w.repos.iter().find(|r| r.slug == slug) else {
             return repo_not_found(ws, slug);
         };
-        let v = Ctx { origin: &req.origin, ws, repo }.repository(&w.uuid);
+        let v = Ctx {
+            origin: &req.origin,
+            ws,
+            repo,
+        }
+        .repository(&w.uuid);
         drop(world);
         finish_page(v, req)
     }
@@ -609,12 +698,24 @@ impl Simulator {
             Resolved::Commit(i) | Resolved::Branch(Some(i)) => i,
             _ => return commit_not_found(&[rev]),
         };
-        let v = Ctx { origin: &req.origin, ws, repo }.commit(&repo.graph, idx);
+        let v = Ctx {
+            origin: &req.origin,
+            ws,
+            repo,
+        }
+        .commit(&repo.graph, idx);
         drop(world);
         finish_page(v, req)
     }
 
-    fn commits(&self, req: &ApiRequest, ws: &str, slug: &str, rev: Option<String>, foreign: Option<&str>) -> Answer {
+    fn commits(
+        &self,
+        req: &ApiRequest,
+        ws: &str,
+        slug: &str,
+        rev: Option<String>,
+        foreign: Option<&str>,
+    ) -> Answer {
         let pagelen = match pagelen(req, 30) {
             Ok(p) => p,
             Err(a) => return a,
@@ -630,7 +731,11 @@ impl Simulator {
             if state.repo != repo.uuid {
                 return invalid_page();
             }
-            let map = |hs: &[String]| hs.iter().map(|h| repo.any_commit(h)).collect::<Option<Vec<u32>>>();
+            let map = |hs: &[String]| {
+                hs.iter()
+                    .map(|h| repo.any_commit(h))
+                    .collect::<Option<Vec<u32>>>()
+            };
             let (Some(t), Some(x)) = (map(&state.tips), map(&state.excludes)) else {
                 return invalid_page();
             };
@@ -643,7 +748,10 @@ impl Simulator {
             if rev.is_none() {
                 tips = repo.all_tips();
             }
-            for (list, names) in [(&mut tips, revs.collect::<Vec<_>>()), (&mut excludes, req.all("exclude"))] {
+            for (list, names) in [
+                (&mut tips, revs.collect::<Vec<_>>()),
+                (&mut excludes, req.all("exclude")),
+            ] {
                 for name in names {
                     match repo.resolve(name) {
                         Resolved::Branch(t) => list.extend(t),
@@ -660,18 +768,39 @@ impl Simulator {
         let walk = repo.walk(tips.clone(), excludes.clone());
         let start = offset.min(walk.len());
         let end = (start + pagelen).min(walk.len());
-        let ctx = Ctx { origin: &req.origin, ws, repo };
-        let values: Vec<Value> = walk[start..end].iter().map(|&i| ctx.commit(&repo.graph, i)).collect();
+        let ctx = Ctx {
+            origin: &req.origin,
+            ws,
+            repo,
+        };
+        let values: Vec<Value> = walk[start..end]
+            .iter()
+            .map(|&i| ctx.commit(&repo.graph, i))
+            .collect();
         let next = (end < walk.len()).then(|| {
-            let hashes = |v: &[u32]| v.iter().map(|&i| hex(&repo.graph.nodes[i as usize].hash)).collect();
-            let state = TokenState { repo: repo.uuid.clone(), tips: hashes(&tips), excludes: hashes(&excludes), offset: end };
+            let hashes = |v: &[u32]| {
+                v.iter()
+                    .map(|&i| hex(&repo.graph.nodes[i as usize].hash))
+                    .collect()
+            };
+            let state = TokenState {
+                repo: repo.uuid.clone(),
+                tips: hashes(&tips),
+                excludes: hashes(&excludes),
+                offset: end,
+            };
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             q.append_pair("pagelen", &pagelen.to_string());
             if let Some(f) = req.param("fields") {
                 q.append_pair("fields", f);
             }
             q.append_pair("page", &encode_token(self.inner.secret, &state));
-            format!("{}{}?{}", foreign.unwrap_or(&req.origin), req.path, q.finish())
+            format!(
+                "{}{}?{}",
+                foreign.unwrap_or(&req.origin),
+                req.path,
+                q.finish()
+            )
         });
         drop(world);
         let mut body = json!({"values": values, "pagelen": pagelen});
@@ -705,20 +834,30 @@ fn scope_check(auth: &Auth) -> Option<Answer> {
         Kind::ApiToken => (
             "read:repository:bitbucket",
             auth.scopes.iter().any(|s| {
-                matches!(s.as_str(), "read:repository:bitbucket" | "write:repository:bitbucket" | "admin:repository:bitbucket")
+                matches!(
+                    s.as_str(),
+                    "read:repository:bitbucket"
+                        | "write:repository:bitbucket"
+                        | "admin:repository:bitbucket"
+                )
             }),
         ),
         // Broader repository scopes imply read access.
         Kind::AccessToken | Kind::AppPassword => (
             "repository",
-            auth.scopes.iter().any(|s| s == "repository" || s.starts_with("repository:")),
+            auth.scopes
+                .iter()
+                .any(|s| s == "repository" || s.starts_with("repository:")),
         ),
     };
     (!ok).then(|| {
         Answer::error(
             403,
             "Your credentials lack one or more required privilege scopes.",
-            Some(("detail", json!({"granted": auth.scopes, "required": [required]}))),
+            Some((
+                "detail",
+                json!({"granted": auth.scopes, "required": [required]}),
+            )),
         )
     })
 }
@@ -742,7 +881,11 @@ fn repo_not_found(ws: &str, slug: &str) -> Answer {
 }
 
 fn commit_not_found(shas: &[&str]) -> Answer {
-    Answer::error(404, "Commit not found", Some(("data", json!({"shas": shas}))))
+    Answer::error(
+        404,
+        "Commit not found",
+        Some(("data", json!({"shas": shas}))),
+    )
 }
 
 fn finish_page(body: Value, req: &ApiRequest) -> Answer {
@@ -763,7 +906,13 @@ struct TokenState {
 }
 
 fn encode_token(secret: u64, s: &TokenState) -> String {
-    let payload = format!("{}|{}|{}|{}", s.repo, s.tips.join(","), s.excludes.join(","), s.offset);
+    let payload = format!(
+        "{}|{}|{}|{}",
+        s.repo,
+        s.tips.join(","),
+        s.excludes.join(","),
+        s.offset
+    );
     let mut bytes = payload.into_bytes();
     let sig = mac(secret, &bytes);
     bytes.extend_from_slice(&sig);
@@ -782,14 +931,24 @@ fn decode_token(secret: u64, token: &str) -> Option<TokenState> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.split('|');
     let repo = parts.next()?.to_owned();
-    let list = |s: &str| -> Vec<String> { s.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect() };
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
     let tips = list(parts.next()?);
     let excludes = list(parts.next()?);
     let offset = parts.next()?.parse().ok()?;
     if parts.next().is_some() {
         return None;
     }
-    Some(TokenState { repo, tips, excludes, offset })
+    Some(TokenState {
+        repo,
+        tips,
+        excludes,
+        offset,
+    })
 }
 
 #[cfg(test)]
@@ -798,7 +957,12 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_tampering() {
-        let s = TokenState { repo: "{r}".into(), tips: vec!["a".repeat(40)], excludes: vec![], offset: 30 };
+        let s = TokenState {
+            repo: "{r}".into(),
+            tips: vec!["a".repeat(40)],
+            excludes: vec![],
+            offset: 30,
+        };
         let t = encode_token(7, &s);
         let d = decode_token(7, &t).expect("valid token decodes");
         assert_eq!((d.repo.as_str(), d.offset, d.tips.len()), ("{r}", 30, 1));

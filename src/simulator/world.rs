@@ -90,6 +90,9 @@ pub(crate) enum Resolved {
     Unknown,
 }
 
+/// Sorted tip indices and sorted exclude indices of a walk.
+pub(crate) type WalkKey = (Vec<u32>, Vec<u32>);
+
 /// A generated commit's clock and randomness live in the repository, so a
 /// repository's history depends only on the seed and its creation order.
 #[derive(Debug)]
@@ -110,7 +113,7 @@ pub(crate) struct Repo {
     pub clock: i64,
     /// Walk cache keyed by (sorted tips, sorted excludes). Never invalidated:
     /// the arena is append-only, so a walk from fixed commits never changes.
-    pub walks: HashMap<(Vec<u32>, Vec<u32>), Arc<Vec<u32>>>,
+    pub walks: HashMap<WalkKey, Arc<Vec<u32>>>,
 }
 
 /// Above this many cached walks a repository forgets them all (a crude bound
