@@ -934,3 +934,50 @@ fn large_branch_pages_without_rewalking() {
     // Generous for debug builds: it is the cached walk that keeps it fast.
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+/// Scale check (run with `--ignored --nocapture`, ideally `--release`):
+/// 1,000 repositories × 1,000 commits generated, then paged through the API.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn scale_1000_repos_of_1000_commits() {
+    let t = std::time::Instant::now();
+    let sim = Simulator::demo(SimOptions {
+        repos: 1000,
+        commits: 1000,
+        requests_per_hour: 0,
+        ..SimOptions::default()
+    });
+    println!("generated in {:?}", t.elapsed());
+    let srv = start(&sim).await;
+    let t = std::time::Instant::now();
+    let mut total = 0;
+    for r in sim.repos("acme").iter().take(100) {
+        let Some(b) = &r.mainbranch else { continue };
+        let url = format!(
+            "{}/repositories/acme/{}/commits/{}?pagelen=100&fields={}",
+            srv.api_url(),
+            r.slug,
+            b.replace('/', "%2F"),
+            bbcrawl::bitbucket::models::COMMIT_FIELDS
+        );
+        let c = reqwest::Client::new();
+        let mut next = Some(url);
+        while let Some(u) = next {
+            let v: Value = c
+                .get(&u)
+                .bearer_auth("sim-access-token")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            total += v["values"].as_array().unwrap().len();
+            next = v.get("next").and_then(Value::as_str).map(str::to_owned);
+        }
+    }
+    println!(
+        "paged {total} commits of 100 repositories in {:?}",
+        t.elapsed()
+    );
+}

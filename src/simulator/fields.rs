@@ -38,6 +38,33 @@ pub fn apply(value: Value, spec: &str) -> Value {
     value
 }
 
+/// The top-level keys of `values` items that a `fields` specification can
+/// keep; `None` when it may keep all of them (no keep-only list, or a
+/// wildcard). Lets the server skip building what would be thrown away.
+pub fn kept_item_keys(spec: Option<&str>) -> Option<Vec<String>> {
+    let spec = spec?;
+    let items: Vec<&str> = spec.split(',').filter(|s| !s.is_empty()).collect();
+    if !items
+        .iter()
+        .any(|i| !i.starts_with('-') && !i.starts_with('+'))
+    {
+        return None;
+    }
+    let mut keys = Vec::new();
+    for item in items.iter().filter(|i| !i.starts_with('-')) {
+        let path = item.trim_start_matches('+');
+        let mut segs = path.split('.');
+        match (segs.next(), segs.next()) {
+            (Some("values" | "*"), None) | (Some("*"), _) | (Some("values"), Some("*")) => {
+                return None
+            }
+            (Some("values"), Some(key)) => keys.push(key.to_owned()),
+            _ => {}
+        }
+    }
+    Some(keys)
+}
+
 /// What survives of `value` when only `paths` (relative to it) are kept.
 fn keep_paths(value: &Value, paths: &[&[&str]]) -> Option<Value> {
     if paths.iter().any(|p| p.is_empty()) {
@@ -118,6 +145,22 @@ mod tests {
             json!({"values": [{"hash": "a", "parents": []}, {"hash": "b", "parents": [{"hash": "a"}]}]})
         );
         assert_eq!(apply(page(), "values.hash,next")["next"], "n");
+    }
+
+    #[test]
+    fn kept_item_keys_lists_what_to_build() {
+        use super::kept_item_keys;
+        assert_eq!(kept_item_keys(None), None);
+        assert_eq!(kept_item_keys(Some("-links")), None);
+        assert_eq!(kept_item_keys(Some("values.*.raw")), None);
+        assert_eq!(
+            kept_item_keys(Some("values.hash,values.author.raw,next,+values.committer")),
+            Some(vec![
+                "hash".to_owned(),
+                "author".to_owned(),
+                "committer".to_owned()
+            ])
+        );
     }
 
     #[test]

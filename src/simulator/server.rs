@@ -703,7 +703,8 @@ impl Simulator {
             ws,
             repo,
         }
-        .commit(&repo.graph, idx);
+        // One commit is small: build it whole and let `fields` cut it.
+        .commit(&repo.graph, idx, &|_| true);
         drop(world);
         finish_page(v, req)
     }
@@ -773,9 +774,11 @@ impl Simulator {
             ws,
             repo,
         };
+        let keys = fields::kept_item_keys(req.param("fields"));
+        let want = |k: &str| keys.as_ref().is_none_or(|ks| ks.iter().any(|x| x == k));
         let values: Vec<Value> = walk[start..end]
             .iter()
-            .map(|&i| ctx.commit(&repo.graph, i))
+            .map(|&i| ctx.commit(&repo.graph, i, &want))
             .collect();
         let next = (end < walk.len()).then(|| {
             let hashes = |v: &[u32]| {
