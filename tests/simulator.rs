@@ -749,6 +749,22 @@ async fn renames_and_deletions() {
     );
     assert_eq!(sim.repos(WS)[0].uuid, uuid);
 
+    // The listing's `q` filter sees `updated_on` move.
+    let since = repo.updated_on.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
+    let q: String =
+        url::form_urlencoded::byte_serialize(format!("updated_on>={since}").as_bytes()).collect();
+    let v = get(&format!("{api}/repositories/{WS}?q={q}")).await.json();
+    assert_eq!(
+        (v["size"].as_u64(), v["values"][0]["slug"].as_str()),
+        (Some(1), Some("renamed"))
+    );
+    assert_eq!(
+        get(&format!("{api}/repositories/{WS}?q=bogus"))
+            .await
+            .status,
+        400
+    );
+
     sim.delete_repo(WS, "gone");
     let listed = get(&format!("{api}/repositories/{WS}")).await.json();
     assert_eq!(listed["size"], 1);

@@ -13,6 +13,7 @@
 
 mod content;
 mod fields;
+mod query;
 mod rng;
 mod server;
 mod world;

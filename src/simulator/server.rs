@@ -25,8 +25,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::content::Ctx;
+use super::query::Filter;
 use super::rng::mac;
-use super::world::{hex, Resolved};
+use super::world::{hex, Repo, Resolved};
 use super::{fields, lock, Fault, RequestRecord, RetryAfter, SimCredential, Simulator};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -634,10 +635,20 @@ impl Simulator {
         let Some(w) = world.workspace(ws) else {
             return Answer::error(404, &format!("No workspace with identifier '{ws}'."), None);
         };
-        let total = w.repos.len();
+        let filter = match req.param("q").map(Filter::parse) {
+            None => None,
+            Some(Some(f)) => Some(f),
+            Some(None) => return Answer::error(400, "Invalid query", None),
+        };
+        let repos: Vec<&Repo> = w
+            .repos
+            .iter()
+            .filter(|r| filter.as_ref().is_none_or(|f| f.matches(ws, r)))
+            .collect();
+        let total = repos.len();
         let start = (page - 1).saturating_mul(pagelen).min(total);
         let end = (start + pagelen).min(total);
-        let values: Vec<Value> = w.repos[start..end]
+        let values: Vec<Value> = repos[start..end]
             .iter()
             .map(|repo| {
                 Ctx {
