@@ -561,6 +561,7 @@ async fn rate_limit_answers_429_in_text() {
 async fn injected_faults_are_seen_by_the_client() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("r", 100));
+    sim.add_repo(WS, RepoSpec::new("r2", 1));
     let srv = start(&sim).await;
     let url = format!("{}/repositories/{WS}/r/commits/main", srv.api_url());
     let c = reqwest::Client::new();
@@ -609,6 +610,15 @@ async fn injected_faults_are_seen_by_the_client() {
         .as_str()
         .unwrap()
         .starts_with("http://127.0.0.1:9/2.0/repositories/acme/r/commits/main?"));
+
+    sim.inject(None, vec![Fault::ForeignNext("http://127.0.0.1:9".into())]);
+    let v = get(&format!("{}/repositories/{WS}?pagelen=1", srv.api_url()))
+        .await
+        .json();
+    assert!(v["next"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:9/2.0/repositories/acme?"));
 
     // A path filter only consumes on matching requests.
     sim.inject(Some("/nomatch/"), vec![Fault::Status(500)]);

@@ -604,7 +604,7 @@ impl Simulator {
                     return Answer::error(404, &format!("No workspace with identifier '{ws}'."), None);
                 }
                 match tail {
-                    [] if get => self.list_repos(req, ws),
+                    [] if get => self.list_repos(req, ws, foreign),
                     [slug] if get => self.one_repo(req, ws, slug),
                     [slug, "commits"] if get || req.method == "POST" => {
                         self.commits(req, ws, slug, None, foreign)
@@ -621,7 +621,7 @@ impl Simulator {
         }
     }
 
-    fn list_repos(&self, req: &ApiRequest, ws: &str) -> Answer {
+    fn list_repos(&self, req: &ApiRequest, ws: &str, foreign: Option<&str>) -> Answer {
         let pagelen = match pagelen(req, 10) {
             Ok(p) => p,
             Err(a) => return a,
@@ -669,7 +669,12 @@ impl Simulator {
                 }
             }
             q.append_pair("page", &p.to_string());
-            format!("{}{}?{}", req.origin, req.path, q.finish())
+            format!(
+                "{}{}?{}",
+                foreign.unwrap_or(&req.origin),
+                req.path,
+                q.finish()
+            )
         };
         if let Value::Object(m) = &mut body {
             if end < total {
