@@ -3,10 +3,15 @@
 //!
 //! Module map (arrows point down, never back up):
 //! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
+//! - [`record`]    the domain: `CommitRecord` and its parts (SPEC section 4).
 //! - [`bitbucket`] the API: models, client (auth, pagination, origin check), retry, rate budget.
-//! - `verify`      the `verify` connection check and its DX-compatible error codes.
+//! - [`store`]     everything sled: key layout, schema version, atomic page writes, reachability.
+//! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
 
 pub mod bitbucket;
 pub mod config;
+pub mod record;
 pub mod simulator;
+pub mod store;
+pub mod verify;

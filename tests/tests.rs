@@ -1,5 +1,12 @@
 //! The one integration-test binary: each module tests one behaviour area of
 //! SPEC.md through the library or the real `bbcrawl` binary.
 
+mod util;
+
+mod client;
 mod config;
+mod ratelimit;
+mod secrets;
 mod simulator;
+mod store;
+mod verify;

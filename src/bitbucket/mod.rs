@@ -2,4 +2,11 @@
 //! origin checks), retry classification and the per-credential rate budget.
 //! Knows nothing of actors or the store.
 
+pub mod budget;
+pub mod client;
+pub mod error;
 pub mod models;
+
+pub use budget::{RateBudget, RateLimitBackoff};
+pub use client::{BitbucketClient, ClientOptions, Pager, RetryBackoff};
+pub use error::ApiError;

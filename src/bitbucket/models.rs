@@ -9,6 +9,8 @@
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
+use crate::record::{parse_raw, Author, CommitRecord, Committer};
+
 /// One page of a paged collection. Only `values` and `next` are guaranteed;
 /// commit pages carry nothing else ("iterator" pagination).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +192,59 @@ impl ErrorDetail {
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect(),
         )
+    }
+}
+
+impl Actor {
+    /// The author record (SPEC section 4) of an optional API actor.
+    pub fn to_author(actor: Option<&Actor>) -> Author {
+        let raw = actor.and_then(|a| a.raw.clone());
+        let (name, email) = raw.as_deref().map(parse_raw).unwrap_or((None, None));
+        let user = actor.and_then(|a| a.user.as_ref());
+        Author {
+            raw,
+            name,
+            email,
+            uuid: user.and_then(|u| u.uuid.clone()),
+            account_id: user.and_then(|u| u.account_id.clone()),
+            display_name: user.and_then(|u| u.display_name.clone()),
+        }
+    }
+
+    /// The committer record; `None` when Bitbucket sent no committer.
+    pub fn to_committer(actor: Option<&Actor>) -> Option<Committer> {
+        let raw = actor?.raw.clone();
+        let (name, email) = raw.as_deref().map(parse_raw).unwrap_or((None, None));
+        Some(Committer { raw, name, email })
+    }
+}
+
+impl Commit {
+    /// The stored record of this commit, found on `branch` of a repository.
+    pub fn to_record(
+        &self,
+        workspace: &str,
+        repo: &str,
+        repo_uuid: &str,
+        branch: &str,
+    ) -> CommitRecord {
+        CommitRecord {
+            workspace: workspace.to_owned(),
+            repo: repo.to_owned(),
+            repo_uuid: repo_uuid.to_owned(),
+            branch: branch.to_owned(),
+            hash: self.hash.to_ascii_lowercase(),
+            date: self.date,
+            author: Actor::to_author(self.author.as_ref()),
+            committer: Actor::to_committer(self.committer.as_ref()),
+            message: self.message.clone().unwrap_or_default(),
+            parents: self
+                .parents
+                .iter()
+                .map(|p| p.hash.to_ascii_lowercase())
+                .collect(),
+            reachable: true,
+        }
     }
 }
 

@@ -227,7 +227,9 @@ struct Log {
 
 /// Queued and random faults.
 struct Faults {
-    queue: VecDeque<(Option<String>, Fault)>,
+    /// `None` entries let one matching request through untouched
+    /// ([`Simulator::inject_after`]).
+    queue: VecDeque<(Option<String>, Option<Fault>)>,
     rng: Rng,
 }
 
@@ -237,6 +239,8 @@ struct Inner {
     world: Mutex<World>,
     log: Mutex<Log>,
     faults: Mutex<Faults>,
+    /// Latency added before every answer, in nanoseconds (changeable while serving).
+    latency_nanos: std::sync::atomic::AtomicU64,
     /// Per-credential arrival times of served requests in the last hour.
     limits: Mutex<HashMap<String, VecDeque<tokio::time::Instant>>>,
     /// Key signing page tokens; derived from the seed so tokens survive a
@@ -296,11 +300,13 @@ impl Simulator {
             rng: Rng::new(opts.seed ^ 0xFA17_FA17),
         };
         let secret = mix(opts.seed ^ 0x0070_CE5E_C2E7);
+        let latency_nanos = u64::try_from(opts.latency.as_nanos()).unwrap_or(u64::MAX);
         Simulator {
             inner: Arc::new(Inner {
                 opts,
                 world: Mutex::new(world),
                 log: Mutex::new(Log::default()),
+                latency_nanos: std::sync::atomic::AtomicU64::new(latency_nanos),
                 faults: Mutex::new(faults),
                 limits: Mutex::new(HashMap::new()),
                 secret,
@@ -593,8 +599,39 @@ impl Simulator {
     pub fn inject(&self, path_contains: Option<&str>, faults: Vec<Fault>) {
         let mut f = lock(&self.inner.faults);
         for fault in faults {
-            f.queue.push_back((path_contains.map(str::to_owned), fault));
+            f.queue
+                .push_back((path_contains.map(str::to_owned), Some(fault)));
         }
+    }
+
+    /// Like [`Simulator::inject`], but the first `n` matching requests pass
+    /// untouched before the faults apply.
+    pub fn inject_after(&self, n: usize, path_contains: Option<&str>, faults: Vec<Fault>) {
+        let mut f = lock(&self.inner.faults);
+        for _ in 0..n {
+            f.queue.push_back((path_contains.map(str::to_owned), None));
+        }
+        for fault in faults {
+            f.queue
+                .push_back((path_contains.map(str::to_owned), Some(fault)));
+        }
+    }
+
+    /// Changes the latency added before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.latency_nanos.store(
+            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The latency added before every answer.
+    pub fn latency(&self) -> Duration {
+        Duration::from_nanos(
+            self.inner
+                .latency_nanos
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Every request received so far, in arrival order (including ones

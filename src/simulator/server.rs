@@ -328,7 +328,7 @@ async fn handle(
         origin,
     };
 
-    let latency = sim.inner.opts.latency;
+    let latency = sim.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -439,7 +439,7 @@ impl Simulator {
             .iter()
             .position(|(p, _)| p.as_deref().is_none_or(|p| path.contains(p)))
         {
-            return f.queue.remove(pos).map(|(_, fault)| fault);
+            return f.queue.remove(pos).and_then(|(_, fault)| fault);
         }
         let rate = self.inner.opts.fault_rate;
         if rate > 0.0 && f.rng.chance(rate) {

@@ -1,0 +1,734 @@
+//! The HTTP client: authentication, paging, origin checks, body limits,
+//! error classification and retries. Every request goes through one
+//! [`RateBudget`] per credential and one concurrency limit.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoffBuilder;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use url::Url;
+
+use super::budget::{Outcome, RateBudget, RateLimitBackoff};
+use super::error::ApiError;
+use super::models::{Commit, ErrorBody, Page, Repository, COMMIT_FIELDS, REPOSITORY_FIELDS};
+use crate::config::{Config, Credential};
+
+/// Largest response body accepted (a commit page with long messages is a
+/// few MiB at most; anything bigger is a broken or hostile server).
+pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Characters kept literally in a path segment: RFC 3986 "unreserved".
+/// Everything else, `/` included, is percent-encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Backoff between retries of transient failures (5xx, timeouts, resets,
+/// broken bodies). 429s are paced by the budget's gate instead.
+#[derive(Clone, Debug)]
+pub struct RetryBackoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the client needs; built from a [`Config`] or by hand in tests.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// API base, e.g. `https://api.bitbucket.org/2.0`.
+    pub api_url: Url,
+    /// One or more credentials; requests are spread across them.
+    pub credentials: Vec<Credential>,
+    /// Budget per credential.
+    pub requests_per_hour: u32,
+    /// Concurrent requests in total.
+    pub max_in_flight: usize,
+    /// `pagelen` for listings and commits.
+    pub page_size: u32,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (headers and body).
+    pub request_timeout: Duration,
+    /// Retries per request for transient failures (429 included).
+    pub max_retries: u32,
+    /// Delays between transient retries.
+    pub retry_backoff: RetryBackoff,
+    /// Gate pauses after 429s without `Retry-After`.
+    pub rate_limit_backoff: RateLimitBackoff,
+}
+
+impl ClientOptions {
+    /// Options from a validated configuration.
+    pub fn from_config(cfg: &Config) -> ClientOptions {
+        ClientOptions {
+            api_url: cfg.api_url.clone(),
+            credentials: cfg.credentials.clone(),
+            requests_per_hour: cfg.requests_per_hour,
+            max_in_flight: cfg.max_in_flight,
+            page_size: cfg.page_size,
+            connect_timeout: cfg.connect_timeout,
+            request_timeout: cfg.request_timeout,
+            max_retries: cfg.max_retries,
+            retry_backoff: RetryBackoff::default(),
+            rate_limit_backoff: RateLimitBackoff::default(),
+        }
+    }
+
+    /// Defaults of SPEC section 2 for `api_url` and `credentials`.
+    pub fn new(api_url: Url, credentials: Vec<Credential>) -> ClientOptions {
+        ClientOptions {
+            api_url,
+            credentials,
+            requests_per_hour: 1000,
+            max_in_flight: 4,
+            page_size: 100,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_retries: 10,
+            retry_backoff: RetryBackoff::default(),
+            rate_limit_backoff: RateLimitBackoff::default(),
+        }
+    }
+}
+
+/// The Bitbucket API client. Cheap to clone; clones share budgets and the
+/// concurrency limit.
+#[derive(Clone)]
+pub struct BitbucketClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    api: Url,
+    credentials: Vec<(Credential, Arc<RateBudget>)>,
+    in_flight: Semaphore,
+    next_credential: AtomicUsize,
+    opts: ClientOptions,
+}
+
+impl std::fmt::Debug for BitbucketClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BitbucketClient")
+            .field("api", &self.inner.api.as_str())
+            .field("credentials", &self.inner.credentials.len())
+            .finish()
+    }
+}
+
+/// How one attempt failed, before retries are decided.
+enum Failure {
+    /// 429: pause the credential, then retry.
+    RateLimited(Option<Duration>),
+    /// 5xx, timeout, reset, broken body: back off, then retry.
+    Transient {
+        message: String,
+        /// No HTTP answer at all (DNS, TCP, TLS, timeout, reset).
+        connection: bool,
+        retry_after: Option<Duration>,
+    },
+    /// Not worth retrying.
+    Permanent(ApiError),
+}
+
+impl BitbucketClient {
+    /// Builds the client: rustls with verified certificates, the timeouts,
+    /// and a redirect policy that never leaves the API origin.
+    pub fn new(opts: ClientOptions) -> Result<BitbucketClient, ApiError> {
+        let api = normalise_base(&opts.api_url);
+        let origin = api.origin();
+        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.url().origin() == origin && attempt.previous().len() < 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .https_only(api.scheme() == "https")
+            .connect_timeout(opts.connect_timeout)
+            .timeout(opts.request_timeout)
+            .redirect(redirect)
+            .user_agent(concat!("bbcrawl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Connection {
+                origin: origin_string(&api),
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let credentials = opts
+            .credentials
+            .iter()
+            .map(|c| {
+                (
+                    c.clone(),
+                    RateBudget::new(opts.requests_per_hour, opts.rate_limit_backoff.clone()),
+                )
+            })
+            .collect();
+        Ok(BitbucketClient {
+            inner: Arc::new(Inner {
+                http,
+                api,
+                credentials,
+                in_flight: Semaphore::new(opts.max_in_flight.max(1)),
+                next_credential: AtomicUsize::new(0),
+                opts,
+            }),
+        })
+    }
+
+    /// The API base URL (no trailing slash).
+    pub fn api_url(&self) -> &Url {
+        &self.inner.api
+    }
+
+    /// The rate budget of each credential, in configuration order.
+    pub fn budgets(&self) -> Vec<Arc<RateBudget>> {
+        self.inner
+            .credentials
+            .iter()
+            .map(|(_, b)| Arc::clone(b))
+            .collect()
+    }
+
+    /// URL of the first page of a workspace's repository listing.
+    pub fn repositories_url(&self, workspace: &str) -> Result<Url, ApiError> {
+        let mut url = self.endpoint(&[("workspace", "repositories"), ("workspace", workspace)])?;
+        url.query_pairs_mut()
+            .append_pair("pagelen", &self.inner.opts.page_size.to_string())
+            .append_pair("fields", REPOSITORY_FIELDS);
+        Ok(url)
+    }
+
+    /// URL of the first page of the commits reachable from `branch` and not
+    /// from any of `exclude` (`git log branch ^exclude…`).
+    pub fn commits_url(
+        &self,
+        workspace: &str,
+        slug: &str,
+        branch: &str,
+        exclude: &[String],
+    ) -> Result<Url, ApiError> {
+        let mut url = self.endpoint(&[
+            ("workspace", "repositories"),
+            ("workspace", workspace),
+            ("repository", slug),
+            ("repository", "commits"),
+            ("branch", branch),
+        ])?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("pagelen", &self.inner.opts.page_size.to_string());
+            q.append_pair("fields", COMMIT_FIELDS);
+            for hash in exclude {
+                q.append_pair("exclude", hash);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Pages through a workspace's repositories.
+    pub fn repositories(&self, workspace: &str) -> Result<Pager<Repository>, ApiError> {
+        Ok(Pager::starting_at(
+            self.clone(),
+            self.repositories_url(workspace)?,
+        ))
+    }
+
+    /// Pages through a default branch's commits, newest first.
+    pub fn commits(
+        &self,
+        workspace: &str,
+        slug: &str,
+        branch: &str,
+        exclude: &[String],
+    ) -> Result<Pager<Commit>, ApiError> {
+        Ok(Pager::starting_at(
+            self.clone(),
+            self.commits_url(workspace, slug, branch, exclude)?,
+        ))
+    }
+
+    /// Resumes a walk at a saved `next` link (checked against the API origin).
+    pub fn resume<T: DeserializeOwned>(&self, next: &str) -> Result<Pager<T>, ApiError> {
+        let url = self.check_link(next)?;
+        Ok(Pager::starting_at(self.clone(), url))
+    }
+
+    /// Parses a link from a response and refuses any origin but the API's.
+    pub fn check_link(&self, link: &str) -> Result<Url, ApiError> {
+        let url =
+            Url::parse(link).map_err(|_| ApiError::InvalidUrl(link.chars().take(200).collect()))?;
+        if url.origin() != self.inner.api.origin() {
+            return Err(ApiError::ForeignOrigin {
+                origin: origin_string(&url),
+                api_origin: origin_string(&self.inner.api),
+            });
+        }
+        Ok(url)
+    }
+
+    /// `api_url` + the given path segments, each validated and percent-encoded.
+    fn endpoint(&self, segments: &[(&'static str, &str)]) -> Result<Url, ApiError> {
+        let mut path = self.inner.api.as_str().trim_end_matches('/').to_owned();
+        for (what, seg) in segments {
+            // `.` and `..` would be resolved as dot-segments (even encoded);
+            // a `/` in a workspace or slug would address another resource.
+            if seg.is_empty()
+                || *seg == "."
+                || *seg == ".."
+                || (*what != "branch" && seg.contains('/'))
+            {
+                return Err(ApiError::InvalidName {
+                    what,
+                    value: (*seg).to_owned(),
+                });
+            }
+            path.push('/');
+            path.extend(utf8_percent_encode(seg, SEGMENT));
+        }
+        Url::parse(&path).map_err(|_| ApiError::InvalidUrl(path))
+    }
+
+    /// GETs `url` and decodes its JSON body as `T`, with budget, retries and
+    /// classification: a body that does not decode as `T` (truncated,
+    /// malformed, wrong shape) is transient and retried. `url` must already
+    /// be on the API origin.
+    pub async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T, ApiError> {
+        self.request(Method::GET, url, |body| serde_json::from_slice::<T>(body))
+            .await
+    }
+
+    /// Sends one logical request, retrying transient failures.
+    async fn request<T, E: std::fmt::Display>(
+        &self,
+        method: Method,
+        url: Url,
+        decode: impl Fn(&[u8]) -> Result<T, E>,
+    ) -> Result<T, ApiError> {
+        let opts = &self.inner.opts;
+        let mut backoff = ExponentialBackoffBuilder::new()
+            .with_initial_interval(opts.retry_backoff.initial)
+            .with_max_interval(opts.retry_backoff.max)
+            .with_multiplier(2.0)
+            .with_randomization_factor(0.5)
+            .with_max_elapsed_time(None)
+            .build();
+        let mut attempt: u32 = 0;
+        loop {
+            let (credential, budget) = self.pick_credential();
+            let permit = budget.acquire().await;
+            // The semaphore bounds concurrency across all credentials; it is
+            // never closed, so acquiring cannot fail.
+            let slot = self.inner.in_flight.acquire().await;
+            if permit.is_stale() {
+                // A 429 closed the gate while this request queued for a
+                // slot: it must not go out now.
+                drop(slot);
+                drop(permit);
+                continue;
+            }
+            attempt += 1;
+            let result = self
+                .attempt(&method, &url, credential, &budget)
+                .await
+                .and_then(|body| {
+                    decode(&body).map_err(|e| Failure::Transient {
+                        message: format!("undecodable response body ({} bytes): {e}", body.len()),
+                        connection: false,
+                        retry_after: None,
+                    })
+                });
+            drop(slot);
+            let failure = match result {
+                Ok(value) => {
+                    permit.finish(Outcome::Answered);
+                    return Ok(value);
+                }
+                Err(f) => f,
+            };
+            let retries_left = attempt <= opts.max_retries;
+            match failure {
+                Failure::Permanent(e) => {
+                    permit.finish(Outcome::Answered);
+                    return Err(e);
+                }
+                Failure::RateLimited(retry_after) => {
+                    permit.finish(Outcome::RateLimited(retry_after));
+                    tracing::warn!(
+                        path = url.path(),
+                        attempt,
+                        "rate limited (429); pausing this credential"
+                    );
+                    if !retries_left {
+                        return Err(ApiError::RetriesExhausted {
+                            attempts: attempt,
+                            last: "HTTP 429: rate limit exceeded".into(),
+                        });
+                    }
+                    // The gate in the budget does the waiting.
+                }
+                Failure::Transient {
+                    message,
+                    connection,
+                    retry_after,
+                } => {
+                    permit.finish(if connection {
+                        Outcome::NoAnswer
+                    } else {
+                        Outcome::Answered
+                    });
+                    if !retries_left {
+                        return Err(if connection {
+                            ApiError::Connection {
+                                origin: origin_string(&self.inner.api),
+                                message,
+                            }
+                        } else {
+                            ApiError::RetriesExhausted {
+                                attempts: attempt,
+                                last: message,
+                            }
+                        });
+                    }
+                    let delay = retry_after
+                        .or_else(|| backoff.next_backoff())
+                        .unwrap_or(opts.retry_backoff.max);
+                    tracing::debug!(path = url.path(), attempt, ?delay, %message, "transient failure; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Chooses the credential for the next request: spreads requests over
+    /// credentials that are not paused, least used first.
+    fn pick_credential(&self) -> (&Credential, Arc<RateBudget>) {
+        let creds = &self.inner.credentials;
+        let start = self.inner.next_credential.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, (bool, usize))> = None;
+        for k in 0..creds.len() {
+            let i = (start + k) % creds.len();
+            let snap = creds[i].1.snapshot();
+            let key = (snap.paused, snap.used_in_window);
+            if best.is_none_or(|(_, b)| key < b) {
+                best = Some((i, key));
+            }
+        }
+        let i = best.map(|(i, _)| i).unwrap_or(0);
+        (&creds[i].0, Arc::clone(&creds[i].1))
+    }
+
+    /// One HTTP exchange, classified.
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &Url,
+        credential: &Credential,
+        budget: &RateBudget,
+    ) -> Result<bytes::Bytes, Failure> {
+        let req = self.inner.http.request(method.clone(), url.clone());
+        // reqwest marks these Authorization headers sensitive, so they are
+        // never printed by its Debug output or logs.
+        let req = match credential {
+            Credential::AccessToken { token } => req.bearer_auth(token.expose()),
+            Credential::ApiToken { email, token } => req.basic_auth(email, Some(token.expose())),
+            Credential::AppPassword { username, password } => {
+                req.basic_auth(username, Some(password.expose()))
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(transport_failure(&e)),
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        budget.observe_headers(
+            header_u32(&headers, "x-ratelimit-limit"),
+            header_str(&headers, "x-ratelimit-nearlimit").map(|v| v.eq_ignore_ascii_case("true")),
+        );
+        tracing::debug!(method = %method, path = url.path(), status = status.as_u16(), elapsed = ?started.elapsed(), "bitbucket answered");
+
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(Failure::RateLimited(retry_after(&headers)));
+        }
+        if status.is_redirection() {
+            let location = header_str(&headers, "location").unwrap_or("");
+            let target = url.join(location).ok();
+            return Err(Failure::Permanent(match target {
+                Some(t) if t.origin() != self.inner.api.origin() => ApiError::ForeignOrigin {
+                    origin: origin_string(&t),
+                    api_origin: origin_string(&self.inner.api),
+                },
+                _ => ApiError::Rejected {
+                    status: status.as_u16(),
+                    message: "too many redirects".into(),
+                },
+            }));
+        }
+        let body = read_body(resp).await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        if status.is_server_error() {
+            return Err(Failure::Transient {
+                message: format!("HTTP {}", status.as_u16()),
+                connection: false,
+                retry_after: retry_after(&headers),
+            });
+        }
+        Err(Failure::Permanent(client_error(status, &body)))
+    }
+}
+
+/// A paged collection, followed through its `next` links. Each page is
+/// returned whole, with its `next` link, so a caller can checkpoint it.
+pub struct Pager<T> {
+    client: BitbucketClient,
+    next: Option<String>,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Pager<T> {
+    fn starting_at(client: BitbucketClient, url: Url) -> Pager<T> {
+        Pager {
+            client,
+            next: Some(url.into()),
+            _item: PhantomData,
+        }
+    }
+
+    /// The link the next call will fetch, if any.
+    pub fn next_link(&self) -> Option<&str> {
+        self.next.as_deref()
+    }
+
+    /// Fetches the next page; `None` after the last. A `next` link to
+    /// another origin is refused here, before anything is sent. On an error
+    /// the pager stays where it was, so the call can be repeated.
+    pub async fn next_page(&mut self) -> Result<Option<Page<T>>, ApiError> {
+        let Some(link) = self.next.clone() else {
+            return Ok(None);
+        };
+        let url = self.client.check_link(&link)?;
+        let page: Page<T> = self.client.get_json(url).await?;
+        self.next = page.next.clone();
+        Ok(Some(page))
+    }
+
+    /// Every remaining item.
+    pub async fn collect_all(mut self) -> Result<Vec<T>, ApiError> {
+        let mut all = Vec::new();
+        while let Some(page) = self.next_page().await? {
+            all.extend(page.values);
+        }
+        Ok(all)
+    }
+}
+
+/// `api_url` without a trailing slash, so segments can be appended.
+fn normalise_base(api: &Url) -> Url {
+    let mut u = api.clone();
+    let trimmed = u.path().trim_end_matches('/').to_owned();
+    u.set_path(&trimmed);
+    u.set_query(None);
+    u.set_fragment(None);
+    u
+}
+
+/// `scheme://host:port` of a URL, for messages (never a path or query).
+pub fn origin_string(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn header_u32(h: &HeaderMap, name: &str) -> Option<u32> {
+    header_str(h, name).and_then(|v| v.parse().ok())
+}
+
+/// Longest `Retry-After` honoured: the rolling window is an hour.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` in seconds or as an HTTP date.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let d = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(d.min(RETRY_AFTER_CAP))
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    header_str(h, "retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
+fn transport_failure(e: &reqwest::Error) -> Failure {
+    // reqwest's message names the URL (no credentials are ever in it).
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body broken"
+    } else {
+        "request failed"
+    };
+    let mut message = format!("{what}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Failure::Transient {
+        message,
+        connection: true,
+        retry_after: None,
+    }
+}
+
+async fn read_body(mut resp: reqwest::Response) -> Result<bytes::Bytes, Failure> {
+    if resp.content_length().is_some_and(|l| l > BODY_LIMIT as u64) {
+        return Err(Failure::Permanent(ApiError::BodyTooLarge {
+            limit: BODY_LIMIT,
+        }));
+    }
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > BODY_LIMIT {
+                    return Err(Failure::Permanent(ApiError::BodyTooLarge {
+                        limit: BODY_LIMIT,
+                    }));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                return Err(Failure::Transient {
+                    message: format!("response body broken: {e}"),
+                    connection: false,
+                    retry_after: None,
+                })
+            }
+        }
+    }
+}
+
+/// Maps a 4xx answer to its error, decoding Bitbucket's error body leniently.
+fn client_error(status: StatusCode, body: &[u8]) -> ApiError {
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let message = match &parsed {
+        Some(b) if !b.error.message.is_empty() => b.error.message.clone(),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.trim().chars().take(200).collect();
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_owned()
+            } else {
+                text
+            }
+        }
+    };
+    match status.as_u16() {
+        401 => ApiError::InvalidCredentials { message },
+        403 => ApiError::InvalidPermissions {
+            message,
+            granted: parsed.as_ref().and_then(|b| b.error.granted_scopes()),
+            required: parsed.as_ref().and_then(|b| b.error.required_scopes()),
+        },
+        404 => ApiError::NotFound {
+            message,
+            shas: parsed
+                .as_ref()
+                .and_then(|b| b.error.data.as_ref())
+                .and_then(|d| d.get("shas"))
+                .and_then(|s| s.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        s => ApiError::Rejected { status: s, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("999999", now), Some(RETRY_AFTER_CAP));
+    }
+
+    #[test]
+    fn path_segments_are_encoded_and_dot_segments_refused() {
+        let c = BitbucketClient::new(ClientOptions::new(
+            Url::parse("https://api.bitbucket.org/2.0/").unwrap(),
+            vec![],
+        ))
+        .unwrap();
+        let u = c
+            .commits_url("acme", "web app", "release/2024", &[])
+            .unwrap();
+        assert_eq!(
+            u.path(),
+            "/2.0/repositories/acme/web%20app/commits/release%2F2024"
+        );
+        for bad in [".", "..", "a/b", ""] {
+            assert!(matches!(
+                c.commits_url("acme", bad, "main", &[]),
+                Err(ApiError::InvalidName { .. })
+            ));
+        }
+        assert!(c
+            .check_link("https://evil.example/2.0/repositories/acme")
+            .is_err());
+        assert!(c.check_link("http://api.bitbucket.org/2.0/x").is_err());
+        assert!(c
+            .check_link("https://api.bitbucket.org:443/2.0/x?page=abc")
+            .is_ok());
+    }
+}

@@ -1,0 +1,103 @@
+//! Small helpers so tests read like use: a simulator world, a client for
+//! it, and the real `bbcrawl` binary run as a user would.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use bbcrawl::bitbucket::{BitbucketClient, ClientOptions, RateLimitBackoff, RetryBackoff};
+use bbcrawl::config::{Credential, Secret};
+use bbcrawl::simulator::{SimCredential, SimOptions, SimServer, Simulator};
+
+pub const WS: &str = "acme";
+pub const TOKEN: &str = "tok-3c1f9a-very-secret";
+pub const EMAIL: &str = "jane@example.com";
+pub const API_TOKEN: &str = "ATATT-api-9f8e7d-secret";
+pub const USERNAME: &str = "jane-bb";
+pub const APP_PASSWORD: &str = "app-pw-5b6c-secret";
+
+/// An empty world with workspace `acme`, one credential of each kind with
+/// the right scopes, and no rate limit unless `requests_per_hour` is set.
+pub fn world(requests_per_hour: u32) -> Simulator {
+    let sim = Simulator::new(SimOptions {
+        requests_per_hour,
+        ..SimOptions::default()
+    });
+    sim.add_workspace(WS);
+    let ws = vec![WS.to_owned()];
+    sim.add_credential(SimCredential::AccessToken {
+        token: TOKEN.into(),
+        scopes: vec!["repository".into()],
+        workspaces: ws.clone(),
+    });
+    sim.add_credential(SimCredential::ApiToken {
+        email: EMAIL.into(),
+        token: API_TOKEN.into(),
+        scopes: vec!["read:repository:bitbucket".into()],
+        workspaces: ws.clone(),
+    });
+    sim.add_credential(SimCredential::AppPassword {
+        username: USERNAME.into(),
+        password: APP_PASSWORD.into(),
+        scopes: vec!["repository".into()],
+        workspaces: ws,
+    });
+    sim
+}
+
+pub fn access_token() -> Credential {
+    Credential::AccessToken {
+        token: Secret::new(TOKEN),
+    }
+}
+
+pub async fn serve(sim: &Simulator) -> SimServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sim.serve(listener).await.unwrap()
+}
+
+/// Client options for tests: short backoffs so retries take milliseconds.
+pub fn options(server: &SimServer, credentials: Vec<Credential>) -> ClientOptions {
+    let mut o = ClientOptions::new(url::Url::parse(&server.api_url()).unwrap(), credentials);
+    o.retry_backoff = RetryBackoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    };
+    o.rate_limit_backoff = RateLimitBackoff {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(600),
+    };
+    o.request_timeout = Duration::from_secs(5);
+    o.requests_per_hour = 1_000_000;
+    o
+}
+
+pub fn client(server: &SimServer) -> BitbucketClient {
+    BitbucketClient::new(options(server, vec![access_token()])).unwrap()
+}
+
+/// Runs the real binary with a clean environment (no BBCRAWL_* or
+/// BITBUCKET_* from the developer's shell), in `dir`.
+pub async fn bbcrawl(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
+    cmd.current_dir(dir).args(args).env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        cmd.env("PATH", path);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("bbcrawl did not finish within 60 s")
+        .expect("cannot run bbcrawl")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
