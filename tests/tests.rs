@@ -3,6 +3,7 @@
 
 mod util;
 
+mod cli;
 mod client;
 mod config;
 mod ratelimit;
@@ -10,3 +11,4 @@ mod secrets;
 mod simulator;
 mod store;
 mod verify;
+mod wire;

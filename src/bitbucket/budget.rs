@@ -410,4 +410,45 @@ mod tests {
         // And the pace is steady, not a burst followed by an hour's wait.
         assert!(times[10] >= Duration::from_secs(60 * 8));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn near_limit_slows_the_pace_fourfold() {
+        let b = RateBudget::new(3600, RateLimitBackoff::default());
+        // Use up the burst, then time ten steady requests.
+        for _ in 0..60 {
+            b.acquire().await.finish(Outcome::Answered);
+        }
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            b.acquire().await.finish(Outcome::Answered);
+        }
+        let normal = Instant::now() - t0;
+        b.observe_headers(None, Some(true));
+        let t1 = Instant::now();
+        for _ in 0..10 {
+            b.acquire().await.finish(Outcome::Answered);
+        }
+        let slowed = Instant::now() - t1;
+        assert!(
+            normal >= Duration::from_secs(9) && normal <= Duration::from_secs(11),
+            "{normal:?}"
+        );
+        assert!(slowed >= normal * 3, "{slowed:?} vs {normal:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_hands_its_turn_on() {
+        let b = RateBudget::new(3600, RateLimitBackoff::default());
+        b.acquire()
+            .await
+            .finish(Outcome::RateLimited(Some(Duration::from_secs(5))));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        drop(probe);
+        let next = tokio::time::timeout(Duration::from_secs(60), b.acquire())
+            .await
+            .expect("gate stuck");
+        assert!(next.is_probe());
+    }
 }
