@@ -3,14 +3,20 @@
 //!
 //! Module map (arrows point down, never back up):
 //! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
+//! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
+//! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
 //! - [`record`]    the domain: `CommitRecord` and its parts (SPEC section 4).
 //! - [`bitbucket`] the API: models, client (auth, pagination, origin check), retry, rate budget.
 //! - [`store`]     everything sled: key layout, schema version, atomic page writes, reachability.
+//! - [`actors`]    supervisor, repository and writer actors: the crawl (the only place actix appears).
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
 
+pub mod actors;
 pub mod bitbucket;
 pub mod config;
+pub mod demo;
+pub mod progress;
 pub mod record;
 pub mod simulator;
 pub mod store;

@@ -10,9 +10,16 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use bbcrawl::bitbucket::{ApiError, ClientOptions};
+use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use bbcrawl::actors::{run_pass, PassError, PassObserver, PassOptions};
+use bbcrawl::bitbucket::{ApiError, BitbucketClient, ClientOptions};
 use bbcrawl::config::{Config, ConfigError, Overrides};
-use bbcrawl::simulator::{SimOptions, Simulator};
+use bbcrawl::progress::{ProgressMode, SyncProgress};
+use bbcrawl::simulator::SimOptions;
+use bbcrawl::store::{Store, StoreError};
 use bbcrawl::verify::{self, VerifyReport};
 
 /// Exit codes of SPEC section 9.
@@ -22,6 +29,8 @@ mod exit {
     pub const INVALID_CREDENTIALS: u8 = 3;
     pub const INVALID_PERMISSIONS: u8 = 4;
     pub const NO_RESOURCES: u8 = 5;
+    pub const SOME_FAILED: u8 = 6;
+    pub const LOCKED: u8 = 7;
 }
 
 /// Copies the default-branch commit history of a Bitbucket Cloud workspace
@@ -79,7 +88,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
-    /// Run against the built-in simulator, with no credentials and no network.
+    /// One pass over every repository (incremental), then exit.
+    Sync {
+        /// Workspace to crawl (repeatable); replaces the configured list.
+        #[arg(long = "workspace", value_name = "W")]
+        workspaces: Vec<String>,
+        /// Only this repository slug (repeatable).
+        #[arg(long = "repo", value_name = "SLUG")]
+        repos: Vec<String>,
+        /// Re-walk every default branch from the top (idempotent).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Crawl the built-in simulator into a fresh store (or --store) and show
+    /// the results: no credentials, no network, no configuration.
     Demo,
     /// Serve the Bitbucket API simulator and print how to use it.
     Simulate {
@@ -110,17 +132,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::RUNTIME);
-        }
-    };
-    match runtime.block_on(run(cli)) {
+    // The actor system's runtime (a tokio current-thread runtime) runs
+    // every command; the writer actor gets its own thread.
+    let system = actix::System::new();
+    match system.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -134,10 +149,21 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<ConfigError>().is_some() || err.downcast_ref::<UsageError>().is_some() {
         return exit::USAGE;
     }
-    match err.downcast_ref::<ApiError>() {
+    if let Some(StoreError::Locked { .. }) = err.downcast_ref::<StoreError>() {
+        return exit::LOCKED;
+    }
+    let api = match err.downcast_ref::<PassError>() {
+        Some(PassError::Api { source, .. }) => Some(source),
+        Some(PassError::Store(StoreError::Locked { .. })) => return exit::LOCKED,
+        Some(PassError::Glob { .. }) => return exit::USAGE,
+        _ => err.downcast_ref::<ApiError>(),
+    };
+    match api {
         Some(ApiError::InvalidCredentials { .. }) => exit::INVALID_CREDENTIALS,
         Some(ApiError::InvalidPermissions { .. }) => exit::INVALID_PERMISSIONS,
-        Some(ApiError::NotFound { .. }) => exit::NO_RESOURCES,
+        Some(ApiError::NotFound { .. }) | Some(ApiError::Rejected { status: 410, .. }) => {
+            exit::NO_RESOURCES
+        }
         _ => exit::RUNTIME,
     }
 }
@@ -161,6 +187,7 @@ fn init_logging(g: &Global) {
     let filter = EnvFilter::try_from_env("BBCRAWL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match g.log_format {
         LogFormat::Json => builder.json().init(),
@@ -186,23 +213,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Verify { workspaces, format } => {
             let cfg = load_config(&cli.global, workspaces)?;
-            if cfg.workspaces.is_empty() {
-                return Err(UsageError(
-                    "no workspace configured: set `workspaces` in the config file, BBCRAWL_WORKSPACES, or pass --workspace".into(),
-                )
-                .into());
-            }
-            if cfg.credentials.is_empty() {
-                return Err(UsageError(
-                    "no credentials configured: set BITBUCKET_ACCESS_TOKEN, or BITBUCKET_USERNAME + BITBUCKET_API_TOKEN, or [[credentials]] in the config file".into(),
-                )
-                .into());
-            }
+            require_api_config(&cfg)?;
             let report = verify::verify(&ClientOptions::from_config(&cfg), &cfg.workspaces).await;
             print_report(&report, format);
             Ok(report.exit_code())
         }
-        Command::Demo => demo().await,
+        Command::Sync {
+            workspaces,
+            repos,
+            full,
+        } => sync(&cli.global, workspaces, repos, full).await,
+        Command::Demo => demo(&cli.global).await,
         Command::Simulate {
             listen,
             repos,
@@ -242,58 +263,80 @@ fn print_report(report: &VerifyReport, format: ReportFormat) {
     }
 }
 
-/// Until the crawl lands, the demo shows `verify` against the built-in
-/// simulator: the connection checks with each credential kind, and what a
-/// scope error looks like.
-async fn demo() -> anyhow::Result<u8> {
-    use bbcrawl::config::{Credential, Secret};
-    let sim = Simulator::demo(SimOptions::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot bind the simulator to loopback")?;
-    let server = sim
-        .serve(listener)
-        .await
-        .context("cannot start the simulator")?;
-    let api = url::Url::parse(&server.api_url()).context("simulator URL")?;
-    let workspaces = vec![SimOptions::default().workspace];
-    println!("bbcrawl demo: the built-in Bitbucket simulator is serving {api}");
-    println!("(the crawl is not built yet; this demo runs `bbcrawl verify` against it)\n");
-    let cases = [
-        (
-            "access token",
-            Credential::AccessToken {
-                token: Secret::new("sim-access-token"),
-            },
-        ),
-        (
-            "API token",
-            Credential::ApiToken {
-                email: "dev@example.com".into(),
-                token: Secret::new("sim-api-token"),
-            },
-        ),
-        (
-            "app password (legacy)",
-            Credential::AppPassword {
-                username: "sim-user".into(),
-                password: Secret::new("sim-app-password"),
-            },
-        ),
-        (
-            "access token without the repository scope",
-            Credential::AccessToken {
-                token: Secret::new("sim-noscope-token"),
-            },
-        ),
-    ];
-    for (what, cred) in cases {
-        println!("$ bbcrawl verify   # with an {what}");
-        let report =
-            verify::verify(&ClientOptions::new(api.clone(), vec![cred]), &workspaces).await;
-        print!("{}", report.to_text());
-        println!("(exit code {})\n", report.exit_code());
+fn progress_mode(g: &Global) -> ProgressMode {
+    if g.quiet {
+        ProgressMode::Silent
+    } else if std::io::stderr().is_terminal() && g.log_format == LogFormat::Text {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Lines
     }
-    server.shutdown().await;
+}
+
+fn require_api_config(cfg: &Config) -> anyhow::Result<()> {
+    if cfg.workspaces.is_empty() {
+        return Err(UsageError(
+            "no workspace configured: set `workspaces` in the config file, BBCRAWL_WORKSPACES, or pass --workspace".into(),
+        )
+        .into());
+    }
+    if cfg.credentials.is_empty() {
+        return Err(UsageError(
+            "no credentials configured: set BITBUCKET_ACCESS_TOKEN, or BITBUCKET_USERNAME + BITBUCKET_API_TOKEN, or [[credentials]] in the config file".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn sync(
+    g: &Global,
+    workspaces: Vec<String>,
+    repos: Vec<String>,
+    full: bool,
+) -> anyhow::Result<u8> {
+    let cfg = load_config(g, workspaces)?;
+    require_api_config(&cfg)?;
+    let store = Arc::new(Store::open(&cfg.store)?);
+    let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
+    let progress = Arc::new(SyncProgress::new(progress_mode(g), client.clone()));
+    let observer: Arc<dyn PassObserver> = progress.clone();
+    let opts = PassOptions {
+        workspaces: cfg.workspaces.clone(),
+        include: cfg.include.clone(),
+        exclude: cfg.exclude.clone(),
+        only: repos,
+        full,
+        since: cfg.since,
+        concurrency: cfg.max_in_flight.saturating_mul(2).max(2),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let result = run_pass(client, store, opts, observer, stop).await;
+    progress.finish();
+    let summary = result?;
+    if !g.quiet {
+        println!("{}", summary.line());
+        for f in &summary.failures {
+            println!("  failed: {f}");
+        }
+    }
+    Ok(if summary.failed > 0 {
+        exit::SOME_FAILED
+    } else {
+        0
+    })
+}
+
+/// The whole pipeline against the built-in simulator (see `bbcrawl::demo`).
+async fn demo(g: &Global) -> anyhow::Result<u8> {
+    let dir = match &g.store {
+        Some(d) => d.clone(),
+        None => {
+            bbcrawl::demo::fresh_store_dir().context("cannot create a temporary store directory")?
+        }
+    };
+    let observer: Arc<dyn PassObserver> = Arc::new(bbcrawl::actors::Quiet);
+    let mut out = std::io::stdout();
+    bbcrawl::demo::run(&dir, &mut out, observer).await?;
     Ok(0)
 }

@@ -3,7 +3,7 @@
 //! [`RateBudget`] per credential and one concurrency limit.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -125,6 +125,26 @@ struct Inner {
     in_flight: Semaphore,
     next_credential: AtomicUsize,
     opts: ClientOptions,
+    stats: Counters,
+}
+
+/// Running totals since the client was built.
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    rate_limited: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// What the client has done so far, for progress and summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientStats {
+    /// HTTP requests sent (every attempt counts).
+    pub requests: u64,
+    /// 429 answers received.
+    pub rate_limited: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
 }
 
 impl std::fmt::Debug for BitbucketClient {
@@ -194,6 +214,7 @@ impl BitbucketClient {
                 in_flight: Semaphore::new(opts.max_in_flight.max(1)),
                 next_credential: AtomicUsize::new(0),
                 opts,
+                stats: Counters::default(),
             }),
         })
     }
@@ -201,6 +222,21 @@ impl BitbucketClient {
     /// The API base URL (no trailing slash).
     pub fn api_url(&self) -> &Url {
         &self.inner.api
+    }
+
+    /// Totals since the client was built.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.stats;
+        ClientStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The options the client was built with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
     }
 
     /// The rate budget of each credential, in configuration order.
@@ -350,6 +386,10 @@ impl BitbucketClient {
                 continue;
             }
             attempt += 1;
+            self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if attempt > 1 {
+                self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
             let result = self
                 .attempt(&method, &url, credential, &budget)
                 .await
@@ -375,6 +415,10 @@ impl BitbucketClient {
                     return Err(e);
                 }
                 Failure::RateLimited(retry_after) => {
+                    self.inner
+                        .stats
+                        .rate_limited
+                        .fetch_add(1, Ordering::Relaxed);
                     permit.finish(Outcome::RateLimited(retry_after));
                     tracing::warn!(
                         path = url.path(),

@@ -1,0 +1,131 @@
+//! The crawl's actors (actix 0.13) — the only place actix appears.
+//!
+//! - [`supervisor`]: lists each workspace's repositories, starts one
+//!   repository actor per repository (a bounded number at a time), records
+//!   repositories that disappeared, collects outcomes into a [`PassSummary`].
+//! - [`repository`]: walks one default branch page by page (SPEC section 5)
+//!   and sends each page to the writer with `send(...).await`, fetching the
+//!   next page only after the acknowledgement. Never `do_send` for data: it
+//!   ignores mailbox bounds and drops silently on a closed mailbox.
+//! - [`writer`]: the single owner of store writes, on its own thread.
+//!
+//! Backpressure: each repository actor has at most one page waiting at the
+//! writer, so the writer's queue never holds more than one page per actor.
+
+pub mod repository;
+pub mod supervisor;
+pub mod writer;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use repository::RepoOutcome;
+pub use supervisor::{run_pass, PassError, PassOptions};
+
+/// Set to stop a pass: repository actors check it before every page.
+pub type StopFlag = Arc<AtomicBool>;
+
+/// What a pass reports as it goes (progress bars, log lines).
+pub enum PassEvent<'a> {
+    /// A workspace's listing was read.
+    Listed {
+        /// Workspace.
+        workspace: &'a str,
+        /// Repositories that will be crawled this pass.
+        repos: usize,
+    },
+    /// A page was stored.
+    PageStored {
+        /// `workspace/slug`.
+        full_name: &'a str,
+        /// Commits new to the store.
+        new_commits: u64,
+    },
+    /// A repository is done (ok, empty, failed, deleted or interrupted).
+    RepoFinished(&'a RepoOutcome),
+}
+
+/// Receives [`PassEvent`]s; must be cheap (called on the crawl's thread).
+pub trait PassObserver: Send + Sync {
+    /// One event.
+    fn event(&self, event: PassEvent<'_>);
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+
+impl PassObserver for Quiet {
+    fn event(&self, _event: PassEvent<'_>) {}
+}
+
+/// The result of one pass.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PassSummary {
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Wall time.
+    pub duration_seconds: f64,
+    /// Repositories crawled this pass.
+    pub repos: u64,
+    /// Of those, ok.
+    pub ok: u64,
+    /// Of those, empty.
+    pub empty: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Repositories found deleted this pass.
+    pub deleted: u64,
+    /// Commits stored that were not stored before.
+    pub new_commits: u64,
+    /// Commit pages fetched.
+    pub pages: u64,
+    /// Commits a rewrite made unreachable.
+    pub orphaned: u64,
+    /// HTTP requests sent.
+    pub requests: u64,
+    /// 429 answers.
+    pub rate_limited: u64,
+    /// The pass was stopped before it finished.
+    pub interrupted: bool,
+    /// `workspace/slug: error` for each failed repository.
+    pub failures: Vec<String>,
+}
+
+impl PassSummary {
+    /// The closing summary line.
+    pub fn line(&self) -> String {
+        format!(
+            "{} repositories: {} ok, {} empty, {} failed, {} deleted; {} new commits; {} requests, {} rate limited (429); {}",
+            self.repos,
+            self.ok,
+            self.empty,
+            self.failed,
+            self.deleted,
+            self.new_commits,
+            self.requests,
+            self.rate_limited,
+            humanize(Duration::from_secs_f64(self.duration_seconds.max(0.0)))
+        )
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1} s")
+    } else if s < 3600.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!(
+            "{}h{:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    }
+}

@@ -1,0 +1,322 @@
+//! The supervisor: one pass over every configured workspace.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, SyncArbiter};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::repository::{Crawl, RepoActor, RepoJob, RepoOutcome};
+use super::writer::{Flush, PutMeta, PutRepo, Writer};
+use super::{PassEvent, PassObserver, PassSummary, StopFlag};
+use crate::bitbucket::{ApiError, BitbucketClient};
+use crate::store::{keys, RepoEventKind, RepoState, RepoStatus, Store, StoreError};
+
+/// What one pass covers.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {
+    /// Workspaces to crawl.
+    pub workspaces: Vec<String>,
+    /// Globs on slugs to include (empty = all).
+    pub include: Vec<String>,
+    /// Globs on slugs to exclude.
+    pub exclude: Vec<String>,
+    /// Only these slugs (`sync --repo`), if any.
+    pub only: Vec<String>,
+    /// Re-walk every default branch.
+    pub full: bool,
+    /// First crawls skip commits older than this.
+    pub since: Option<DateTime<Utc>>,
+    /// Repository actors alive at once.
+    pub concurrency: usize,
+}
+
+/// Why a pass failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The API refused the credentials or the workspace (401, 403, 404 on
+    /// a listing) or could not be reached.
+    #[error("workspace {workspace}: {source}")]
+    Api {
+        /// The workspace being listed or crawled.
+        workspace: String,
+        /// What the API said.
+        #[source]
+        source: ApiError,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An include/exclude glob does not parse.
+    #[error("invalid glob {glob:?}: {message}")]
+    Glob {
+        /// The glob.
+        glob: String,
+        /// Why.
+        message: String,
+    },
+    /// The actor system failed (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Runs one pass: starts the writer and the supervisor, crawls, flushes,
+/// and returns the summary. Must be called inside an actix `System`.
+pub async fn run_pass(
+    client: BitbucketClient,
+    store: Arc<Store>,
+    opts: PassOptions,
+    observer: Arc<dyn PassObserver>,
+    stop: StopFlag,
+) -> Result<PassSummary, PassError> {
+    let writer_store = Arc::clone(&store);
+    let writer = SyncArbiter::start(1, move || Writer::new(Arc::clone(&writer_store)));
+    let supervisor = Supervisor {
+        client,
+        store,
+        writer: writer.clone(),
+        observer,
+        stop,
+    }
+    .start();
+    let result = supervisor
+        .send(RunPass(opts))
+        .await
+        .map_err(|e| PassError::Internal(e.to_string()))?;
+    // Whatever happened, what was stored is flushed before reporting.
+    writer
+        .send(Flush)
+        .await
+        .map_err(|e| PassError::Internal(e.to_string()))??;
+    result
+}
+
+/// The supervisor actor.
+pub struct Supervisor {
+    client: BitbucketClient,
+    store: Arc<Store>,
+    writer: Addr<Writer>,
+    observer: Arc<dyn PassObserver>,
+    stop: StopFlag,
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+}
+
+/// Runs one pass.
+#[derive(Message)]
+#[rtype(result = "Result<PassSummary, PassError>")]
+pub struct RunPass(pub PassOptions);
+
+impl Handler<RunPass> for Supervisor {
+    type Result = ResponseFuture<Result<PassSummary, PassError>>;
+
+    fn handle(&mut self, msg: RunPass, _ctx: &mut Self::Context) -> Self::Result {
+        let pass = Pass {
+            client: self.client.clone(),
+            store: Arc::clone(&self.store),
+            writer: self.writer.clone(),
+            observer: Arc::clone(&self.observer),
+            stop: Arc::clone(&self.stop),
+            opts: msg.0,
+        };
+        Box::pin(pass.run())
+    }
+}
+
+struct Pass {
+    client: BitbucketClient,
+    store: Arc<Store>,
+    writer: Addr<Writer>,
+    observer: Arc<dyn PassObserver>,
+    stop: StopFlag,
+    opts: PassOptions,
+}
+
+fn globset(globs: &[String]) -> Result<Option<GlobSet>, PassError> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        b.add(Glob::new(g).map_err(|e| PassError::Glob {
+            glob: g.clone(),
+            message: e.to_string(),
+        })?);
+    }
+    b.build().map(Some).map_err(|e| PassError::Glob {
+        glob: globs.join(","),
+        message: e.to_string(),
+    })
+}
+
+impl Pass {
+    async fn run(self) -> Result<PassSummary, PassError> {
+        let started = Instant::now();
+        let before = self.client.stats();
+        let mut summary = PassSummary {
+            started_at: Some(Utc::now()),
+            ..PassSummary::default()
+        };
+        let include = globset(&self.opts.include)?;
+        let exclude = globset(&self.opts.exclude)?;
+        let only: HashSet<&str> = self.opts.only.iter().map(String::as_str).collect();
+
+        let mut jobs = Vec::new();
+        for ws in &self.opts.workspaces {
+            let listing = self
+                .client
+                .repositories(ws)
+                .map_err(|e| PassError::Api {
+                    workspace: ws.clone(),
+                    source: e,
+                })?
+                .collect_all()
+                .await
+                .map_err(|e| PassError::Api {
+                    workspace: ws.clone(),
+                    source: e,
+                })?;
+            let stored: HashMap<String, RepoState> = self
+                .store
+                .repos()?
+                .into_iter()
+                .filter(|r| &r.workspace == ws)
+                .map(|r| (r.uuid.clone(), r))
+                .collect();
+            let listed: HashSet<&str> = listing.iter().map(|r| r.uuid.as_str()).collect();
+
+            // Repositories gone from the listing: deleted, commits kept.
+            for repo in stored.values() {
+                if !listed.contains(repo.uuid.as_str()) && repo.status != RepoStatus::Deleted {
+                    let mut repo = repo.clone();
+                    repo.status = RepoStatus::Deleted;
+                    repo.record_event(Utc::now(), RepoEventKind::Deleted);
+                    tracing::info!(repo = %repo.full_name, "repository no longer listed: marked deleted");
+                    self.writer
+                        .send(PutRepo(repo))
+                        .await
+                        .map_err(|e| PassError::Internal(e.to_string()))??;
+                    summary.deleted += 1;
+                }
+            }
+
+            let mut count = 0;
+            for listing in listing {
+                let Some(slug) = listing.slug().map(str::to_owned) else {
+                    tracing::warn!(uuid = %listing.uuid, "repository without a slug or full_name skipped");
+                    continue;
+                };
+                if slug == "." || slug == ".." || slug.contains('/') {
+                    tracing::warn!(slug = %slug, "repository with an unusable slug skipped");
+                    continue;
+                }
+                let wanted = (only.is_empty() || only.contains(slug.as_str()))
+                    && include.as_ref().is_none_or(|g| g.is_match(&slug))
+                    && !exclude.as_ref().is_some_and(|g| g.is_match(&slug));
+                if !wanted {
+                    continue;
+                }
+                count += 1;
+                jobs.push(RepoJob {
+                    client: self.client.clone(),
+                    writer: self.writer.clone(),
+                    workspace: ws.clone(),
+                    stored: stored.get(&listing.uuid).cloned(),
+                    slug,
+                    listing,
+                    full: self.opts.full,
+                    since: self.opts.since,
+                    observer: Arc::clone(&self.observer),
+                    stop: Arc::clone(&self.stop),
+                });
+            }
+            self.observer.event(PassEvent::Listed {
+                workspace: ws,
+                repos: count,
+            });
+        }
+
+        let concurrency = self.opts.concurrency.max(1);
+        let mut outcomes = futures::stream::iter(jobs)
+            .map(|job| {
+                let uuid = job.listing.uuid.clone();
+                let workspace = job.workspace.clone();
+                let full_name = format!("{}/{}", job.workspace, job.slug);
+                async move {
+                    let actor = RepoActor::new(job).start();
+                    match actor.send(Crawl).await {
+                        Ok(outcome) => outcome,
+                        // The actor died (a panic in its crawl): this
+                        // repository failed; the others go on.
+                        Err(e) => RepoOutcome {
+                            workspace,
+                            full_name,
+                            uuid,
+                            status: RepoStatus::Failed,
+                            new_commits: 0,
+                            pages: 0,
+                            orphaned: 0,
+                            events: vec![],
+                            error: Some(format!("repository actor died: {e}")),
+                            fatal: None,
+                            interrupted: false,
+                        },
+                    }
+                }
+            })
+            .buffer_unordered(concurrency);
+
+        let mut fatal: Option<(String, ApiError)> = None;
+        while let Some(outcome) = outcomes.next().await {
+            summary.repos += 1;
+            summary.new_commits += outcome.new_commits;
+            summary.pages += outcome.pages;
+            summary.orphaned += outcome.orphaned;
+            summary.interrupted |= outcome.interrupted;
+            match outcome.status {
+                RepoStatus::Ok => summary.ok += 1,
+                RepoStatus::Empty => summary.empty += 1,
+                RepoStatus::Deleted => summary.deleted += 1,
+                RepoStatus::Failed => {
+                    summary.failed += 1;
+                    summary.failures.push(format!(
+                        "{}: {}",
+                        outcome.full_name,
+                        outcome.error.clone().unwrap_or_default()
+                    ));
+                }
+                RepoStatus::New => {}
+            }
+            if let Some(e) = outcome.fatal {
+                // 401/403: every other request would fail the same way.
+                self.stop.store(true, Ordering::Relaxed);
+                fatal.get_or_insert((outcome.workspace, e));
+            }
+        }
+
+        let after = self.client.stats();
+        summary.requests = after.requests - before.requests;
+        summary.rate_limited = after.rate_limited - before.rate_limited;
+        summary.finished_at = Some(Utc::now());
+        summary.duration_seconds = started.elapsed().as_secs_f64();
+        if let Some((workspace, source)) = fatal {
+            return Err(PassError::Api { workspace, source });
+        }
+        let value =
+            serde_json::to_value(&summary).map_err(|e| PassError::Internal(e.to_string()))?;
+        self.writer
+            .send(PutMeta {
+                key: keys::META_LAST_PASS,
+                value,
+            })
+            .await
+            .map_err(|e| PassError::Internal(e.to_string()))??;
+        Ok(summary)
+    }
+}
