@@ -5,6 +5,8 @@ mod util;
 
 mod cli;
 mod client;
+mod crash;
+mod crawl;
 mod config;
 mod ratelimit;
 mod secrets;

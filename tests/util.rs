@@ -101,3 +101,40 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Runs `bbcrawl sync ARGS` against `api_url` (workspace `acme`, the
+/// access token) with the store in `store`.
+pub async fn sync(store: &Path, api_url: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    let mut all = vec!["sync"];
+    all.extend_from_slice(args);
+    let store_s = store.to_string_lossy().into_owned();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("BBCRAWL_API_URL", api_url),
+        ("BBCRAWL_WORKSPACES", WS),
+        ("BITBUCKET_ACCESS_TOKEN", TOKEN),
+        ("BBCRAWL_STORE", store_s.as_str()),
+        ("BBCRAWL_REQUESTS_PER_HOUR", "1000000"),
+    ];
+    env.extend_from_slice(extra_env);
+    let cwd = store.parent().unwrap_or(store);
+    bbcrawl(cwd, &all, &env).await
+}
+
+/// Every stored commit of every repository, as full records, sorted by
+/// (workspace, repository uuid, hash): a store's contents for comparison.
+pub fn store_records(store: &Path) -> Vec<bbcrawl::record::CommitRecord> {
+    let s = bbcrawl::store::Store::open(store).expect("open store");
+    let mut out = Vec::new();
+    for repo in s.repos().unwrap() {
+        for c in s.repo_commits(&repo.workspace, &repo.uuid) {
+            out.push(c.unwrap().to_record(&repo));
+        }
+    }
+    out.sort_by(|a, b| (&a.workspace, &a.repo_uuid, &a.hash).cmp(&(&b.workspace, &b.repo_uuid, &b.hash)));
+    out
+}
+
+/// The stored repository records.
+pub fn store_repos(store: &Path) -> Vec<bbcrawl::store::RepoState> {
+    bbcrawl::store::Store::open(store).expect("open store").repos().unwrap()
+}

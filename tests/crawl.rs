@@ -1,0 +1,1 @@
+//! The crawl through the real binary against the simulator (SPEC section 5).
