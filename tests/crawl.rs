@@ -35,7 +35,11 @@ fn truth(sim: &Simulator) -> HashMap<String, Vec<SimCommit>> {
     sim.repos(WS)
         .into_iter()
         .map(|r| {
-            let commits = if r.mainbranch.is_some() { sim.branch_commits(WS, &r.slug) } else { vec![] };
+            let commits = if r.mainbranch.is_some() {
+                sim.branch_commits(WS, &r.slug)
+            } else {
+                vec![]
+            };
             (r.slug, commits)
         })
         .collect()
@@ -50,11 +54,18 @@ fn by_repo(records: &[CommitRecord]) -> HashMap<String, Vec<&CommitRecord>> {
 }
 
 fn reachable_hashes(records: &[CommitRecord], repo: &str) -> BTreeSet<String> {
-    records.iter().filter(|r| r.repo == repo && r.reachable).map(|r| r.hash.clone()).collect()
+    records
+        .iter()
+        .filter(|r| r.repo == repo && r.reachable)
+        .map(|r| r.hash.clone())
+        .collect()
 }
 
 fn truth_hashes(sim: &Simulator, repo: &str) -> BTreeSet<String> {
-    sim.branch_commits(WS, repo).into_iter().map(|c| c.hash).collect()
+    sim.branch_commits(WS, repo)
+        .into_iter()
+        .map(|c| c.hash)
+        .collect()
 }
 
 /// Commits requests in the log, by repository slug.
@@ -71,7 +82,10 @@ fn commit_requests(sim: &Simulator) -> HashMap<String, usize> {
 }
 
 fn listing_requests(sim: &Simulator) -> usize {
-    sim.requests().iter().filter(|r| r.path == "/2.0/repositories/acme").count()
+    sim.requests()
+        .iter()
+        .filter(|r| r.path == "/2.0/repositories/acme")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,33 +107,69 @@ async fn sync_stores_every_default_branch_exactly() {
         assert_eq!(got.len(), want.len(), "{slug}: number of commits");
         let got: HashMap<&str, &&CommitRecord> = got.iter().map(|r| (r.hash.as_str(), r)).collect();
         for c in want {
-            let r = got.get(c.hash.as_str()).unwrap_or_else(|| panic!("{slug}: {} missing", c.hash));
+            let r = got
+                .get(c.hash.as_str())
+                .unwrap_or_else(|| panic!("{slug}: {} missing", c.hash));
             assert_eq!(r.date, c.date, "{slug} {}: date", c.hash);
             assert_eq!(r.date.offset(), c.date.offset(), "offset kept");
             assert_eq!(r.author.raw.as_deref(), Some(c.author_raw.as_str()));
-            assert_eq!(r.author.uuid, c.author_user.as_ref().and_then(|u| u.uuid.clone()));
-            assert_eq!(r.author.account_id, c.author_user.as_ref().and_then(|u| u.account_id.clone()));
-            assert_eq!(r.author.display_name, c.author_user.as_ref().and_then(|u| u.display_name.clone()));
-            assert_eq!(r.committer.as_ref().and_then(|x| x.raw.clone()), c.committer_raw);
+            assert_eq!(
+                r.author.uuid,
+                c.author_user.as_ref().and_then(|u| u.uuid.clone())
+            );
+            assert_eq!(
+                r.author.account_id,
+                c.author_user.as_ref().and_then(|u| u.account_id.clone())
+            );
+            assert_eq!(
+                r.author.display_name,
+                c.author_user.as_ref().and_then(|u| u.display_name.clone())
+            );
+            assert_eq!(
+                r.committer.as_ref().and_then(|x| x.raw.clone()),
+                c.committer_raw
+            );
             assert_eq!(r.message, c.message);
             assert_eq!(r.parents, c.parents);
             assert!(r.reachable);
-            let branch = sim.repos(WS).into_iter().find(|x| &x.slug == slug).unwrap().mainbranch.unwrap();
+            let branch = sim
+                .repos(WS)
+                .into_iter()
+                .find(|x| &x.slug == slug)
+                .unwrap()
+                .mainbranch
+                .unwrap();
             assert_eq!(r.branch, branch);
         }
         total += want.len();
     }
-    assert_eq!(records.len(), total, "nothing else stored (no feature-branch commits)");
+    assert_eq!(
+        records.len(),
+        total,
+        "nothing else stored (no feature-branch commits)"
+    );
     // The world really has what the test claims to cover.
     assert!(records.iter().any(|r| r.parents.len() == 2), "merges");
-    assert!(records.iter().any(|r| r.author.uuid.is_none()) && records.iter().any(|r| r.author.uuid.is_some()));
+    assert!(
+        records.iter().any(|r| r.author.uuid.is_none())
+            && records.iter().any(|r| r.author.uuid.is_some())
+    );
     assert!(records.iter().any(|r| r.committer.is_none()));
-    assert!(records.iter().any(|r| r.message.len() > 10_000), "long messages");
+    assert!(
+        records.iter().any(|r| r.message.len() > 10_000),
+        "long messages"
+    );
     assert!(records.iter().any(|r| !r.message.is_ascii()), "unicode");
-    assert!(records.iter().any(|r| r.date.offset().local_minus_utc() != 0), "non-UTC offsets");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.date.offset().local_minus_utc() != 0),
+        "non-UTC offsets"
+    );
 
     let repos = store_repos(&store);
-    let status: HashMap<&str, RepoStatus> = repos.iter().map(|r| (r.slug.as_str(), r.status)).collect();
+    let status: HashMap<&str, RepoStatus> =
+        repos.iter().map(|r| (r.slug.as_str(), r.status)).collect();
     assert_eq!(status["empty-repo"], RepoStatus::Empty);
     assert_eq!(status["no-commits"], RepoStatus::Empty);
     assert_eq!(status["mobile"], RepoStatus::Ok);
@@ -127,7 +177,10 @@ async fn sync_stores_every_default_branch_exactly() {
     for r in &repos {
         assert!(r.walk.is_none(), "{}: walk finished", r.slug);
         if r.status == RepoStatus::Ok {
-            assert_eq!(r.head.as_deref(), Some(sim.branch_commits(WS, &r.slug)[0].hash.as_str()));
+            assert_eq!(
+                r.head.as_deref(),
+                Some(sim.branch_commits(WS, &r.slug)[0].hash.as_str())
+            );
         }
     }
 }
@@ -138,17 +191,31 @@ async fn an_unchanged_sync_costs_one_request_per_repository_with_a_branch() {
     let server = serve(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    assert_eq!(sync(&store, &server.api_url(), &[], &[]).await.status.code(), Some(0));
+    assert_eq!(
+        sync(&store, &server.api_url(), &[], &[])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
     let before = store_records(&store);
     sim.clear_requests();
 
     let o = sync(&store, &server.api_url(), &[], &[]).await;
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains(" 0 new commits"), "{}", stdout(&o));
-    let with_branch = sim.repos(WS).iter().filter(|r| r.mainbranch.is_some()).count();
+    let with_branch = sim
+        .repos(WS)
+        .iter()
+        .filter(|r| r.mainbranch.is_some())
+        .count();
     assert_eq!(listing_requests(&sim), 1);
     let per_repo = commit_requests(&sim);
-    assert_eq!(per_repo.values().sum::<usize>(), with_branch, "{per_repo:?}");
+    assert_eq!(
+        per_repo.values().sum::<usize>(),
+        with_branch,
+        "{per_repo:?}"
+    );
     assert!(per_repo.values().all(|n| *n == 1), "{per_repo:?}");
     // Incremental: every repository with a stored head asks only for what
     // came after it (the branch without commits has no head to exclude).
@@ -166,7 +233,13 @@ async fn pushed_commits_are_fetched_with_one_request_per_hundred() {
     let server = serve(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    assert_eq!(sync(&store, &server.api_url(), &[], &[]).await.status.code(), Some(0));
+    assert_eq!(
+        sync(&store, &server.api_url(), &[], &[])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
     let pushed = sim.push(WS, "payments-api", 150);
     sim.push(WS, "mobile", 3);
     sim.clear_requests();
@@ -178,9 +251,19 @@ async fn pushed_commits_are_fetched_with_one_request_per_hundred() {
     assert_eq!(per_repo["payments-api"], 2, "⌈150/100⌉");
     assert_eq!(per_repo["mobile"], 1);
     let records = store_records(&store);
-    assert_eq!(reachable_hashes(&records, "payments-api"), truth_hashes(&sim, "payments-api"));
-    assert_eq!(reachable_hashes(&records, "mobile"), truth_hashes(&sim, "mobile"));
-    let head = store_repos(&store).into_iter().find(|r| r.slug == "payments-api").unwrap().head;
+    assert_eq!(
+        reachable_hashes(&records, "payments-api"),
+        truth_hashes(&sim, "payments-api")
+    );
+    assert_eq!(
+        reachable_hashes(&records, "mobile"),
+        truth_hashes(&sim, "mobile")
+    );
+    let head = store_repos(&store)
+        .into_iter()
+        .find(|r| r.slug == "payments-api")
+        .unwrap()
+        .head;
     assert_eq!(head.as_deref(), Some(pushed[0].as_str()));
 }
 
@@ -190,7 +273,13 @@ async fn a_force_push_marks_orphans_unreachable_and_records_the_event() {
     let server = serve(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    assert_eq!(sync(&store, &server.api_url(), &[], &[]).await.status.code(), Some(0));
+    assert_eq!(
+        sync(&store, &server.api_url(), &[], &[])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
     let old = truth_hashes(&sim, "payments-api");
     let old_head = sim.branch_commits(WS, "payments-api")[0].hash.clone();
     let added = sim.force_push(WS, "payments-api", 4, 2);
@@ -209,10 +298,28 @@ async fn a_force_push_marks_orphans_unreachable_and_records_the_event() {
         .collect();
     assert_eq!(unreachable, orphaned, "orphans kept and marked");
     let s = Store::open(&store).unwrap();
-    let repo = s.repos().unwrap().into_iter().find(|r| r.slug == "payments-api").unwrap();
-    let c = s.commit(WS, &repo.uuid, orphaned.iter().next().unwrap()).unwrap().unwrap();
-    assert!(c.unreachable_since.is_some(), "the time it was found unreachable");
-    assert!(repo.events.iter().any(|e| e.kind == RepoEventKind::ForcePush { old_head: old_head.clone() }), "{:?}", repo.events);
+    let repo = s
+        .repos()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.slug == "payments-api")
+        .unwrap();
+    let c = s
+        .commit(WS, &repo.uuid, orphaned.iter().next().unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(
+        c.unreachable_since.is_some(),
+        "the time it was found unreachable"
+    );
+    assert!(
+        repo.events.iter().any(|e| e.kind
+            == RepoEventKind::ForcePush {
+                old_head: old_head.clone()
+            }),
+        "{:?}",
+        repo.events
+    );
     assert_eq!(repo.head.as_deref(), Some(added[0].as_str()));
     assert_eq!(repo.commits_unreachable as usize, orphaned.len());
 }
@@ -223,9 +330,21 @@ async fn branch_renames_repository_renames_and_deletions_are_recorded() {
     let server = serve(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    assert_eq!(sync(&store, &server.api_url(), &[], &[]).await.status.code(), Some(0));
+    assert_eq!(
+        sync(&store, &server.api_url(), &[], &[])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
     let before = store_records(&store).len();
-    let uuid_of = |slug: &str| sim.repos(WS).into_iter().find(|r| r.slug == slug).unwrap().uuid;
+    let uuid_of = |slug: &str| {
+        sim.repos(WS)
+            .into_iter()
+            .find(|r| r.slug == slug)
+            .unwrap()
+            .uuid
+    };
     let mobile = uuid_of("mobile");
     let tools = uuid_of("tools");
     let feature = uuid_of("feature-work");
@@ -238,7 +357,10 @@ async fn branch_renames_repository_renames_and_deletions_are_recorded() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("1 deleted"), "{}", stdout(&o));
 
-    let repos: HashMap<String, bbcrawl::store::RepoState> = store_repos(&store).into_iter().map(|r| (r.uuid.clone(), r)).collect();
+    let repos: HashMap<String, bbcrawl::store::RepoState> = store_repos(&store)
+        .into_iter()
+        .map(|r| (r.uuid.clone(), r))
+        .collect();
     let m = &repos[&mobile];
     assert_eq!(m.default_branch.as_deref(), Some("main"));
     assert!(m.events.iter().any(|e| e.kind
@@ -248,16 +370,34 @@ async fn branch_renames_repository_renames_and_deletions_are_recorded() {
         }));
     let t = &repos[&tools];
     assert_eq!(t.slug, "dev-tools");
-    assert!(t.events.iter().any(|e| e.kind == RepoEventKind::Renamed { from: "tools".into(), to: "dev-tools".into() }));
+    assert!(t.events.iter().any(|e| e.kind
+        == RepoEventKind::Renamed {
+            from: "tools".into(),
+            to: "dev-tools".into()
+        }));
     let f = &repos[&feature];
     assert_eq!(f.status, RepoStatus::Deleted);
     assert!(f.events.iter().any(|e| e.kind == RepoEventKind::Deleted));
 
     let records = store_records(&store);
-    assert_eq!(records.len(), before, "commits kept, none duplicated by the rename");
-    assert_eq!(reachable_hashes(&records, "dev-tools"), truth_hashes(&sim, "dev-tools"));
-    assert_eq!(reachable_hashes(&records, "mobile"), truth_hashes(&sim, "mobile"));
-    assert_eq!(records.iter().filter(|r| r.repo_uuid == feature).count(), feature_commits, "deleted repository's commits kept");
+    assert_eq!(
+        records.len(),
+        before,
+        "commits kept, none duplicated by the rename"
+    );
+    assert_eq!(
+        reachable_hashes(&records, "dev-tools"),
+        truth_hashes(&sim, "dev-tools")
+    );
+    assert_eq!(
+        reachable_hashes(&records, "mobile"),
+        truth_hashes(&sim, "mobile")
+    );
+    assert_eq!(
+        records.iter().filter(|r| r.repo_uuid == feature).count(),
+        feature_commits,
+        "deleted repository's commits kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,14 +411,31 @@ async fn since_skips_older_commits_on_a_first_crawl() {
     let since_s = since.to_rfc3339();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let o = sync(&store, &server.api_url(), &[], &[("BBCRAWL_SINCE", since_s.as_str())]).await;
+    let o = sync(
+        &store,
+        &server.api_url(),
+        &[],
+        &[("BBCRAWL_SINCE", since_s.as_str())],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let records = store_records(&store);
     assert!(!records.is_empty());
-    assert!(records.iter().all(|r| r.date >= since), "an older commit was stored");
+    assert!(
+        records.iter().all(|r| r.date >= since),
+        "an older commit was stored"
+    );
     let wanted = all.iter().filter(|c| c.date >= since).count();
-    assert!(records.len() * 10 >= wanted * 9, "{} of {wanted}", records.len());
-    assert!(commit_requests(&sim)["old"] < 12, "the walk stopped early: {:?}", commit_requests(&sim));
+    assert!(
+        records.len() * 10 >= wanted * 9,
+        "{} of {wanted}",
+        records.len()
+    );
+    assert!(
+        commit_requests(&sim)["old"] < 12,
+        "the walk stopped early: {:?}",
+        commit_requests(&sim)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,14 +444,25 @@ async fn include_exclude_and_repo_filters_choose_repositories() {
     let server = serve(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let o = sync(&store, &server.api_url(), &[], &[("BBCRAWL_INCLUDE", "p*,m*"), ("BBCRAWL_EXCLUDE", "mob*")]).await;
+    let o = sync(
+        &store,
+        &server.api_url(),
+        &[],
+        &[("BBCRAWL_INCLUDE", "p*,m*"), ("BBCRAWL_EXCLUDE", "mob*")],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let slugs: BTreeSet<String> = store_repos(&store).into_iter().map(|r| r.slug).collect();
     assert_eq!(slugs, ["payments-api".to_owned()].into_iter().collect());
     let o = sync(&store, &server.api_url(), &["--repo", "tools"], &[]).await;
     assert_eq!(o.status.code(), Some(0));
     let slugs: BTreeSet<String> = store_repos(&store).into_iter().map(|r| r.slug).collect();
-    assert_eq!(slugs, ["payments-api".to_owned(), "tools".to_owned()].into_iter().collect());
+    assert_eq!(
+        slugs,
+        ["payments-api".to_owned(), "tools".to_owned()]
+            .into_iter()
+            .collect()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,10 +471,22 @@ async fn invalid_credentials_stop_the_sync_with_exit_3() {
     let server = serve(&sim).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let o = sync(&store, &server.api_url(), &[], &[("BITBUCKET_ACCESS_TOKEN", "revoked")]).await;
+    let o = sync(
+        &store,
+        &server.api_url(),
+        &[],
+        &[("BITBUCKET_ACCESS_TOKEN", "revoked")],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
     assert!(stderr(&o).contains("401"), "{}", stderr(&o));
-    let o = sync(&store, &server.api_url(), &[], &[("BBCRAWL_WORKSPACES", "nowhere")]).await;
+    let o = sync(
+        &store,
+        &server.api_url(),
+        &[],
+        &[("BBCRAWL_WORKSPACES", "nowhere")],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(5), "{}{}", stdout(&o), stderr(&o));
 }
 

@@ -3,11 +3,12 @@
 
 mod util;
 
+mod actors;
 mod cli;
 mod client;
+mod config;
 mod crash;
 mod crawl;
-mod config;
 mod ratelimit;
 mod secrets;
 mod simulator;

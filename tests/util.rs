@@ -104,7 +104,12 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs `bbcrawl sync ARGS` against `api_url` (workspace `acme`, the
 /// access token) with the store in `store`.
-pub async fn sync(store: &Path, api_url: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+pub async fn sync(
+    store: &Path,
+    api_url: &str,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Output {
     let mut all = vec!["sync"];
     all.extend_from_slice(args);
     let store_s = store.to_string_lossy().into_owned();
@@ -130,11 +135,16 @@ pub fn store_records(store: &Path) -> Vec<bbcrawl::record::CommitRecord> {
             out.push(c.unwrap().to_record(&repo));
         }
     }
-    out.sort_by(|a, b| (&a.workspace, &a.repo_uuid, &a.hash).cmp(&(&b.workspace, &b.repo_uuid, &b.hash)));
+    out.sort_by(|a, b| {
+        (&a.workspace, &a.repo_uuid, &a.hash).cmp(&(&b.workspace, &b.repo_uuid, &b.hash))
+    });
     out
 }
 
 /// The stored repository records.
 pub fn store_repos(store: &Path) -> Vec<bbcrawl::store::RepoState> {
-    bbcrawl::store::Store::open(store).expect("open store").repos().unwrap()
+    bbcrawl::store::Store::open(store)
+        .expect("open store")
+        .repos()
+        .unwrap()
 }

@@ -16,7 +16,7 @@ pub mod repository;
 pub mod supervisor;
 pub mod writer;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,43 @@ pub use supervisor::{run_pass, PassError, PassOptions};
 
 /// Set to stop a pass: repository actors check it before every page.
 pub type StopFlag = Arc<AtomicBool>;
+
+/// Pages handed to the writer and not yet acknowledged: the writer's
+/// queue. Each repository actor waits for its acknowledgement before it
+/// fetches again, so the depth never exceeds the actors alive.
+#[derive(Debug, Default)]
+pub struct WriterQueue {
+    depth: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl WriterQueue {
+    /// Pages waiting now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// The most pages that ever waited at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Counts one page until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> QueuedPage {
+        let now = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        QueuedPage(Arc::clone(self))
+    }
+}
+
+/// A page in the writer's queue (see [`WriterQueue::enter`]).
+pub struct QueuedPage(Arc<WriterQueue>);
+
+impl Drop for QueuedPage {
+    fn drop(&mut self) {
+        self.0.depth.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What a pass reports as it goes (progress bars, log lines).
 pub enum PassEvent<'a> {
@@ -93,6 +130,8 @@ pub struct PassSummary {
     pub rate_limited: u64,
     /// The pass was stopped before it finished.
     pub interrupted: bool,
+    /// The most pages that waited at the writer at once.
+    pub writer_queue_peak: u64,
     /// `workspace/slug: error` for each failed repository.
     pub failures: Vec<String>,
 }

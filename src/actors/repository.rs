@@ -9,7 +9,7 @@ use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use chrono::{DateTime, Utc};
 
 use super::writer::{MarkReachable, PutRepo, WritePage, Writer};
-use super::{PassEvent, PassObserver, StopFlag};
+use super::{PassEvent, PassObserver, StopFlag, WriterQueue};
 use crate::bitbucket::models::{Commit, Page, Repository};
 use crate::bitbucket::{ApiError, BitbucketClient};
 use crate::record::CommitRecord;
@@ -37,6 +37,8 @@ pub struct RepoJob {
     pub observer: Arc<dyn PassObserver>,
     /// Set when the pass must stop (fatal error, shutdown).
     pub stop: StopFlag,
+    /// The writer's queue depth, shared by the pass.
+    pub queue: Arc<WriterQueue>,
 }
 
 /// How one repository's crawl ended.
@@ -341,6 +343,7 @@ async fn walk(
         walk.pages += 1;
         walk.next = next;
         repo.walk = Some(walk.clone());
+        let queued = job.queue.enter();
         let stored = job
             .writer
             .send(WritePage {
@@ -348,6 +351,7 @@ async fn walk(
                 commits: records,
             })
             .await??;
+        drop(queued);
         tally.new_commits += stored.new_commits;
         *repo = stored.repo;
         job.observer.event(PassEvent::PageStored {

@@ -12,7 +12,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::repository::{Crawl, RepoActor, RepoJob, RepoOutcome};
 use super::writer::{Flush, PutMeta, PutRepo, Writer};
-use super::{PassEvent, PassObserver, PassSummary, StopFlag};
+use super::{PassEvent, PassObserver, PassSummary, StopFlag, WriterQueue};
 use crate::bitbucket::{ApiError, BitbucketClient};
 use crate::store::{keys, RepoEventKind, RepoState, RepoStatus, Store, StoreError};
 
@@ -166,6 +166,7 @@ impl Pass {
         let include = globset(&self.opts.include)?;
         let exclude = globset(&self.opts.exclude)?;
         let only: HashSet<&str> = self.opts.only.iter().map(String::as_str).collect();
+        let queue = Arc::new(WriterQueue::default());
 
         let mut jobs = Vec::new();
         for ws in &self.opts.workspaces {
@@ -234,6 +235,7 @@ impl Pass {
                     since: self.opts.since,
                     observer: Arc::clone(&self.observer),
                     stop: Arc::clone(&self.stop),
+                    queue: Arc::clone(&queue),
                 });
             }
             self.observer.event(PassEvent::Listed {
@@ -303,6 +305,7 @@ impl Pass {
         let after = self.client.stats();
         summary.requests = after.requests - before.requests;
         summary.rate_limited = after.rate_limited - before.rate_limited;
+        summary.writer_queue_peak = queue.peak() as u64;
         summary.finished_at = Some(Utc::now());
         summary.duration_seconds = started.elapsed().as_secs_f64();
         if let Some((workspace, source)) = fatal {
