@@ -1,25 +1,28 @@
 //! The key layout of the store: one sled tree, one byte of prefix per kind
-//! of entry, so that a page of commits, its index entries and the
-//! repository's cursor go into one atomic `apply_batch`.
+//! of entry, binary and compact, so that a page of commits, its index
+//! entries, its authors and the repository's cursor go into one atomic
+//! `apply_batch`, and a million commits stay well under a gigabyte.
 //!
-//! | prefix | key                                              | value                 |
-//! |--------|--------------------------------------------------|-----------------------|
-//! | `m`    | `m` name                                         | meta (schema version, last pass) |
-//! | `r`    | `r` ws `\0` repo-uuid                            | [`RepoState`] JSON    |
-//! | `c`    | `c` ws `\0` repo-uuid `\0` hash                  | [`StoredCommit`] JSON |
-//! | `d`    | `d` ws `\0` repo-uuid `\0` date8 hash            | empty (by repository and date) |
-//! | `a`    | `a` author-identity `\0` date8 ws `\0` repo-uuid `\0` hash | empty (by author and date) |
-//! | `t`    | `t` date8 ws `\0` repo-uuid `\0` hash            | empty (everything by date) |
-//! | `h`    | `h` hash ws `\0` repo-uuid                       | empty (by hash, for `show`) |
+//! | prefix | key                                         | value |
+//! |--------|---------------------------------------------|-------|
+//! | `m`    | `m` name                                    | meta (schema version, next repository id, last pass) |
+//! | `r`    | `r` workspace `\0` repository-uuid          | repository record (JSON) |
+//! | `c`    | `c` repo-id hash                            | commit (postcard, see `codec`) |
+//! | `d`    | `d` repo-id date ¬hash                      | reachable flag (by repository, newest last) |
+//! | `t`    | `t` date ¬hash ¬repo-id                     | reachable flag (everything by date) |
+//! | `a`    | `a` identity `\0` date ¬hash ¬repo-id       | reachable flag (by author identity and date) |
+//! | `u`    | `u` identity                                | author record (JSON: names, e-mails, account) |
+//! | `h`    | `h` hash repo-id                            | empty (by hash, for `show`) |
 //!
-//! `date8` is the commit instant in UTC milliseconds, as a big-endian u64
-//! with the sign bit flipped, so byte order is time order. Hashes are 40
-//! lower-case hex digits (fixed width, so no separator is needed after a
-//! date). Names never contain `\0` (workspaces, slugs and uuids cannot;
-//! identities are stripped of it).
-//!
-//! [`RepoState`]: super::RepoState
-//! [`StoredCommit`]: super::StoredCommit
+//! - `repo-id`: a u32 given to each repository when first stored (big-endian).
+//! - `hash`: the 20 bytes of the 40-hex commit hash; `¬hash` its bitwise
+//!   complement, `¬repo-id` likewise, so a *reverse* scan yields newest
+//!   first, then hash ascending, then repository id ascending — the order
+//!   queries print.
+//! - `date`: the commit instant in UTC milliseconds as a big-endian u64
+//!   with the sign bit flipped, so byte order is time order.
+//! - `identity`: the author's account uuid when known, else the lower-cased
+//!   e-mail, else the raw string (never contains `\0`).
 
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -28,27 +31,60 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Meta key holding the schema version.
 pub const META_SCHEMA: &[u8] = b"mschema";
+/// Meta key holding the next repository id.
+pub const META_NEXT_ID: &[u8] = b"mnext_repo_id";
 /// Meta key holding the last pass summary.
 pub const META_LAST_PASS: &[u8] = b"mlast_pass";
 
-/// Prefix bytes.
+/// Repository records.
 pub const REPO: u8 = b'r';
 /// Commit records.
 pub const COMMIT: u8 = b'c';
 /// (repository, date) index.
-pub const BY_REPO_DATE: u8 = b'd';
-/// (author, date) index.
-pub const BY_AUTHOR_DATE: u8 = b'a';
+pub const BY_REPO: u8 = b'd';
 /// (date) index.
 pub const BY_DATE: u8 = b't';
+/// (author, date) index.
+pub const BY_AUTHOR: u8 = b'a';
+/// Author records.
+pub const AUTHOR: u8 = b'u';
 /// (hash) index.
 pub const BY_HASH: u8 = b'h';
 
-/// Length of a full hash.
-pub const HASH_LEN: usize = 40;
+/// Bytes of a binary hash.
+pub const HASH_BYTES: usize = 20;
 
-fn clean(s: &str) -> impl Iterator<Item = u8> + '_ {
-    s.bytes().filter(|b| *b != 0)
+/// A commit hash as 20 bytes.
+pub type Hash = [u8; HASH_BYTES];
+
+/// Parses a 40-hex hash.
+pub fn parse_hash(hex: &str) -> Option<Hash> {
+    let b = hex.as_bytes();
+    if b.len() != 2 * HASH_BYTES {
+        return None;
+    }
+    let mut out = [0u8; HASH_BYTES];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// A hash as 40 lower-case hex digits.
+pub fn hash_hex(h: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(h.len() * 2);
+    for b in h {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn not(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    bytes.iter().map(|b| !b)
 }
 
 /// `date8` of an instant.
@@ -63,146 +99,171 @@ pub fn from_date8(b: &[u8]) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
-/// `prefix ws \0 uuid`.
-pub fn repo_scoped(prefix: u8, ws: &str, uuid: &str) -> Vec<u8> {
+/// Key of a repository record.
+pub fn repo(ws: &str, uuid: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + ws.len() + uuid.len());
-    k.push(prefix);
-    k.extend(clean(ws));
+    k.push(REPO);
+    k.extend(ws.bytes().filter(|b| *b != 0));
     k.push(0);
-    k.extend(clean(uuid));
+    k.extend(uuid.bytes().filter(|b| *b != 0));
     k
 }
 
-/// Key of a repository record.
-pub fn repo(ws: &str, uuid: &str) -> Vec<u8> {
-    repo_scoped(REPO, ws, uuid)
-}
-
-/// Prefix of every commit of one repository (ends with `\0`).
-pub fn commit_prefix(ws: &str, uuid: &str) -> Vec<u8> {
-    let mut k = repo_scoped(COMMIT, ws, uuid);
-    k.push(0);
+/// Prefix of every commit of one repository.
+pub fn commit_prefix(id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + HASH_BYTES);
+    k.push(COMMIT);
+    k.extend(id.to_be_bytes());
     k
 }
 
 /// Key of a commit record.
-pub fn commit(ws: &str, uuid: &str, hash: &str) -> Vec<u8> {
-    let mut k = commit_prefix(ws, uuid);
-    k.extend(clean(hash));
+pub fn commit(id: u32, hash: &Hash) -> Vec<u8> {
+    let mut k = commit_prefix(id);
+    k.extend(hash);
     k
 }
 
 /// Prefix of the (repository, date) index of one repository.
-pub fn by_repo_prefix(ws: &str, uuid: &str) -> Vec<u8> {
-    let mut k = repo_scoped(BY_REPO_DATE, ws, uuid);
-    k.push(0);
+pub fn by_repo_prefix(id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + 8 + HASH_BYTES);
+    k.push(BY_REPO);
+    k.extend(id.to_be_bytes());
     k
 }
 
-/// (repository, date) index entry.
-pub fn by_repo(ws: &str, uuid: &str, at: DateTime<Utc>, hash: &str) -> Vec<u8> {
-    let mut k = by_repo_prefix(ws, uuid);
+/// (repository, date) index key.
+pub fn by_repo(id: u32, at: DateTime<Utc>, hash: &Hash) -> Vec<u8> {
+    let mut k = by_repo_prefix(id);
     k.extend(date8(at));
-    k.extend(clean(hash));
+    k.extend(not(hash));
     k
 }
 
-/// Prefix of the (author, date) index of one identity (ends with `\0`).
+/// (date) index key.
+pub fn by_date(at: DateTime<Utc>, hash: &Hash, id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 8 + HASH_BYTES + 4);
+    k.push(BY_DATE);
+    k.extend(date8(at));
+    k.extend(not(hash));
+    k.extend(not(&id.to_be_bytes()));
+    k
+}
+
+/// Prefix of the (author, date) index of one identity.
 pub fn by_author_prefix(identity: &str) -> Vec<u8> {
-    let mut k = vec![BY_AUTHOR_DATE];
-    k.extend(clean(identity));
+    let mut k = Vec::with_capacity(2 + identity.len() + 8 + HASH_BYTES + 4);
+    k.push(BY_AUTHOR);
+    k.extend(identity.bytes().filter(|b| *b != 0));
     k.push(0);
     k
 }
 
-/// (author, date) index entry.
-pub fn by_author(identity: &str, at: DateTime<Utc>, ws: &str, uuid: &str, hash: &str) -> Vec<u8> {
+/// (author, date) index key.
+pub fn by_author(identity: &str, at: DateTime<Utc>, hash: &Hash, id: u32) -> Vec<u8> {
     let mut k = by_author_prefix(identity);
     k.extend(date8(at));
-    k.extend(clean(ws));
-    k.push(0);
-    k.extend(clean(uuid));
-    k.push(0);
-    k.extend(clean(hash));
+    k.extend(not(hash));
+    k.extend(not(&id.to_be_bytes()));
     k
 }
 
-/// (date) index entry.
-pub fn by_date(at: DateTime<Utc>, ws: &str, uuid: &str, hash: &str) -> Vec<u8> {
-    let mut k = vec![BY_DATE];
-    k.extend(date8(at));
-    k.extend(clean(ws));
-    k.push(0);
-    k.extend(clean(uuid));
-    k.push(0);
-    k.extend(clean(hash));
+/// Key of an author record.
+pub fn author(identity: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + identity.len());
+    k.push(AUTHOR);
+    k.extend(identity.bytes().filter(|b| *b != 0));
     k
 }
 
-/// (hash) index entry.
-pub fn by_hash(hash: &str, ws: &str, uuid: &str) -> Vec<u8> {
-    let mut k = vec![BY_HASH];
-    k.extend(clean(hash));
-    k.extend(clean(ws));
-    k.push(0);
-    k.extend(clean(uuid));
+/// (hash) index key.
+pub fn by_hash(hash: &Hash, id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + HASH_BYTES + 4);
+    k.push(BY_HASH);
+    k.extend(hash);
+    k.extend(id.to_be_bytes());
     k
 }
 
-/// Where a commit lives: workspace, repository uuid, hash.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CommitAddress {
-    /// Workspace name.
-    pub workspace: String,
-    /// Repository uuid.
-    pub repo_uuid: String,
+/// One entry of a date-ordered index: which commit, when, and whether it
+/// is still reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Commit instant.
+    pub at: DateTime<Utc>,
     /// Commit hash.
-    pub hash: String,
+    pub hash: Hash,
+    /// Repository id.
+    pub repo: u32,
+    /// Reachable from its default branch.
+    pub reachable: bool,
 }
 
-fn split_ws_uuid_hash(rest: &[u8]) -> Option<CommitAddress> {
-    let mut parts = rest.splitn(3, |b| *b == 0);
-    let ws = std::str::from_utf8(parts.next()?).ok()?;
-    let uuid = std::str::from_utf8(parts.next()?).ok()?;
-    let hash = std::str::from_utf8(parts.next()?).ok()?;
-    Some(CommitAddress {
-        workspace: ws.to_owned(),
-        repo_uuid: uuid.to_owned(),
-        hash: hash.to_owned(),
+impl IndexEntry {
+    /// The order queries print: newest first, then hash, then repository.
+    pub fn order_key(&self) -> (std::cmp::Reverse<DateTime<Utc>>, Hash, u32) {
+        (std::cmp::Reverse(self.at), self.hash, self.repo)
+    }
+}
+
+fn tail_entry(tail: &[u8], repo: Option<u32>, value: &[u8]) -> Option<IndexEntry> {
+    let at = from_date8(tail)?;
+    let inv: &[u8] = tail.get(8..8 + HASH_BYTES)?;
+    let mut hash = [0u8; HASH_BYTES];
+    for (o, b) in hash.iter_mut().zip(inv) {
+        *o = !b;
+    }
+    let repo = match repo {
+        Some(id) => id,
+        None => {
+            let raw: [u8; 4] = tail
+                .get(8 + HASH_BYTES..8 + HASH_BYTES + 4)?
+                .try_into()
+                .ok()?;
+            !u32::from_be_bytes(raw)
+        }
+    };
+    Some(IndexEntry {
+        at,
+        hash,
+        repo,
+        reachable: value.first().is_none_or(|v| *v != 0),
     })
 }
 
-/// Decodes a `t` (by date) index key.
-pub fn parse_by_date(key: &[u8]) -> Option<(DateTime<Utc>, CommitAddress)> {
-    let at = from_date8(key.get(1..)?)?;
-    Some((at, split_ws_uuid_hash(key.get(9..)?)?))
+/// Decodes a `d` key (and its value).
+pub fn parse_by_repo(key: &[u8], value: &[u8]) -> Option<IndexEntry> {
+    let id = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?);
+    tail_entry(key.get(5..)?, Some(id), value)
 }
 
-/// Decodes an `a` (by author) index key whose identity prefix has length `prefix_len`.
-pub fn parse_by_author(key: &[u8], prefix_len: usize) -> Option<(DateTime<Utc>, CommitAddress)> {
-    let at = from_date8(key.get(prefix_len..)?)?;
-    Some((at, split_ws_uuid_hash(key.get(prefix_len + 8..)?)?))
+/// Decodes a `t` key (and its value).
+pub fn parse_by_date(key: &[u8], value: &[u8]) -> Option<IndexEntry> {
+    tail_entry(key.get(1..)?, None, value)
 }
 
-/// Decodes a `d` (by repository) index key whose repository prefix has length `prefix_len`.
-pub fn parse_by_repo(key: &[u8], prefix_len: usize) -> Option<(DateTime<Utc>, String)> {
-    let at = from_date8(key.get(prefix_len..)?)?;
-    let hash = std::str::from_utf8(key.get(prefix_len + 8..)?).ok()?;
-    Some((at, hash.to_owned()))
+/// Decodes an `a` key whose identity prefix is `prefix_len` long.
+pub fn parse_by_author(key: &[u8], prefix_len: usize, value: &[u8]) -> Option<IndexEntry> {
+    tail_entry(key.get(prefix_len..)?, None, value)
 }
 
-/// Decodes an `h` (by hash) index key.
-pub fn parse_by_hash(key: &[u8]) -> Option<CommitAddress> {
-    let hash = std::str::from_utf8(key.get(1..1 + HASH_LEN)?).ok()?;
-    let rest = key.get(1 + HASH_LEN..)?;
-    let mut parts = rest.splitn(2, |b| *b == 0);
-    let ws = std::str::from_utf8(parts.next()?).ok()?;
-    let uuid = std::str::from_utf8(parts.next()?).ok()?;
-    Some(CommitAddress {
-        workspace: ws.to_owned(),
-        repo_uuid: uuid.to_owned(),
-        hash: hash.to_owned(),
-    })
+/// Splits an `a` key into its identity and entry.
+pub fn split_by_author(key: &[u8], value: &[u8]) -> Option<(String, IndexEntry)> {
+    let end = key.iter().skip(1).position(|b| *b == 0)? + 1;
+    let identity = std::str::from_utf8(&key[1..end]).ok()?.to_owned();
+    Some((identity, parse_by_author(key, end + 1, value)?))
+}
+
+/// Decodes an `h` key.
+pub fn parse_by_hash(key: &[u8]) -> Option<(Hash, u32)> {
+    let hash: Hash = key.get(1..1 + HASH_BYTES)?.try_into().ok()?;
+    let id = u32::from_be_bytes(key.get(1 + HASH_BYTES..5 + HASH_BYTES)?.try_into().ok()?);
+    Some((hash, id))
+}
+
+/// Reachable flag as an index value.
+pub fn flag(reachable: bool) -> [u8; 1] {
+    [u8::from(reachable)]
 }
 
 #[cfg(test)]
@@ -219,31 +280,43 @@ mod tests {
     }
 
     #[test]
-    fn index_keys_round_trip() {
+    fn hashes_round_trip_and_reject_non_hex() {
         let h = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(hash_hex(&parse_hash(h).unwrap()), h);
+        assert!(parse_hash("xyz").is_none());
+        assert!(parse_hash(&h.replace('0', "g")).is_none());
+    }
+
+    #[test]
+    fn index_keys_round_trip_and_reverse_scans_give_print_order() {
+        let h1 = parse_hash("1111111111111111111111111111111111111111").unwrap();
+        let h2 = parse_hash("2222222222222222222222222222222222222222").unwrap();
         let at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
-        let (t, addr) = parse_by_date(&by_date(at, "acme", "{u}", h)).unwrap();
-        assert_eq!(
-            (
-                t,
-                addr.workspace.as_str(),
-                addr.repo_uuid.as_str(),
-                addr.hash.as_str()
-            ),
-            (at, "acme", "{u}", h)
-        );
-        let p = by_author_prefix("jane@x");
-        let (t, addr) =
-            parse_by_author(&by_author("jane@x", at, "acme", "{u}", h), p.len()).unwrap();
-        assert_eq!((t, addr.hash.as_str()), (at, h));
-        let p = by_repo_prefix("acme", "{u}");
-        assert_eq!(
-            parse_by_repo(&by_repo("acme", "{u}", at, h), p.len()),
-            Some((at, h.to_owned()))
-        );
-        assert_eq!(
-            parse_by_hash(&by_hash(h, "acme", "{u}")).unwrap().repo_uuid,
-            "{u}"
-        );
+        let later = Utc.timestamp_millis_opt(1_700_000_000_001).unwrap();
+        let e = parse_by_date(&by_date(at, &h1, 7), &flag(false)).unwrap();
+        assert_eq!((e.at, e.hash, e.repo, e.reachable), (at, h1, 7, false));
+        let e = parse_by_repo(&by_repo(9, at, &h2), &flag(true)).unwrap();
+        assert_eq!((e.at, e.hash, e.repo, e.reachable), (at, h2, 9, true));
+        let (id, e) = split_by_author(&by_author("jane@x", at, &h1, 3), &flag(true)).unwrap();
+        assert_eq!((id.as_str(), e.hash, e.repo), ("jane@x", h1, 3));
+        assert_eq!(parse_by_hash(&by_hash(&h1, 4)), Some((h1, 4)));
+        // Reverse key order = newest first, then hash ascending, then repo ascending.
+        let mut keys = vec![
+            by_date(at, &h2, 1),
+            by_date(later, &h2, 1),
+            by_date(at, &h1, 2),
+            by_date(at, &h1, 1),
+        ];
+        keys.sort();
+        keys.reverse();
+        let order: Vec<_> = keys
+            .iter()
+            .map(|k| parse_by_date(k, &[1]).unwrap())
+            .collect();
+        let mut expected = order.clone();
+        expected.sort_by_key(|e| e.order_key());
+        assert_eq!(order, expected);
+        assert_eq!(order[0].at, later);
+        assert_eq!((order[1].hash, order[1].repo), (h1, 1));
     }
 }

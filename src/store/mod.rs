@@ -9,17 +9,21 @@
 //! crash the store holds either the page and its cursor, or neither: a saved
 //! position is never ahead of stored data.
 
+pub mod codec;
 pub mod keys;
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::record::{Author, CommitRecord, Committer};
-pub use keys::CommitAddress;
+use keys::{flag, hash_hex, parse_hash};
+pub use keys::{Hash, IndexEntry};
 
 /// sled's page cache. Explicit so memory use does not depend on sled's
 /// default (1 GiB).
@@ -53,6 +57,14 @@ pub enum StoreError {
         /// Store directory.
         path: PathBuf,
         /// What sled or the decoder said.
+        message: String,
+    },
+    /// A record that cannot be stored (e.g. a hash that is not 40 hex digits).
+    #[error("cannot store {what}: {message}")]
+    Invalid {
+        /// What was being stored.
+        what: String,
+        /// Why not.
         message: String,
     },
     /// An I/O error (disk full, permissions…).
@@ -157,6 +169,9 @@ pub struct Walk {
 /// Everything the store keeps about one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoState {
+    /// The store's short id for the repository (0 until first stored).
+    #[serde(default)]
+    pub id: u32,
     /// Workspace name.
     pub workspace: String,
     /// Braced uuid: the identity.
@@ -205,6 +220,7 @@ impl RepoState {
         now: DateTime<Utc>,
     ) -> RepoState {
         RepoState {
+            id: 0,
             workspace: workspace.to_owned(),
             uuid: uuid.to_owned(),
             slug: slug.to_owned(),
@@ -257,7 +273,6 @@ pub struct StoredCommit {
     /// Reachable from the default branch.
     pub reachable: bool,
     /// When it was found unreachable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<DateTime<Utc>>,
 }
 
@@ -303,16 +318,107 @@ pub struct PageOutcome {
     pub repo: RepoState,
 }
 
+/// What the store knows of one author identity: the latest names it was
+/// seen with, and every raw identity and display name (lower-cased) that
+/// `--author` may match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AuthorRecord {
+    /// Account uuid, else lower-cased e-mail, else raw.
+    pub identity: String,
+    /// Latest `Name <email>`.
+    pub raw: Option<String>,
+    /// Latest name.
+    pub name: Option<String>,
+    /// Latest e-mail.
+    pub email: Option<String>,
+    /// Account uuid.
+    pub uuid: Option<String>,
+    /// Atlassian account id.
+    pub account_id: Option<String>,
+    /// Latest display name.
+    pub display_name: Option<String>,
+    /// Lower-cased raw identities and display names seen (bounded).
+    pub search: Vec<String>,
+}
+
+/// Distinct spellings kept per author for `--author` matching.
+const MAX_SEARCH: usize = 32;
+
+impl AuthorRecord {
+    /// Whether any spelling contains `needle` (already lower-cased).
+    pub fn may_match(&self, needle: &str) -> bool {
+        // A full list may have dropped spellings: then any author may match.
+        self.search.len() >= MAX_SEARCH || self.search.iter().any(|s| s.contains(needle))
+    }
+
+    fn absorb(&mut self, a: &Author) -> bool {
+        let mut changed = false;
+        for s in [a.raw.as_deref(), a.display_name.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            let s = s.to_lowercase();
+            if !self.search.contains(&s) && self.search.len() < MAX_SEARCH {
+                self.search.push(s);
+                changed = true;
+            }
+        }
+        let latest = (
+            a.raw.clone(),
+            a.name.clone(),
+            a.email.clone(),
+            a.display_name.clone(),
+        );
+        if a.raw.is_some()
+            && (
+                self.raw.clone(),
+                self.name.clone(),
+                self.email.clone(),
+                self.display_name.clone(),
+            ) != latest
+        {
+            self.raw = latest.0;
+            self.name = latest.1;
+            self.email = latest.2;
+            self.display_name = latest.3.or(self.display_name.take());
+            changed = true;
+        }
+        if self.uuid.is_none() && a.uuid.is_some() {
+            self.uuid = a.uuid.clone();
+            self.account_id = a.account_id.clone();
+            changed = true;
+        }
+        changed
+    }
+}
+
 /// The embedded store.
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// The next repository id to give (persisted with the batch using it).
+    next_id: Mutex<u32>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
     }
+}
+
+/// A boxed iterator over index entries.
+pub type Entries<'a> = Box<dyn Iterator<Item = Result<IndexEntry, StoreError>> + 'a>;
+
+/// The exclusive upper bound of all keys starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
 }
 
 impl Store {
@@ -327,7 +433,11 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(&path, e))?;
-        let store = Store { db, path };
+        let mut store = Store {
+            db,
+            path,
+            next_id: Mutex::new(1),
+        };
         match store.db.get(keys::META_SCHEMA).map_err(|e| store.err(e))? {
             None => {
                 store
@@ -338,10 +448,7 @@ impl Store {
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
-                        path: store.path.clone(),
-                        message: "unreadable schema version".into(),
-                    })?;
+                    .map_err(|_| store.corrupt("schema version", "unreadable"))?;
                 if found > keys::SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
                         path: store.path.clone(),
@@ -350,6 +457,12 @@ impl Store {
                     });
                 }
             }
+        }
+        if let Some(v) = store.db.get(keys::META_NEXT_ID).map_err(|e| store.err(e))? {
+            let n = <[u8; 4]>::try_from(v.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| store.corrupt("repository id counter", "unreadable"))?;
+            store.next_id = Mutex::new(n);
         }
         Ok(store)
     }
@@ -370,8 +483,15 @@ impl Store {
         }
     }
 
-    fn encode<T: Serialize>(&self, v: &T) -> Result<Vec<u8>, StoreError> {
+    fn json<T: Serialize>(&self, v: &T) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(v).map_err(|e| self.corrupt("cannot encode", e))
+    }
+
+    fn encode_commit(&self, c: &StoredCommit) -> Result<Vec<u8>, StoreError> {
+        codec::encode(c).map_err(|e| StoreError::Invalid {
+            what: format!("commit {}", c.hash),
+            message: e.to_string(),
+        })
     }
 
     /// A repository's record.
@@ -399,12 +519,53 @@ impl Store {
             .collect()
     }
 
-    /// Saves a repository record on its own (listing changes, status).
-    pub fn put_repo(&self, repo: &RepoState) -> Result<(), StoreError> {
-        self.db
-            .insert(keys::repo(&repo.workspace, &repo.uuid), self.encode(repo)?)
-            .map_err(|e| self.err(e))?;
+    /// Every repository record by id.
+    pub fn repos_by_id(&self) -> Result<HashMap<u32, RepoState>, StoreError> {
+        Ok(self.repos()?.into_iter().map(|r| (r.id, r)).collect())
+    }
+
+    /// Gives `repo` an id if it has none (reusing the stored one), adding
+    /// the counter update to `batch`.
+    fn assign_id(&self, repo: &mut RepoState, batch: &mut sled::Batch) -> Result<(), StoreError> {
+        if repo.id != 0 {
+            return Ok(());
+        }
+        if let Some(existing) = self.repo(&repo.workspace, &repo.uuid)? {
+            if existing.id != 0 {
+                repo.id = existing.id;
+                return Ok(());
+            }
+        }
+        let mut next = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+        repo.id = *next;
+        *next += 1;
+        batch.insert(keys::META_NEXT_ID, &next.to_be_bytes());
         Ok(())
+    }
+
+    /// Saves a repository record on its own (listing changes, status);
+    /// returns it with its id.
+    pub fn put_repo(&self, repo: &RepoState) -> Result<RepoState, StoreError> {
+        let mut repo = repo.clone();
+        let mut batch = sled::Batch::default();
+        self.assign_id(&mut repo, &mut batch)?;
+        batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
+        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+        Ok(repo)
+    }
+
+    /// A stored commit by repository id and hash.
+    pub fn commit_by_id(&self, repo: u32, hash: &Hash) -> Result<Option<StoredCommit>, StoreError> {
+        match self
+            .db
+            .get(keys::commit(repo, hash))
+            .map_err(|e| self.err(e))?
+        {
+            None => Ok(None),
+            Some(v) => codec::decode(hash, &v)
+                .map(Some)
+                .map_err(|e| self.corrupt("commit record", e)),
+        }
     }
 
     /// A stored commit.
@@ -414,16 +575,10 @@ impl Store {
         uuid: &str,
         hash: &str,
     ) -> Result<Option<StoredCommit>, StoreError> {
-        match self
-            .db
-            .get(keys::commit(workspace, uuid, hash))
-            .map_err(|e| self.err(e))?
-        {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| self.corrupt("commit record", e)),
-        }
+        let (Some(repo), Some(hash)) = (self.repo(workspace, uuid)?, parse_hash(hash)) else {
+            return Ok(None);
+        };
+        self.commit_by_id(repo.id, &hash)
     }
 
     /// Every stored commit of a repository, in hash order.
@@ -431,66 +586,145 @@ impl Store {
         &'a self,
         workspace: &str,
         uuid: &str,
-    ) -> impl Iterator<Item = Result<StoredCommit, StoreError>> + 'a {
-        self.db
-            .scan_prefix(keys::commit_prefix(workspace, uuid))
-            .map(move |kv| {
-                let (_, v) = kv.map_err(|e| self.err(e))?;
-                serde_json::from_slice(&v).map_err(|e| self.corrupt("commit record", e))
-            })
+    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
+        match self.repo(workspace, uuid) {
+            Ok(Some(repo)) => self.commits_of(repo.id),
+            Ok(None) => Box::new(std::iter::empty()),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     }
 
-    /// Writes one page of commits, their index entries and the repository
-    /// record (with its saved position) in one atomic batch. Commits already
-    /// stored are not written again (a re-walk is idempotent), except to
-    /// mark them reachable again.
+    /// Every stored commit of a repository id, in hash order.
+    pub fn commits_of<'a>(
+        &'a self,
+        id: u32,
+    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
+        let prefix = keys::commit_prefix(id);
+        let skip = prefix.len();
+        Box::new(self.db.scan_prefix(prefix).map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            codec::decode(&k[skip..], &v).map_err(|e| self.corrupt("commit record", e))
+        }))
+    }
+
+    fn author_record(&self, identity: &str) -> Result<Option<AuthorRecord>, StoreError> {
+        match self
+            .db
+            .get(keys::author(identity))
+            .map_err(|e| self.err(e))?
+        {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt("author record", e)),
+        }
+    }
+
+    /// Every author record.
+    pub fn authors(&self) -> Result<Vec<AuthorRecord>, StoreError> {
+        self.db
+            .scan_prefix([keys::AUTHOR])
+            .map(|kv| {
+                let (_, v) = kv.map_err(|e| self.err(e))?;
+                serde_json::from_slice(&v).map_err(|e| self.corrupt("author record", e))
+            })
+            .collect()
+    }
+
+    /// Writes one page of commits, their index entries, their authors and
+    /// the repository record (with its saved position) in one atomic batch.
+    /// Commits already stored are not written again (a re-walk is
+    /// idempotent), except to mark them reachable again.
     pub fn apply_page(
         &self,
         repo: &RepoState,
         commits: &[CommitRecord],
     ) -> Result<PageOutcome, StoreError> {
         let mut batch = sled::Batch::default();
+        let mut repo = repo.clone();
+        self.assign_id(&mut repo, &mut batch)?;
+        let id = repo.id;
         let mut seen = HashSet::with_capacity(commits.len());
+        let mut authors: HashMap<String, (AuthorRecord, bool)> = HashMap::new();
         let mut new_commits = 0u64;
         let mut revived = 0u64;
-        let ws = repo.workspace.as_str();
-        let uuid = repo.uuid.as_str();
         for c in commits {
-            if !seen.insert(c.hash.as_str()) {
+            let hash = parse_hash(&c.hash).ok_or_else(|| StoreError::Invalid {
+                what: format!("commit {:?}", c.hash),
+                message: "the hash is not 40 hex digits".into(),
+            })?;
+            if !seen.insert(hash) {
                 continue;
             }
-            let key = keys::commit(ws, uuid, &c.hash);
+            let key = keys::commit(id, &hash);
+            let identity = c.author.identity();
+            let at = c.date.with_timezone(&Utc);
             match self.db.get(&key).map_err(|e| self.err(e))? {
                 Some(v) => {
-                    let mut stored: StoredCommit =
-                        serde_json::from_slice(&v).map_err(|e| self.corrupt("commit record", e))?;
+                    let mut stored =
+                        codec::decode(&hash, &v).map_err(|e| self.corrupt("commit record", e))?;
                     if !stored.reachable {
                         stored.reachable = true;
                         stored.unreachable_since = None;
                         revived += 1;
-                        batch.insert(key, self.encode(&stored)?);
+                        batch.insert(key, self.encode_commit(&stored)?);
+                        self.set_flags(&mut batch, id, &stored, &hash, true);
                     }
                 }
                 None => {
                     new_commits += 1;
-                    let at = c.date.with_timezone(&Utc);
-                    batch.insert(key, self.encode(&StoredCommit::from_record(c))?);
-                    batch.insert(keys::by_repo(ws, uuid, at, &c.hash), &[] as &[u8]);
-                    batch.insert(
-                        keys::by_author(&c.author.identity(), at, ws, uuid, &c.hash),
-                        &[] as &[u8],
-                    );
-                    batch.insert(keys::by_date(at, ws, uuid, &c.hash), &[] as &[u8]);
-                    batch.insert(keys::by_hash(&c.hash, ws, uuid), &[] as &[u8]);
+                    batch.insert(key, self.encode_commit(&StoredCommit::from_record(c))?);
+                    batch.insert(keys::by_repo(id, at, &hash), &flag(true));
+                    batch.insert(keys::by_date(at, &hash, id), &flag(true));
+                    batch.insert(keys::by_author(&identity, at, &hash, id), &flag(true));
+                    batch.insert(keys::by_hash(&hash, id), &[] as &[u8]);
+                    let entry = match authors.remove(&identity) {
+                        Some(e) => e,
+                        None => match self.author_record(&identity)? {
+                            Some(a) => (a, false),
+                            None => (
+                                AuthorRecord {
+                                    identity: identity.clone(),
+                                    ..AuthorRecord::default()
+                                },
+                                true,
+                            ),
+                        },
+                    };
+                    let (mut record, mut dirty) = entry;
+                    dirty |= record.absorb(&c.author);
+                    authors.insert(identity, (record, dirty));
                 }
             }
         }
-        let mut repo = repo.clone();
+        for (identity, (record, dirty)) in &authors {
+            if *dirty {
+                batch.insert(keys::author(identity), self.json(record)?);
+            }
+        }
         repo.commits_stored += new_commits;
         repo.commits_unreachable = repo.commits_unreachable.saturating_sub(revived);
-        batch.insert(keys::repo(ws, uuid), self.encode(&repo)?);
+        batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
         self.db.apply_batch(batch).map_err(|e| self.err(e))?;
         Ok(PageOutcome { new_commits, repo })
+    }
+
+    /// Sets the reachable flag of a commit's three date indexes.
+    fn set_flags(
+        &self,
+        batch: &mut sled::Batch,
+        id: u32,
+        c: &StoredCommit,
+        hash: &Hash,
+        reachable: bool,
+    ) {
+        let at = c.date.with_timezone(&Utc);
+        batch.insert(keys::by_repo(id, at, hash), &flag(reachable));
+        batch.insert(keys::by_date(at, hash, id), &flag(reachable));
+        batch.insert(
+            keys::by_author(&c.author.identity(), at, hash, id),
+            &flag(reachable),
+        );
     }
 
     /// After a full walk that ended at `head`: marks every stored commit of
@@ -504,8 +738,11 @@ impl Store {
         head: &str,
         at: DateTime<Utc>,
     ) -> Result<(RepoState, u64), StoreError> {
+        let mut repo = repo.clone();
+        let mut batch = sled::Batch::default();
+        self.assign_id(&mut repo, &mut batch)?;
         let mut all: HashMap<String, StoredCommit> = HashMap::new();
-        for c in self.repo_commits(&repo.workspace, &repo.uuid) {
+        for c in self.commits_of(repo.id) {
             let c = c?;
             all.insert(c.hash.clone(), c);
         }
@@ -517,7 +754,6 @@ impl Store {
                 stack.extend(c.parents.iter().map(String::as_str));
             }
         }
-        let mut batch = sled::Batch::default();
         let mut orphaned = 0u64;
         let mut unreachable = 0u64;
         for c in all.values() {
@@ -526,23 +762,122 @@ impl Store {
                 unreachable += 1;
             }
             if now_reachable != c.reachable {
+                let Some(hash) = parse_hash(&c.hash) else {
+                    continue;
+                };
                 let mut c = c.clone();
                 c.reachable = now_reachable;
                 c.unreachable_since = if now_reachable { None } else { Some(at) };
                 if !now_reachable {
                     orphaned += 1;
                 }
-                batch.insert(
-                    keys::commit(&repo.workspace, &repo.uuid, &c.hash),
-                    self.encode(&c)?,
-                );
+                batch.insert(keys::commit(repo.id, &hash), self.encode_commit(&c)?);
+                self.set_flags(&mut batch, repo.id, &c, &hash, now_reachable);
             }
         }
-        let mut repo = repo.clone();
         repo.commits_unreachable = unreachable;
-        batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.encode(&repo)?);
+        batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
         self.db.apply_batch(batch).map_err(|e| self.err(e))?;
         Ok((repo, orphaned))
+    }
+
+    fn range<'a>(
+        &'a self,
+        prefix: Vec<u8>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        parse: impl Fn(&[u8], &[u8]) -> Option<IndexEntry> + 'a,
+    ) -> Entries<'a> {
+        let start = match since {
+            Some(t) => [prefix.as_slice(), &keys::date8(t)].concat(),
+            None => prefix.clone(),
+        };
+        let end = match until {
+            Some(t) => [prefix.as_slice(), &keys::date8(t)].concat(),
+            None => prefix_end(&prefix),
+        };
+        if start >= end {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(
+            self.db
+                .range::<Vec<u8>, _>((Bound::Included(start), Bound::Excluded(end)))
+                .rev()
+                .map(move |kv| {
+                    let (k, v) = kv.map_err(|e| self.err(e))?;
+                    parse(&k, &v).ok_or_else(|| self.corrupt("index entry", hash_hex(&k)))
+                }),
+        )
+    }
+
+    /// One repository's commits, newest first, within `[since, until)`.
+    pub fn scan_repo(
+        &self,
+        id: u32,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Entries<'_> {
+        self.range(keys::by_repo_prefix(id), since, until, keys::parse_by_repo)
+    }
+
+    /// Every commit, newest first, within `[since, until)`.
+    pub fn scan_all(
+        &self,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Entries<'_> {
+        self.range(vec![keys::BY_DATE], since, until, keys::parse_by_date)
+    }
+
+    /// One author identity's commits, newest first, within `[since, until)`.
+    pub fn scan_author(
+        &self,
+        identity: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Entries<'_> {
+        let prefix = keys::by_author_prefix(identity);
+        let len = prefix.len();
+        self.range(prefix, since, until, move |k, v| {
+            keys::parse_by_author(k, len, v)
+        })
+    }
+
+    /// Every (identity, commit) pair of the author index, in key order.
+    pub fn scan_author_index(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, IndexEntry), StoreError>> + '_ {
+        self.db.scan_prefix([keys::BY_AUTHOR]).map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            keys::split_by_author(&k, &v)
+                .ok_or_else(|| self.corrupt("author index entry", hash_hex(&k)))
+        })
+    }
+
+    /// Commits whose hash starts with `prefix` (hex), across repositories:
+    /// (hash, repository id) pairs.
+    pub fn find_hash_prefix(&self, prefix: &str) -> Result<Vec<(Hash, u32)>, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        let even = &prefix[..prefix.len() - prefix.len() % 2];
+        let Some(bytes) = (0..even.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&even[i..i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return Ok(vec![]);
+        };
+        let mut scan = vec![keys::BY_HASH];
+        scan.extend(&bytes);
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(scan) {
+            let (k, _) = kv.map_err(|e| self.err(e))?;
+            let (hash, id) = keys::parse_by_hash(&k)
+                .ok_or_else(|| self.corrupt("hash index entry", hash_hex(&k)))?;
+            if hash_hex(&hash).starts_with(&prefix) {
+                out.push((hash, id));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes everything to disk; returns the bytes flushed. Blocking: call
@@ -559,7 +894,7 @@ impl Store {
     /// Saves a small JSON document under a meta name (e.g. the last pass).
     pub fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
         self.db
-            .insert(key, self.encode(value)?)
+            .insert(key, self.json(value)?)
             .map_err(|e| self.err(e))?;
         Ok(())
     }
