@@ -143,7 +143,7 @@ pub async fn run(
     let opts = SimOptions {
         repos: 30,
         commits: 1000,
-        requests_per_hour: 100_000,
+        requests_per_hour: 1_000_000,
         ..SimOptions::default()
     };
     let ws = opts.workspace.clone();
@@ -175,7 +175,7 @@ pub async fn run(
             token: Secret::new("sim-access-token"),
         }],
     );
-    copts.requests_per_hour = 100_000;
+    copts.requests_per_hour = 1_000_000;
     let client = BitbucketClient::new(copts)?;
     let store = Arc::new(Store::open(store_dir)?);
     let pass = PassOptions {

@@ -301,7 +301,7 @@ mod tests {
         assert_eq!((id.as_str(), e.hash, e.repo), ("jane@x", h1, 3));
         assert_eq!(parse_by_hash(&by_hash(&h1, 4)), Some((h1, 4)));
         // Reverse key order = newest first, then hash ascending, then repo ascending.
-        let mut keys = vec![
+        let mut keys = [
             by_date(at, &h2, 1),
             by_date(later, &h2, 1),
             by_date(at, &h1, 2),
