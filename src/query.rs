@@ -1,0 +1,456 @@
+//! Questions about the stored commits: the logic behind `query`, `show` and
+//! `export`, shared by the CLI and the daemon's query API. It reads the
+//! store's indexes so that filtered queries decode only the commits they
+//! return (plus, for `--author` and `--grep`, the candidates they check).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::record::CommitRecord;
+use crate::store::{
+    keys, Entries, IndexEntry, RepoEvent, RepoState, RepoStatus, Store, StoreError,
+};
+
+/// Why a query could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `show` was given something that is not 7 to 40 hex digits.
+    #[error("{0:?} is not a commit hash: give 7 to 40 hex digits")]
+    BadHash(String),
+    /// No stored commit has this hash or prefix.
+    #[error("no stored commit matches {0}")]
+    UnknownHash(String),
+    /// A prefix matches several different commits.
+    #[error("{prefix} is ambiguous: it matches {}", .matches.join(", "))]
+    AmbiguousHash {
+        /// The prefix given.
+        prefix: String,
+        /// The full hashes it matches.
+        matches: Vec<String>,
+    },
+}
+
+/// Filters of `query commits` (and, where they apply, `query authors`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitFilter {
+    /// Only this workspace.
+    pub workspace: Option<String>,
+    /// Only these repository slugs (any of them).
+    pub repos: Vec<String>,
+    /// Case-insensitive substring of the author's raw `Name <email>` or display name.
+    pub author: Option<String>,
+    /// Inclusive lower bound on the commit instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on the commit instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Case-insensitive substring of the message.
+    pub grep: Option<String>,
+    /// Include commits no longer reachable from the default branch.
+    pub all: bool,
+    /// At most this many results.
+    pub limit: Option<usize>,
+}
+
+/// Merges streams that are each newest first into one newest-first stream
+/// (ties: hash, then repository id).
+struct Merge<'a> {
+    streams: Vec<Entries<'a>>,
+    heap: BinaryHeap<Reverse<((Reverse<DateTime<Utc>>, keys::Hash, u32), usize)>>,
+    heads: Vec<Option<IndexEntry>>,
+    error: Option<StoreError>,
+}
+
+impl<'a> Merge<'a> {
+    fn new(streams: Vec<Entries<'a>>) -> Merge<'a> {
+        let mut m = Merge {
+            heads: vec![None; streams.len()],
+            streams,
+            heap: BinaryHeap::new(),
+            error: None,
+        };
+        for i in 0..m.streams.len() {
+            m.pull(i);
+        }
+        m
+    }
+
+    fn pull(&mut self, i: usize) {
+        match self.streams[i].next() {
+            Some(Ok(e)) => {
+                self.heap.push(Reverse((e.order_key(), i)));
+                self.heads[i] = Some(e);
+            }
+            Some(Err(e)) => {
+                self.error.get_or_insert(e);
+            }
+            None => self.heads[i] = None,
+        }
+    }
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<IndexEntry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.error.take() {
+            return Some(Err(e));
+        }
+        let Reverse((_, i)) = self.heap.pop()?;
+        let entry = self.heads[i].take()?;
+        self.pull(i);
+        Some(Ok(entry))
+    }
+}
+
+/// The repositories a filter selects, by id.
+fn selected_repos(repos: &HashMap<u32, RepoState>, f: &CommitFilter) -> HashSet<u32> {
+    repos
+        .values()
+        .filter(|r| f.workspace.as_ref().is_none_or(|w| &r.workspace == w))
+        .filter(|r| f.repos.is_empty() || f.repos.iter().any(|s| s == &r.slug))
+        .map(|r| r.id)
+        .collect()
+}
+
+/// The newest-first index entries a filter needs to look at, before the
+/// per-commit checks (`--author` spelling, `--grep`).
+fn candidates<'a>(
+    store: &'a Store,
+    repos: &HashMap<u32, RepoState>,
+    selected: &HashSet<u32>,
+    f: &CommitFilter,
+) -> Result<Entries<'a>, StoreError> {
+    let narrowed = selected.len() < repos.len();
+    if let Some(needle) = &f.author {
+        let needle = needle.to_lowercase();
+        let streams: Vec<Entries<'a>> = store
+            .authors()?
+            .into_iter()
+            .filter(|a| a.may_match(&needle))
+            .map(|a| store.scan_author(&a.identity, f.since, f.until))
+            .collect();
+        return Ok(Box::new(Merge::new(streams)));
+    }
+    if narrowed && selected.len() <= 64 {
+        let mut ids: Vec<u32> = selected.iter().copied().collect();
+        ids.sort_unstable();
+        let streams = ids
+            .into_iter()
+            .map(|id| store.scan_repo(id, f.since, f.until))
+            .collect();
+        return Ok(Box::new(Merge::new(streams)));
+    }
+    Ok(store.scan_all(f.since, f.until))
+}
+
+/// Commits matching `f`, newest first (by instant, then hash, then
+/// repository). Lazy: a `limit` stops the scan early.
+pub fn commits<'a>(
+    store: &'a Store,
+    f: &'a CommitFilter,
+) -> Result<Box<dyn Iterator<Item = Result<CommitRecord, QueryError>> + 'a>, QueryError> {
+    let repos = store.repos_by_id()?;
+    let selected = selected_repos(&repos, f);
+    if selected.is_empty() {
+        return Ok(Box::new(std::iter::empty()));
+    }
+    let entries = candidates(store, &repos, &selected, f)?;
+    let author = f.author.as_ref().map(|a| a.to_lowercase());
+    let grep = f.grep.as_ref().map(|g| g.to_lowercase());
+    let all = f.all;
+    let iter = entries
+        .filter(move |e| match e {
+            Ok(e) => (all || e.reachable) && selected.contains(&e.repo),
+            Err(_) => true,
+        })
+        .filter_map(move |e| {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => return Some(Err(QueryError::from(err))),
+            };
+            let repo = repos.get(&e.repo)?;
+            let c = match store.commit_by_id(e.repo, &e.hash) {
+                Ok(Some(c)) => c,
+                Ok(None) => return None,
+                Err(err) => return Some(Err(err.into())),
+            };
+            if let Some(needle) = &author {
+                let hit = |s: &Option<String>| {
+                    s.as_ref()
+                        .is_some_and(|s| s.to_lowercase().contains(needle))
+                };
+                if !hit(&c.author.raw) && !hit(&c.author.display_name) {
+                    return None;
+                }
+            }
+            if let Some(needle) = &grep {
+                if !c.message.to_lowercase().contains(needle) {
+                    return None;
+                }
+            }
+            Some(Ok(c.to_record(repo)))
+        });
+    Ok(match f.limit {
+        Some(n) => Box::new(iter.take(n)),
+        None => Box::new(iter),
+    })
+}
+
+/// Every stored commit (reachable ones unless `all`), repository by
+/// repository in hash order: a streaming dump for `export`.
+pub fn export<'a>(
+    store: &'a Store,
+    all: bool,
+) -> Result<impl Iterator<Item = Result<CommitRecord, QueryError>> + 'a, QueryError> {
+    let mut repos = store.repos()?;
+    repos.sort_by(|a, b| (&a.workspace, &a.slug, &a.uuid).cmp(&(&b.workspace, &b.slug, &b.uuid)));
+    Ok(repos.into_iter().flat_map(move |repo| {
+        let id = repo.id;
+        store.commits_of(id).filter_map(move |c| match c {
+            Ok(c) if all || c.reachable => Some(Ok(c.to_record(&repo))),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.into())),
+        })
+    }))
+}
+
+/// `show`: every stored commit (across repositories) whose hash is `hash`
+/// or starts with it.
+pub fn show(store: &Store, hash: &str) -> Result<Vec<CommitRecord>, QueryError> {
+    let h = hash.trim().to_ascii_lowercase();
+    if h.len() < 7 || h.len() > 40 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(QueryError::BadHash(hash.to_owned()));
+    }
+    let found = store.find_hash_prefix(&h)?;
+    let distinct: std::collections::BTreeSet<String> =
+        found.iter().map(|(x, _)| keys::hash_hex(x)).collect();
+    if distinct.is_empty() {
+        return Err(QueryError::UnknownHash(h));
+    }
+    if distinct.len() > 1 {
+        return Err(QueryError::AmbiguousHash {
+            prefix: h,
+            matches: distinct.into_iter().collect(),
+        });
+    }
+    let repos = store.repos_by_id()?;
+    let mut out = Vec::new();
+    for (hash, id) in found {
+        if let (Some(repo), Some(c)) = (repos.get(&id), store.commit_by_id(id, &hash)?) {
+            out.push(c.to_record(repo));
+        }
+    }
+    out.sort_by(|a, b| (&a.workspace, &a.repo).cmp(&(&b.workspace, &b.repo)));
+    Ok(out)
+}
+
+/// One line of `query repos`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoRow {
+    /// Workspace.
+    pub workspace: String,
+    /// Slug.
+    pub slug: String,
+    /// Braced uuid.
+    pub uuid: String,
+    /// Default branch.
+    pub default_branch: Option<String>,
+    /// ok / empty / failed / deleted / new.
+    pub status: RepoStatus,
+    /// Reachable commits stored.
+    pub commits: u64,
+    /// Commits stored that a rewrite orphaned.
+    pub unreachable: u64,
+    /// Tip of the last finished walk.
+    pub head: Option<String>,
+    /// End of the last successful crawl.
+    pub last_sync: Option<DateTime<Utc>>,
+    /// Why the last crawl failed.
+    pub last_error: Option<String>,
+    /// Recent events (force pushes, branch changes, renames, deletions).
+    pub events: Vec<RepoEvent>,
+}
+
+/// `query repos`: every repository (of one workspace), by workspace and slug.
+pub fn repos(store: &Store, workspace: Option<&str>) -> Result<Vec<RepoRow>, QueryError> {
+    let mut rows: Vec<RepoRow> = store
+        .repos()?
+        .into_iter()
+        .filter(|r| workspace.is_none_or(|w| r.workspace == w))
+        .map(|r| RepoRow {
+            commits: r.commits_stored.saturating_sub(r.commits_unreachable),
+            unreachable: r.commits_unreachable,
+            workspace: r.workspace,
+            slug: r.slug,
+            uuid: r.uuid,
+            default_branch: r.default_branch,
+            status: r.status,
+            head: r.head,
+            last_sync: r.last_sync,
+            last_error: r.last_error,
+            events: r.events,
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.workspace, &a.slug).cmp(&(&b.workspace, &b.slug)));
+    Ok(rows)
+}
+
+/// One line of `query authors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthorRow {
+    /// Account uuid when known, else lower-cased e-mail.
+    pub identity: String,
+    /// Latest name.
+    pub name: Option<String>,
+    /// Latest e-mail.
+    pub email: Option<String>,
+    /// Bitbucket display name.
+    pub display_name: Option<String>,
+    /// Matching commits.
+    pub commits: u64,
+    /// Oldest matching commit.
+    pub first: DateTime<Utc>,
+    /// Newest matching commit.
+    pub last: DateTime<Utc>,
+    /// Repositories with matching commits.
+    pub repositories: u64,
+}
+
+/// `query authors`: per author identity, the commits matching `f` (limit
+/// applies to authors), most commits first.
+pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryError> {
+    struct Acc {
+        commits: u64,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+        repos: HashSet<u32>,
+    }
+    let mut acc: HashMap<String, Acc> = HashMap::new();
+    let mut add = |identity: String, e: &IndexEntry| {
+        let a = acc.entry(identity).or_insert_with(|| Acc {
+            commits: 0,
+            first: e.at,
+            last: e.at,
+            repos: HashSet::new(),
+        });
+        a.commits += 1;
+        a.first = a.first.min(e.at);
+        a.last = a.last.max(e.at);
+        a.repos.insert(e.repo);
+    };
+    let repos = store.repos_by_id()?;
+    let selected = selected_repos(&repos, f);
+    if f.author.is_some() || f.grep.is_some() {
+        // Per-commit checks: go through the commit query without a limit.
+        let unlimited = CommitFilter {
+            limit: None,
+            ..f.clone()
+        };
+        let ids: HashMap<(String, String), u32> = repos
+            .values()
+            .map(|r| ((r.workspace.clone(), r.uuid.clone()), r.id))
+            .collect();
+        for c in commits(store, &unlimited)? {
+            let c = c?;
+            let Some(id) = ids.get(&(c.workspace.clone(), c.repo_uuid.clone())) else {
+                continue;
+            };
+            let Some(hash) = keys::parse_hash(&c.hash) else {
+                continue;
+            };
+            let e = IndexEntry {
+                at: c.date.with_timezone(&Utc),
+                hash,
+                repo: *id,
+                reachable: c.reachable,
+            };
+            add(c.author.identity(), &e);
+        }
+    } else {
+        for item in store.scan_author_index() {
+            let (identity, e) = item?;
+            if (!f.all && !e.reachable)
+                || !selected.contains(&e.repo)
+                || f.since.is_some_and(|s| e.at < s)
+                || f.until.is_some_and(|u| e.at >= u)
+            {
+                continue;
+            }
+            add(identity, &e);
+        }
+    }
+    let records: HashMap<String, crate::store::AuthorRecord> = store
+        .authors()?
+        .into_iter()
+        .map(|a| (a.identity.clone(), a))
+        .collect();
+    let mut rows: Vec<AuthorRow> = acc
+        .into_iter()
+        .map(|(identity, a)| {
+            let r = records.get(&identity);
+            AuthorRow {
+                name: r.and_then(|r| r.name.clone()),
+                email: r.and_then(|r| r.email.clone()),
+                display_name: r.and_then(|r| r.display_name.clone()),
+                identity,
+                commits: a.commits,
+                first: a.first,
+                last: a.last,
+                repositories: a.repos.len() as u64,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.commits
+            .cmp(&a.commits)
+            .then_with(|| a.identity.cmp(&b.identity))
+    });
+    if let Some(n) = f.limit {
+        rows.truncate(n);
+    }
+    Ok(rows)
+}
+
+/// `query stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Repositories by status.
+    pub repositories: HashMap<String, u64>,
+    /// Commits stored.
+    pub commits: u64,
+    /// Of those, reachable from their default branch.
+    pub reachable_commits: u64,
+    /// Distinct author identities.
+    pub authors: u64,
+    /// Bytes on disk.
+    pub store_size_bytes: u64,
+    /// The last pass (start, end, requests, 429s, …), if any.
+    pub last_pass: Option<serde_json::Value>,
+}
+
+/// `query stats`.
+pub fn stats(store: &Store) -> Result<Stats, QueryError> {
+    let mut repositories: HashMap<String, u64> = HashMap::new();
+    let (mut commits, mut reachable) = (0u64, 0u64);
+    for r in store.repos()? {
+        *repositories
+            .entry(r.status.as_str().to_owned())
+            .or_insert(0) += 1;
+        commits += r.commits_stored;
+        reachable += r.commits_stored.saturating_sub(r.commits_unreachable);
+    }
+    Ok(Stats {
+        repositories,
+        commits,
+        reachable_commits: reachable,
+        authors: store.authors()?.len() as u64,
+        store_size_bytes: store.size_on_disk()?,
+        last_pass: store.meta(keys::META_LAST_PASS)?,
+    })
+}
