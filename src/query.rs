@@ -57,11 +57,15 @@ pub struct CommitFilter {
     pub limit: Option<usize>,
 }
 
+/// Print order of an index entry (see [`IndexEntry::order_key`]).
+type OrderKey = (Reverse<DateTime<Utc>>, keys::Hash, u32);
+
 /// Merges streams that are each newest first into one newest-first stream
 /// (ties: hash, then repository id).
 struct Merge<'a> {
     streams: Vec<Entries<'a>>,
-    heap: BinaryHeap<Reverse<((Reverse<DateTime<Utc>>, keys::Hash, u32), usize)>>,
+    /// Smallest print-order key first: (key, stream index).
+    heap: BinaryHeap<Reverse<(OrderKey, usize)>>,
     heads: Vec<Option<IndexEntry>>,
     error: Option<StoreError>,
 }
