@@ -126,11 +126,9 @@ fn selected_repos(repos: &HashMap<u32, RepoState>, f: &CommitFilter) -> HashSet<
 /// per-commit checks (`--author` spelling, `--grep`).
 fn candidates<'a>(
     store: &'a Store,
-    repos: &HashMap<u32, RepoState>,
     selected: &HashSet<u32>,
     f: &CommitFilter,
 ) -> Result<Entries<'a>, StoreError> {
-    let narrowed = selected.len() < repos.len();
     if let Some(needle) = &f.author {
         let needle = needle.to_lowercase();
         let streams: Vec<Entries<'a>> = store
@@ -141,16 +139,14 @@ fn candidates<'a>(
             .collect();
         return Ok(Box::new(Merge::new(streams)));
     }
-    if narrowed && selected.len() <= 64 {
-        let mut ids: Vec<u32> = selected.iter().copied().collect();
-        ids.sort_unstable();
-        let streams = ids
-            .into_iter()
-            .map(|id| store.scan_repo(id, f.since, f.until))
-            .collect();
-        return Ok(Box::new(Merge::new(streams)));
-    }
-    Ok(store.scan_all(f.since, f.until))
+    // One newest-first stream per repository, merged.
+    let mut ids: Vec<u32> = selected.iter().copied().collect();
+    ids.sort_unstable();
+    let streams = ids
+        .into_iter()
+        .map(|id| store.scan_repo(id, f.since, f.until))
+        .collect();
+    Ok(Box::new(Merge::new(streams)))
 }
 
 /// Commits matching `f`, newest first (by instant, then hash, then
@@ -164,7 +160,7 @@ pub fn commits<'a>(
     if selected.is_empty() {
         return Ok(Box::new(std::iter::empty()));
     }
-    let entries = candidates(store, &repos, &selected, f)?;
+    let entries = candidates(store, &selected, f)?;
     let author = f.author.as_ref().map(|a| a.to_lowercase());
     let grep = f.grep.as_ref().map(|g| g.to_lowercase());
     let all = f.all;

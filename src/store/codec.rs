@@ -10,6 +10,14 @@ use super::keys::{hash_hex, parse_hash, Hash};
 use super::StoredCommit;
 use crate::record::{parse_raw, Author, Committer};
 
+/// Most commits are committed by their author: then only a marker is kept.
+#[derive(Serialize, Deserialize)]
+enum DiskCommitter {
+    None,
+    SameAsAuthor,
+    Raw(Option<String>),
+}
+
 #[derive(Serialize, Deserialize)]
 struct DiskCommit {
     branch: String,
@@ -19,8 +27,8 @@ struct DiskCommit {
     author_uuid: Option<String>,
     author_account_id: Option<String>,
     author_display_name: Option<String>,
-    /// `None`: no committer; `Some(None)`: a committer without `raw`.
-    committer_raw: Option<Option<String>>,
+    /// The committer: see [`DiskCommitter`].
+    committer: DiskCommitter,
     message: String,
     parents: Vec<Hash>,
     reachable: bool,
@@ -56,7 +64,11 @@ pub fn encode(c: &StoredCommit) -> Result<Vec<u8>, CodecError> {
         author_uuid: c.author.uuid.clone(),
         author_account_id: c.author.account_id.clone(),
         author_display_name: c.author.display_name.clone(),
-        committer_raw: c.committer.as_ref().map(|x| x.raw.clone()),
+        committer: match &c.committer {
+            None => DiskCommitter::None,
+            Some(x) if x.raw.is_some() && x.raw == c.author.raw => DiskCommitter::SameAsAuthor,
+            Some(x) => DiskCommitter::Raw(x.raw.clone()),
+        },
         message: c.message.clone(),
         parents,
         reachable: c.reachable,
@@ -78,7 +90,12 @@ pub fn decode(hash: &[u8], bytes: &[u8]) -> Result<StoredCommit, CodecError> {
         .as_deref()
         .map(parse_raw)
         .unwrap_or((None, None));
-    let committer = d.committer_raw.map(|raw| {
+    let committer_raw = match d.committer {
+        DiskCommitter::None => None,
+        DiskCommitter::SameAsAuthor => Some(d.author_raw.clone()),
+        DiskCommitter::Raw(raw) => Some(raw),
+    };
+    let committer = committer_raw.map(|raw| {
         let (name, email) = raw.as_deref().map(parse_raw).unwrap_or((None, None));
         Committer { raw, name, email }
     });

@@ -9,10 +9,13 @@
 //! | `r`    | `r` workspace `\0` repository-uuid          | repository record (JSON) |
 //! | `c`    | `c` repo-id hash                            | commit (postcard, see `codec`) |
 //! | `d`    | `d` repo-id date ¬hash                      | reachable flag (by repository, newest last) |
-//! | `t`    | `t` date ¬hash ¬repo-id                     | reachable flag (everything by date) |
 //! | `a`    | `a` identity `\0` date ¬hash ¬repo-id       | reachable flag (by author identity and date) |
 //! | `u`    | `u` identity                                | author record (JSON: names, e-mails, account) |
-//! | `h`    | `h` hash repo-id                            | empty (by hash, for `show`) |
+//!
+//! Two date indexes only: each extra index entry costs write throughput and
+//! (through sled's space amplification) about as much disk as the commit
+//! itself. Queries over everything merge the per-repository streams; `show`
+//! finds a hash prefix with one short range scan of `c` per repository.
 //!
 //! - `repo-id`: a u32 given to each repository when first stored (big-endian).
 //! - `hash`: the 20 bytes of the 40-hex commit hash; `¬hash` its bitwise
@@ -42,14 +45,10 @@ pub const REPO: u8 = b'r';
 pub const COMMIT: u8 = b'c';
 /// (repository, date) index.
 pub const BY_REPO: u8 = b'd';
-/// (date) index.
-pub const BY_DATE: u8 = b't';
 /// (author, date) index.
 pub const BY_AUTHOR: u8 = b'a';
 /// Author records.
 pub const AUTHOR: u8 = b'u';
-/// (hash) index.
-pub const BY_HASH: u8 = b'h';
 
 /// Bytes of a binary hash.
 pub const HASH_BYTES: usize = 20;
@@ -140,16 +139,6 @@ pub fn by_repo(id: u32, at: DateTime<Utc>, hash: &Hash) -> Vec<u8> {
     k
 }
 
-/// (date) index key.
-pub fn by_date(at: DateTime<Utc>, hash: &Hash, id: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + 8 + HASH_BYTES + 4);
-    k.push(BY_DATE);
-    k.extend(date8(at));
-    k.extend(not(hash));
-    k.extend(not(&id.to_be_bytes()));
-    k
-}
-
 /// Prefix of the (author, date) index of one identity.
 pub fn by_author_prefix(identity: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + identity.len() + 8 + HASH_BYTES + 4);
@@ -173,15 +162,6 @@ pub fn author(identity: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + identity.len());
     k.push(AUTHOR);
     k.extend(identity.bytes().filter(|b| *b != 0));
-    k
-}
-
-/// (hash) index key.
-pub fn by_hash(hash: &Hash, id: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + HASH_BYTES + 4);
-    k.push(BY_HASH);
-    k.extend(hash);
-    k.extend(id.to_be_bytes());
     k
 }
 
@@ -237,11 +217,6 @@ pub fn parse_by_repo(key: &[u8], value: &[u8]) -> Option<IndexEntry> {
     tail_entry(key.get(5..)?, Some(id), value)
 }
 
-/// Decodes a `t` key (and its value).
-pub fn parse_by_date(key: &[u8], value: &[u8]) -> Option<IndexEntry> {
-    tail_entry(key.get(1..)?, None, value)
-}
-
 /// Decodes an `a` key whose identity prefix is `prefix_len` long.
 pub fn parse_by_author(key: &[u8], prefix_len: usize, value: &[u8]) -> Option<IndexEntry> {
     tail_entry(key.get(prefix_len..)?, None, value)
@@ -252,13 +227,6 @@ pub fn split_by_author(key: &[u8], value: &[u8]) -> Option<(String, IndexEntry)>
     let end = key.iter().skip(1).position(|b| *b == 0)? + 1;
     let identity = std::str::from_utf8(&key[1..end]).ok()?.to_owned();
     Some((identity, parse_by_author(key, end + 1, value)?))
-}
-
-/// Decodes an `h` key.
-pub fn parse_by_hash(key: &[u8]) -> Option<(Hash, u32)> {
-    let hash: Hash = key.get(1..1 + HASH_BYTES)?.try_into().ok()?;
-    let id = u32::from_be_bytes(key.get(1 + HASH_BYTES..5 + HASH_BYTES)?.try_into().ok()?);
-    Some((hash, id))
 }
 
 /// Reachable flag as an index value.
@@ -293,25 +261,25 @@ mod tests {
         let h2 = parse_hash("2222222222222222222222222222222222222222").unwrap();
         let at = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
         let later = Utc.timestamp_millis_opt(1_700_000_000_001).unwrap();
-        let e = parse_by_date(&by_date(at, &h1, 7), &flag(false)).unwrap();
-        assert_eq!((e.at, e.hash, e.repo, e.reachable), (at, h1, 7, false));
-        let e = parse_by_repo(&by_repo(9, at, &h2), &flag(true)).unwrap();
-        assert_eq!((e.at, e.hash, e.repo, e.reachable), (at, h2, 9, true));
+        let e = parse_by_repo(&by_repo(9, at, &h2), &flag(false)).unwrap();
+        assert_eq!((e.at, e.hash, e.repo, e.reachable), (at, h2, 9, false));
         let (id, e) = split_by_author(&by_author("jane@x", at, &h1, 3), &flag(true)).unwrap();
-        assert_eq!((id.as_str(), e.hash, e.repo), ("jane@x", h1, 3));
-        assert_eq!(parse_by_hash(&by_hash(&h1, 4)), Some((h1, 4)));
+        assert_eq!(
+            (id.as_str(), e.at, e.hash, e.repo, e.reachable),
+            ("jane@x", at, h1, 3, true)
+        );
         // Reverse key order = newest first, then hash ascending, then repo ascending.
         let mut keys = [
-            by_date(at, &h2, 1),
-            by_date(later, &h2, 1),
-            by_date(at, &h1, 2),
-            by_date(at, &h1, 1),
+            by_author("x", at, &h2, 1),
+            by_author("x", later, &h2, 1),
+            by_author("x", at, &h1, 2),
+            by_author("x", at, &h1, 1),
         ];
         keys.sort();
         keys.reverse();
         let order: Vec<_> = keys
             .iter()
-            .map(|k| parse_by_date(k, &[1]).unwrap())
+            .map(|k| split_by_author(k, &[1]).unwrap().1)
             .collect();
         let mut expected = order.clone();
         expected.sort_by_key(|e| e.order_key());

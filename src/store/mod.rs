@@ -675,9 +675,7 @@ impl Store {
                     new_commits += 1;
                     batch.insert(key, self.encode_commit(&StoredCommit::from_record(c))?);
                     batch.insert(keys::by_repo(id, at, &hash), &flag(true));
-                    batch.insert(keys::by_date(at, &hash, id), &flag(true));
                     batch.insert(keys::by_author(&identity, at, &hash, id), &flag(true));
-                    batch.insert(keys::by_hash(&hash, id), &[] as &[u8]);
                     let entry = match authors.remove(&identity) {
                         Some(e) => e,
                         None => match self.author_record(&identity)? {
@@ -720,7 +718,6 @@ impl Store {
     ) {
         let at = c.date.with_timezone(&Utc);
         batch.insert(keys::by_repo(id, at, hash), &flag(reachable));
-        batch.insert(keys::by_date(at, hash, id), &flag(reachable));
         batch.insert(
             keys::by_author(&c.author.identity(), at, hash, id),
             &flag(reachable),
@@ -820,15 +817,6 @@ impl Store {
         self.range(keys::by_repo_prefix(id), since, until, keys::parse_by_repo)
     }
 
-    /// Every commit, newest first, within `[since, until)`.
-    pub fn scan_all(
-        &self,
-        since: Option<DateTime<Utc>>,
-        until: Option<DateTime<Utc>>,
-    ) -> Entries<'_> {
-        self.range(vec![keys::BY_DATE], since, until, keys::parse_by_date)
-    }
-
     /// One author identity's commits, newest first, within `[since, until)`.
     pub fn scan_author(
         &self,
@@ -855,7 +843,7 @@ impl Store {
     }
 
     /// Commits whose hash starts with `prefix` (hex), across repositories:
-    /// (hash, repository id) pairs.
+    /// (hash, repository id) pairs. One short range scan per repository.
     pub fn find_hash_prefix(&self, prefix: &str) -> Result<Vec<(Hash, u32)>, StoreError> {
         let prefix = prefix.to_ascii_lowercase();
         let even = &prefix[..prefix.len() - prefix.len() % 2];
@@ -866,15 +854,19 @@ impl Store {
         else {
             return Ok(vec![]);
         };
-        let mut scan = vec![keys::BY_HASH];
-        scan.extend(&bytes);
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(scan) {
-            let (k, _) = kv.map_err(|e| self.err(e))?;
-            let (hash, id) = keys::parse_by_hash(&k)
-                .ok_or_else(|| self.corrupt("hash index entry", hash_hex(&k)))?;
-            if hash_hex(&hash).starts_with(&prefix) {
-                out.push((hash, id));
+        for repo in self.repos()? {
+            let mut scan = keys::commit_prefix(repo.id);
+            let skip = scan.len();
+            scan.extend(&bytes);
+            for kv in self.db.scan_prefix(scan) {
+                let (k, _) = kv.map_err(|e| self.err(e))?;
+                let Ok(hash) = Hash::try_from(&k[skip..]) else {
+                    continue;
+                };
+                if hash_hex(&hash).starts_with(&prefix) {
+                    out.push((hash, repo.id));
+                }
             }
         }
         Ok(out)
