@@ -2,12 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bbcrawl::record::CommitRecord;
 use bbcrawl::simulator::{
-    Fault, RequestRecord, RepoSpec, SimCommit, SimCredential, SimOptions, Simulator,
+    Fault, RepoSpec, RequestRecord, SimCommit, SimCredential, SimOptions, Simulator,
 };
 use bbcrawl::store::{RepoState, RepoStatus, Store};
 
@@ -394,4 +394,124 @@ async fn resumes_from_saved_cursor_after_sigkill() {
     eprintln!("page-1 requests for big: {from_top_total}; runs that started without a saved walk and reached big: {runs_from_top}");
     assert_eq!(from_top_total, runs_from_top);
     assert!(from_top_total >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_429_storm_with_faults() {
+    const LIMIT: u32 = 25;
+    const WINDOW: Duration = Duration::from_secs(3);
+    const RETRY_AFTER: u64 = 1;
+    const LATENCY: Duration = Duration::from_millis(50);
+    // Requests already on the wire when a 429 comes back (loopback).
+    const GRACE: Duration = Duration::from_millis(100);
+    let sim = Simulator::new(SimOptions {
+        seed: 429,
+        requests_per_hour: LIMIT,
+        rate_window: WINDOW,
+        retry_after: Some(RETRY_AFTER),
+        fault_rate: 0.05,
+        ..SimOptions::default()
+    });
+    sim.add_workspace(WS);
+    // An API token: no X-RateLimit-Limit header, so the client keeps its own
+    // (huge) budget and only the simulator's 429s hold it back. With the
+    // access token it would adopt the 25 "per hour" and pace for hours.
+    sim.add_credential(SimCredential::ApiToken {
+        email: EMAIL.into(),
+        token: API_TOKEN.into(),
+        scopes: vec!["read:repository:bitbucket".into()],
+        workspaces: vec![WS.into()],
+    });
+    for i in 0..6 {
+        sim.add_repo(WS, RepoSpec::new(&format!("svc-{i}"), 200 + 20 * i));
+    }
+    sim.set_latency(LATENCY);
+    let server = serve(&sim).await;
+    let api = server.api_url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store_s = store.to_string_lossy().into_owned();
+    // Stalls (2 s) are cut off by the 1 s timeout; 429s and faults never
+    // exhaust 50 retries.
+    let config = config_file(
+        dir.path(),
+        "page_size = 10\nmax_retries = 50\nrequest_timeout_seconds = 1\n",
+    );
+    let config_s = config.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let out = bbcrawl(
+        dir.path(),
+        &["--config", &config_s, "sync"],
+        &[
+            ("BBCRAWL_API_URL", api.as_str()),
+            ("BBCRAWL_WORKSPACES", WS),
+            ("BITBUCKET_USERNAME", EMAIL),
+            ("BITBUCKET_API_TOKEN", API_TOKEN),
+            ("BBCRAWL_STORE", &store_s),
+            ("BBCRAWL_REQUESTS_PER_HOUR", "1000000"),
+        ],
+    )
+    .await;
+    let wall = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_store_is_truth(&store, &sim);
+
+    let log = sim.requests();
+    assert!(log.iter().all(|r| r.credential.as_deref() == Some(EMAIL)));
+    let limited: Vec<usize> = (0..log.len()).filter(|&i| log[i].status == 429).collect();
+    let faults = log
+        .iter()
+        .filter(|r| r.status == 0 || r.status >= 500)
+        .count();
+    let text = stdout(&out);
+    eprintln!(
+        "429 storm: {} requests, {} answered 429, {} transient faults (5xx or no answer) in {:.1} s; summary: {}",
+        log.len(),
+        limited.len(),
+        faults,
+        wall.as_secs_f64(),
+        text.trim()
+    );
+    assert!(limited.len() >= 10, "the storm was too mild to test anything");
+    assert_eq!(
+        summary_number(&text, " rate limited (429)"),
+        limited.len() as u64,
+        "the summary counts every 429 served"
+    );
+
+    let retry_after = Duration::from_secs(RETRY_AFTER);
+    let (mut probes, mut min_pause, mut min_probe_gap) = (0, Duration::MAX, Duration::MAX);
+    for &i in &limited {
+        let t = log[i].at;
+        // The gate is closed from the 429's arrival (+ latency) for
+        // Retry-After: nothing may arrive in between.
+        let during: Vec<String> = log
+            .iter()
+            .filter(|r| r.at > t + GRACE && r.at < t + retry_after - GRACE)
+            .map(|r| format!("{:?} after the 429: {}?{:?}", r.at - t, r.path, r.query))
+            .collect();
+        assert!(
+            during.is_empty(),
+            "request {i} answered 429 (Retry-After {RETRY_AFTER} s) but {} requests were sent while the gate was closed: {during:#?}",
+            during.len()
+        );
+        // The first request after the pause probes alone: nothing else
+        // arrives before its answer (it cannot come back before LATENCY).
+        if let Some(p) = (i + 1..log.len()).find(|&j| log[j].at > t + GRACE) {
+            min_pause = min_pause.min(log[p].at - t);
+            if let Some(next) = log.get(p + 1) {
+                let gap = next.at - log[p].at;
+                probes += 1;
+                min_probe_gap = min_probe_gap.min(gap);
+                assert!(
+                    gap >= LATENCY - Duration::from_millis(1),
+                    "after the pause of 429 #{i}, request {p} probed but request {} followed it {gap:?} later, before the probe's answer",
+                    p + 1
+                );
+            }
+        }
+    }    eprintln!(
+        "429 storm: {probes} pauses checked; shortest pause from a 429 to the probe {min_pause:?}; shortest gap after a probe {min_probe_gap:?}"
+    );
+    assert!(probes > 0);
 }
