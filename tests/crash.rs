@@ -178,9 +178,7 @@ fn repo_by_slug(store: &Path, slug: &str) -> Option<RepoState> {
 
 fn before_of(state: Option<RepoState>) -> Before {
     match state {
-        Some(RepoState {
-            walk: Some(w), ..
-        }) if w.pages > 0 => Before::Walk {
+        Some(RepoState { walk: Some(w), .. }) if w.pages > 0 => Before::Walk {
             pages: w.pages,
             next: w.next,
         },
@@ -216,7 +214,11 @@ fn assert_cursor_not_ahead(store: &Path, truth: &BTreeMap<String, Vec<SimCommit>
             repo.slug
         );
         if let Some(w) = &repo.walk {
-            assert!(w.exclude.is_empty(), "{}: first walk is a full one", repo.slug);
+            assert!(
+                w.exclude.is_empty(),
+                "{}: first walk is a full one",
+                repo.slug
+            );
             let covered = (w.pages as usize * PAGE).min(truth.len());
             let missing: Vec<&str> = truth[..covered]
                 .iter()
@@ -268,9 +270,9 @@ fn assert_cursor_not_ahead(store: &Path, truth: &BTreeMap<String, Vec<SimCommit>
 }
 
 fn query_has(r: &RequestRecord, key: &str) -> bool {
-    r.query.as_deref().is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == key)
-    })
+    r.query
+        .as_deref()
+        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == key))
 }
 
 /// A commits request for the first page of a full walk: no `page` token and
@@ -340,7 +342,13 @@ async fn resumes_from_saved_cursor_after_sigkill() {
     let before = before_of(repo_by_slug(&store, "big"));
     let from = sim.requests().len();
     let out = sync(&store, &api, &[], &[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     runs.push((before, from..sim.requests().len()));
     eprintln!(
         "{kills} kills ({mid_walk} left big mid-walk, {finished_early} runs finished before their kill) and a final sync in {:.1} s; {} requests",
@@ -354,7 +362,9 @@ async fn resumes_from_saved_cursor_after_sigkill() {
 
     assert_store_is_truth(&store, &sim);
     let repos = store_repos(&store);
-    assert!(repos.iter().all(|r| r.status == RepoStatus::Ok && r.walk.is_none()));
+    assert!(repos
+        .iter()
+        .all(|r| r.status == RepoStatus::Ok && r.walk.is_none()));
 
     // No run re-walked big from page 1 if a walk was saved; a resumed run's
     // first request for big is the saved `next` link, exactly.
@@ -377,7 +387,10 @@ async fn resumes_from_saved_cursor_after_sigkill() {
                 }
             }
             Before::Walk { pages, next } => {
-                assert_eq!(from_top, 0, "run {n} had a saved walk ({pages} pages) but asked for page 1 again");
+                assert_eq!(
+                    from_top, 0,
+                    "run {n} had a saved walk ({pages} pages) but asked for page 1 again"
+                );
                 if let Some(first) = big.first() {
                     assert!(query_has(first, "page"), "run {n}: resumed with {first:?}");
                     let next = url::Url::parse(next.as_deref().expect("saved next")).unwrap();
@@ -453,7 +466,13 @@ async fn survives_a_429_storm_with_faults() {
     )
     .await;
     let wall = started.elapsed();
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert_store_is_truth(&store, &sim);
 
     let log = sim.requests();
@@ -472,7 +491,10 @@ async fn survives_a_429_storm_with_faults() {
         wall.as_secs_f64(),
         text.trim()
     );
-    assert!(limited.len() >= 10, "the storm was too mild to test anything");
+    assert!(
+        limited.len() >= 10,
+        "the storm was too mild to test anything"
+    );
     assert_eq!(
         summary_number(&text, " rate limited (429)"),
         limited.len() as u64,
@@ -510,8 +532,147 @@ async fn survives_a_429_storm_with_faults() {
                 );
             }
         }
-    }    eprintln!(
+    }
+    eprintln!(
         "429 storm: {probes} pauses checked; shortest pause from a 429 to the probe {min_pause:?}; shortest gap after a probe {min_probe_gap:?}"
     );
     assert!(probes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_twice_gives_identical_store_contents() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("alpha", 450));
+    sim.add_repo(WS, RepoSpec::new("beta", 130));
+    sim.add_repo(
+        WS,
+        RepoSpec {
+            slug: "empty".into(),
+            mainbranch: None,
+            commits: 0,
+            merges: false,
+        },
+    );
+    let total: usize = truth(&sim).values().map(Vec::len).sum();
+    let server = serve(&sim).await;
+    let api = server.api_url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+
+    let mut new_commits = Vec::new();
+    let mut contents = Vec::new();
+    for args in [&[][..], &["--full"][..], &["--full"][..]] {
+        let out = sync(&store, &api, args, &[]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        new_commits.push(summary_number(&stdout(&out), " new commits"));
+        contents.push(store_records(&store));
+    }
+    eprintln!("full syncs: new commits per run {new_commits:?} (truth: {total})");
+    assert_store_is_truth(&store, &sim);
+    assert_eq!(contents[0].len(), total);
+    assert!(
+        contents[1] == contents[2],
+        "the two full syncs left different stores"
+    );
+    assert!(
+        contents[0] == contents[1],
+        "a full sync changed the first sync's records"
+    );
+    assert_eq!(new_commits, vec![total as u64, 0, 0]);
+    // Every repository ends in a finished state with its counts right.
+    for r in store_repos(&store) {
+        assert!(r.walk.is_none(), "{}: walk left over", r.slug);
+        assert_eq!(r.commits_unreachable, 0, "{}", r.slug);
+        let expected = sim.branch_commits(WS, &r.slug).len() as u64;
+        assert_eq!(r.commits_stored, expected, "{}: commits_stored", r.slug);
+        let status = if expected == 0 {
+            RepoStatus::Empty
+        } else {
+            RepoStatus::Ok
+        };
+        assert_eq!(r.status, status, "{}", r.slug);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_that_keeps_failing_is_failed_and_the_others_complete() {
+    const MAX_RETRIES: usize = 2;
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("good-a", 230));
+    sim.add_repo(WS, RepoSpec::new("bad", 150));
+    sim.add_repo(WS, RepoSpec::new("good-b", 75));
+    let bad_path = format!("/repositories/{WS}/bad/commits");
+    // One 500 for every attempt a request gets: the first request and its
+    // retries, then nothing more (the next sync sees a healthy repository).
+    sim.inject(Some(&bad_path), vec![Fault::Status(500); MAX_RETRIES + 1]);
+    let server = serve(&sim).await;
+    let api = server.api_url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let config = config_file(dir.path(), &format!("max_retries = {MAX_RETRIES}\n"));
+    let config_s = config.to_string_lossy().into_owned();
+
+    let out = sync(&store, &api, &["--config", &config_s], &[]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(6), "{text}{}", stderr(&out));
+    assert_eq!(summary_number(&text, " failed,"), 1, "{text}");
+    assert_eq!(summary_number(&text, " ok,"), 2, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("failed:") && l.contains("acme/bad")),
+        "stdout names the failed repository:\n{text}"
+    );
+    let bad_requests = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains(&bad_path))
+        .count();
+    assert_eq!(
+        bad_requests,
+        MAX_RETRIES + 1,
+        "one request and {MAX_RETRIES} retries"
+    );
+    let repos = store_repos(&store);
+    assert_eq!(repos.len(), 3);
+    let records = store_records(&store);
+    for r in &repos {
+        let stored = records.iter().filter(|c| c.repo_uuid == r.uuid).count();
+        if r.slug == "bad" {
+            assert_eq!(r.status, RepoStatus::Failed);
+            assert!(
+                r.last_error.as_deref().is_some_and(|e| !e.is_empty()),
+                "{r:?}"
+            );
+            assert_eq!(r.consecutive_failures, 1);
+            assert_eq!(stored, 0);
+        } else {
+            assert_eq!(r.status, RepoStatus::Ok, "{}: {:?}", r.slug, r.last_error);
+            assert_eq!(r.last_error, None);
+            assert_eq!(stored, sim.branch_commits(WS, &r.slug).len(), "{}", r.slug);
+        }
+    }
+
+    // The faults are used up: the next sync completes the failed repository.
+    let out = sync(&store, &api, &["--config", &config_s], &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(summary_number(&stdout(&out), " failed,"), 0);
+    assert_eq!(summary_number(&stdout(&out), " new commits"), 150);
+    for r in store_repos(&store) {
+        assert_eq!(r.status, RepoStatus::Ok, "{}: {:?}", r.slug, r.last_error);
+        assert_eq!(r.last_error, None, "{}", r.slug);
+        assert_eq!(r.consecutive_failures, 0, "{}", r.slug);
+    }
+    assert_store_is_truth(&store, &sim);
 }
