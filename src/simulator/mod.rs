@@ -4,7 +4,7 @@
 //! It follows `shared/bitbucket-api.md`: a paged repository listing, commit
 //! walks newest first with opaque signed `next` tokens, `include` / `exclude`,
 //! `fields`, the three credential kinds with scopes, Bitbucket's error bodies,
-//! a rolling one-hour rate limit answering 429 in `text/plain`,
+//! a rolling one-hour rate limit (window length configurable) answering 429 in `text/plain`,
 //! `X-RateLimit-*` headers for access tokens only, injectable transport
 //! faults, and changes while it serves (pushes, force pushes, renames,
 //! deletions). Everything is deterministic for a given seed: hashes, dates and
@@ -42,8 +42,12 @@ pub struct SimOptions {
     pub repos: usize,
     /// Commits on a typical generated default branch; repositories vary around it.
     pub commits: usize,
-    /// Rolling one-hour limit per credential; 0 = unlimited.
+    /// Requests allowed per credential within any `rate_window` (a rolling
+    /// hour by default, as Bitbucket counts); 0 = unlimited.
     pub requests_per_hour: u32,
+    /// Length of the rolling rate-limit window (default 3600 s, Bitbucket's
+    /// hour). Tests shorten it so a tight limit recovers within seconds.
+    pub rate_window: Duration,
     /// When set, 429s carry `Retry-After` with this many seconds (Bitbucket usually sends none).
     pub retry_after: Option<u64>,
     /// Probability (0..=1) that a request gets a random transient fault.
@@ -60,6 +64,7 @@ impl Default for SimOptions {
             repos: 12,
             commits: 300,
             requests_per_hour: 1000,
+            rate_window: Duration::from_secs(3600),
             retry_after: None,
             fault_rate: 0.0,
             latency: Duration::ZERO,
@@ -241,7 +246,7 @@ struct Inner {
     faults: Mutex<Faults>,
     /// Latency added before every answer, in nanoseconds (changeable while serving).
     latency_nanos: std::sync::atomic::AtomicU64,
-    /// Per-credential arrival times of served requests in the last hour.
+    /// Per-credential arrival times of served requests in the last `rate_window`.
     limits: Mutex<HashMap<String, VecDeque<tokio::time::Instant>>>,
     /// Key signing page tokens; derived from the seed so tokens survive a
     /// restart of a simulator with the same seed.

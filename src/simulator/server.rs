@@ -550,7 +550,12 @@ impl Simulator {
         if limit > 0 {
             let mut limits = lock(&self.inner.limits);
             let window = limits.entry(auth.identity.clone()).or_default();
-            let over = !admit(window, Instant::now(), limit as usize);
+            let over = !admit(
+                window,
+                Instant::now(),
+                self.inner.opts.rate_window,
+                limit as usize,
+            );
             if auth.kind == Kind::AccessToken {
                 let remaining = (limit as usize).saturating_sub(window.len());
                 let near = remaining * 20 < limit as usize;
@@ -830,13 +835,19 @@ impl Simulator {
     }
 }
 
-/// The rolling one-hour window: forgets arrivals older than an hour, then
-/// admits (and records) `now` unless `limit` requests remain in the window.
-/// Refused requests are not recorded: Bitbucket does not count its 429s.
-fn admit(window: &mut std::collections::VecDeque<Instant>, now: Instant, limit: usize) -> bool {
+/// The rolling window (`length`, an hour unless a test shortens it):
+/// forgets arrivals at least `length` old, then admits (and records) `now`
+/// unless `limit` requests remain in the window. Refused requests are not
+/// recorded: Bitbucket does not count its 429s.
+fn admit(
+    window: &mut std::collections::VecDeque<Instant>,
+    now: Instant,
+    length: Duration,
+    limit: usize,
+) -> bool {
     while window
         .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(3600))
+        .is_some_and(|t| now.saturating_duration_since(*t) >= length)
     {
         window.pop_front();
     }
@@ -994,15 +1005,37 @@ mod tests {
 
     #[test]
     fn rate_window_rolls_over_an_hour() {
+        let hour = Duration::from_secs(3600);
         let mut w = std::collections::VecDeque::new();
         let t0 = Instant::now();
-        assert!(admit(&mut w, t0, 2));
-        assert!(admit(&mut w, t0 + Duration::from_secs(1800), 2));
-        assert!(!admit(&mut w, t0 + Duration::from_secs(3599), 2));
+        assert!(admit(&mut w, t0, hour, 2));
+        assert!(admit(&mut w, t0 + Duration::from_secs(1800), hour, 2));
+        assert!(!admit(&mut w, t0 + Duration::from_secs(3599), hour, 2));
         assert_eq!(w.len(), 2, "refusals are not counted");
-        assert!(admit(&mut w, t0 + Duration::from_secs(3600), 2));
-        assert!(!admit(&mut w, t0 + Duration::from_secs(3700), 2));
-        assert!(admit(&mut w, t0 + Duration::from_secs(5400), 2));
+        assert!(admit(&mut w, t0 + Duration::from_secs(3600), hour, 2));
+        assert!(!admit(&mut w, t0 + Duration::from_secs(3700), hour, 2));
+        assert!(admit(&mut w, t0 + Duration::from_secs(5400), hour, 2));
+    }
+
+    #[test]
+    fn rate_window_length_is_configurable() {
+        let len = Duration::from_secs(3);
+        let mut w = std::collections::VecDeque::new();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(admit(&mut w, t0, len, 2));
+        assert!(admit(&mut w, t0 + ms(1000), len, 2));
+        assert!(!admit(&mut w, t0 + ms(2999), len, 2), "full until 3 s pass");
+        assert!(
+            admit(&mut w, t0 + ms(3000), len, 2),
+            "the first one rolled out"
+        );
+        assert!(!admit(&mut w, t0 + ms(3999), len, 2));
+        assert!(admit(&mut w, t0 + ms(4000), len, 2));
+        assert_eq!(
+            super::super::SimOptions::default().rate_window,
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]
