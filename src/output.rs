@@ -615,7 +615,11 @@ fn write_show_text<W: Write>(out: &mut W, r: &CommitRecord) -> io::Result<()> {
     }
     writeln!(out)?;
     for line in r.message.lines() {
-        writeln!(out, "    {line}")?;
+        if line.is_empty() {
+            writeln!(out)?;
+        } else {
+            writeln!(out, "    {line}")?;
+        }
     }
     Ok(())
 }
