@@ -5,6 +5,7 @@
 //! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
 //! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
 //! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
+//! - [`output`]    how `query`, `show` and `export` print: table, json, ndjson, csv.
 //! - [`query`]     questions about the stored commits, shared by the CLI and the daemon.
 //! - [`record`]    the domain: `CommitRecord` and its parts (SPEC section 4).
 //! - [`bitbucket`] the API: models, client (auth, pagination, origin check), retry, rate budget.
@@ -17,6 +18,7 @@ pub mod actors;
 pub mod bitbucket;
 pub mod config;
 pub mod demo;
+pub mod output;
 pub mod progress;
 pub mod query;
 pub mod record;

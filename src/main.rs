@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use std::io::IsTerminal;
@@ -17,7 +18,9 @@ use std::sync::Arc;
 use bbcrawl::actors::{run_pass, PassError, PassObserver, PassOptions};
 use bbcrawl::bitbucket::{ApiError, BitbucketClient, ClientOptions};
 use bbcrawl::config::{Config, ConfigError, Overrides};
+use bbcrawl::output::{self, Format, OutputError, ShowFormat};
 use bbcrawl::progress::{ProgressMode, SyncProgress};
+use bbcrawl::query::{self as q, CommitFilter, QueryError};
 use bbcrawl::simulator::SimOptions;
 use bbcrawl::store::{Store, StoreError};
 use bbcrawl::verify::{self, VerifyReport};
@@ -103,6 +106,32 @@ enum Command {
     /// Crawl the built-in simulator into a fresh store (or --store) and show
     /// the results: no credentials, no network, no configuration.
     Demo,
+    /// Questions about the stored commits (no credentials needed).
+    Query {
+        #[command(subcommand)]
+        what: QueryCommand,
+    },
+    /// The full record of a commit, in every repository that has it.
+    Show {
+        /// Full hash or a prefix of 7 or more hex digits.
+        hash: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ShowFormatArg::Text)]
+        format: ShowFormatArg,
+    },
+    /// Every stored commit, repository by repository.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+        format: ExportFormat,
+        /// Include commits no longer reachable from the default branch.
+        #[arg(long)]
+        all: bool,
+        /// Write to this file (atomically: a temporary file, then rename)
+        /// instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Serve the Bitbucket API simulator and print how to use it.
     Simulate {
         /// Address to listen on.
@@ -129,6 +158,140 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum QueryCommand {
+    /// Commits, newest first.
+    Commits {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Repositories with their state and commit counts.
+    Repos {
+        /// Only this workspace.
+        #[arg(long, value_name = "W")]
+        workspace: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Authors (account uuid when known, else e-mail) with their commit
+    /// counts, most commits first; the filters select the commits counted.
+    Authors {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Totals of the store.
+    Stats {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+/// The filters of `query commits` and `query authors`.
+#[derive(Args, Debug, Clone)]
+struct FilterArgs {
+    /// Only this workspace.
+    #[arg(long, value_name = "W")]
+    workspace: Option<String>,
+    /// Only this repository slug (repeatable).
+    #[arg(long = "repo", value_name = "SLUG")]
+    repos: Vec<String>,
+    /// Case-insensitive substring of the author's `Name <email>` or display name.
+    #[arg(long, value_name = "TEXT")]
+    author: Option<String>,
+    /// Commits at or after this time (RFC 3339, or YYYY-MM-DD = midnight UTC).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    since: Option<DateTime<Utc>>,
+    /// Commits before this time (RFC 3339, or YYYY-MM-DD = midnight UTC).
+    #[arg(long, value_name = "T", value_parser = parse_time)]
+    until: Option<DateTime<Utc>>,
+    /// Case-insensitive substring of the message.
+    #[arg(long, value_name = "TEXT")]
+    grep: Option<String>,
+    /// Include commits no longer reachable from the default branch.
+    #[arg(long)]
+    all: bool,
+    /// At most this many results.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> CommitFilter {
+        CommitFilter {
+            workspace: self.workspace,
+            repos: self.repos,
+            author: self.author,
+            since: self.since,
+            until: self.until,
+            grep: self.grep,
+            all: self.all,
+            limit: self.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
+/// `--format` of `query`: table on a terminal, ndjson otherwise.
+#[derive(Args, Debug, Clone)]
+struct FormatArg {
+    /// Output format [default: table on a terminal, else ndjson].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    format: Option<QueryFormat>,
+}
+
+impl FormatArg {
+    fn resolve(&self) -> Format {
+        match self.format {
+            Some(QueryFormat::Table) => Format::Table,
+            Some(QueryFormat::Json) => Format::Json,
+            Some(QueryFormat::Ndjson) => Format::Ndjson,
+            Some(QueryFormat::Csv) => Format::Csv,
+            None if std::io::stdout().is_terminal() => Format::Table,
+            None => Format::Ndjson,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum QueryFormat {
+    Table,
+    Json,
+    Ndjson,
+    Csv,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ShowFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ExportFormat {
+    Ndjson,
+    Csv,
+}
+
+/// `--since` / `--until`: RFC 3339 with any offset, or `YYYY-MM-DD`
+/// (midnight UTC).
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    let t = s.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        if let Some(dt) = d.and_hms_opt(0, 0, 0) {
+            return Ok(dt.and_utc());
+        }
+    }
+    Err(format!(
+        "{s:?} is not a date: give RFC 3339 (2024-05-01T12:00:00+02:00) or YYYY-MM-DD (midnight UTC)"
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global);
@@ -137,11 +300,21 @@ fn main() -> ExitCode {
     let system = actix::System::new();
     match system.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
+        // A reader that stopped reading (`| head`) is a normal end.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(exit_code_for(&err))
         }
     }
+}
+
+/// Whether printing stopped because stdout's reader went away.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Maps an error to its exit code, in one place.
@@ -151,6 +324,12 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
     }
     if let Some(StoreError::Locked { .. }) = err.downcast_ref::<StoreError>() {
         return exit::LOCKED;
+    }
+    match err.downcast_ref::<QueryError>() {
+        Some(QueryError::BadHash(_)) => return exit::USAGE,
+        Some(QueryError::Store(StoreError::Locked { .. })) => return exit::LOCKED,
+        Some(_) => return exit::RUNTIME,
+        None => {}
     }
     let api = match err.downcast_ref::<PassError>() {
         Some(PassError::Api { source, .. }) => Some(source),
@@ -224,6 +403,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             full,
         } => sync(&cli.global, workspaces, repos, full).await,
         Command::Demo => demo(&cli.global).await,
+        Command::Query { what } => query(&cli.global, what),
+        Command::Show { hash, format } => show(&cli.global, &hash, format),
+        Command::Export {
+            format,
+            all,
+            output,
+        } => export(&cli.global, format, all, output.as_deref()),
         Command::Simulate {
             listen,
             repos,
@@ -338,5 +524,122 @@ async fn demo(g: &Global) -> anyhow::Result<u8> {
     let observer: Arc<dyn PassObserver> = Arc::new(bbcrawl::actors::Quiet);
     let mut out = std::io::stdout();
     bbcrawl::demo::run(&dir, &mut out, observer).await?;
+    Ok(0)
+}
+
+/// Opens an existing store for a query; never creates one.
+fn open_store(g: &Global) -> anyhow::Result<Store> {
+    let cfg = load_config(g, Vec::new())?;
+    if !cfg.store.is_dir() {
+        anyhow::bail!(
+            "no store at {}: run `bbcrawl sync` first (or pass --store)",
+            cfg.store.display()
+        );
+    }
+    Ok(Store::open(&cfg.store)?)
+}
+
+/// Unwraps a printing error so that `exit_code_for` and `is_broken_pipe`
+/// see the io or query error itself.
+fn output_error(e: OutputError) -> anyhow::Error {
+    match e {
+        OutputError::Io(e) => e.into(),
+        OutputError::Query(e) => e.into(),
+    }
+}
+
+fn query(g: &Global, what: QueryCommand) -> anyhow::Result<u8> {
+    let store = open_store(g)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let width = output::terminal_width();
+    let printed = match what {
+        QueryCommand::Commits { filter, format } => {
+            let filter = filter.into_filter();
+            let rows = q::commits(&store, &filter)?;
+            output::write_rows(&mut out, format.resolve(), width, rows)
+        }
+        QueryCommand::Repos { workspace, format } => {
+            let rows = q::repos(&store, workspace.as_deref())?;
+            output::write_rows(&mut out, format.resolve(), width, rows.into_iter().map(Ok))
+        }
+        QueryCommand::Authors { filter, format } => {
+            let rows = q::authors(&store, &filter.into_filter())?;
+            output::write_rows(&mut out, format.resolve(), width, rows.into_iter().map(Ok))
+        }
+        QueryCommand::Stats { format } => {
+            let stats = q::stats(&store)?;
+            output::write_stats(&mut out, format.resolve(), width, stats)
+        }
+    };
+    printed.map_err(output_error)?;
+    Ok(0)
+}
+
+fn show(g: &Global, hash: &str, format: ShowFormatArg) -> anyhow::Result<u8> {
+    let store = open_store(g)?;
+    let records = q::show(&store, hash)?;
+    let format = match format {
+        ShowFormatArg::Text => ShowFormat::Text,
+        ShowFormatArg::Json => ShowFormat::Json,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    output::write_show(&mut out, format, &records).map_err(output_error)?;
+    Ok(0)
+}
+
+fn export(
+    g: &Global,
+    format: ExportFormat,
+    all: bool,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<u8> {
+    let store = open_store(g)?;
+    let format = match format {
+        ExportFormat::Ndjson => Format::Ndjson,
+        ExportFormat::Csv => Format::Csv,
+    };
+    let rows = q::export(&store, all)?;
+    let Some(path) = path else {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        output::write_rows(&mut out, format, usize::MAX, rows).map_err(output_error)?;
+        return Ok(0);
+    };
+    // A temporary file beside the target, renamed over it when complete:
+    // readers see the old file or the new one, never half of one.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".bbcrawl-export-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let mut out = std::io::BufWriter::new(tmp);
+    output::write_rows(&mut out, format, usize::MAX, rows)
+        .map_err(output_error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let tmp = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        // NamedTempFile is private (0600); an export is an ordinary file.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644);
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(0)
 }

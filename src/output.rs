@@ -1,0 +1,644 @@
+//! How `query`, `show` and `export` print (SPEC section 3): `json` (one
+//! array), `ndjson` (one object per line), `csv` (a header row, RFC 4180
+//! quoting, nested fields flattened with `_`) and `table` (aligned columns
+//! for people, one line per row, cut to the terminal width).
+//!
+//! Everything here writes to a caller-supplied `Write` and returns io
+//! errors, so that the binary can treat a closed pipe as a normal end.
+//! Rows are streamed: only `table` holds a first batch back to size its
+//! columns.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::query::{AuthorRow, QueryError, RepoRow, Stats};
+use crate::record::CommitRecord;
+use crate::store::RepoStatus;
+
+/// An output format of `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON array.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+    /// A header row, then one row per record.
+    Csv,
+}
+
+/// Why printing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Writing failed (a closed pipe is `ErrorKind::BrokenPipe`).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The rows could not be read.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
+
+impl From<csv::Error> for OutputError {
+    fn from(e: csv::Error) -> OutputError {
+        match e.into_kind() {
+            csv::ErrorKind::Io(io) => OutputError::Io(io),
+            other => OutputError::Io(io::Error::other(format!("csv: {other:?}"))),
+        }
+    }
+}
+
+impl From<serde_json::Error> for OutputError {
+    fn from(e: serde_json::Error) -> OutputError {
+        // Keeps the original io::Error (and its kind) for io failures.
+        OutputError::Io(io::Error::from(e))
+    }
+}
+
+/// A kind of row that every format can print.
+pub trait Tabular: Serialize {
+    /// CSV column names.
+    const CSV_HEADER: &'static [&'static str];
+    /// Table column titles; the last column takes the rest of the line.
+    const TABLE_HEADER: &'static [&'static str];
+    /// CSV fields, in `CSV_HEADER` order (null = empty).
+    fn csv_row(&self) -> Vec<String>;
+    /// Table cells, in `TABLE_HEADER` order, each on one line.
+    fn table_row(&self) -> Vec<String>;
+}
+
+/// The width to cut table lines to: the terminal's, else `COLUMNS`, else 120.
+pub fn terminal_width() -> usize {
+    if let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size() {
+        if w > 0 {
+            return usize::from(w);
+        }
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(120)
+}
+
+/// Rows of a table held back to size its columns before the first line.
+const TABLE_BATCH: usize = 500;
+/// No table column but the last is wider than this.
+const MAX_COLUMN: usize = 32;
+
+/// Prints `rows` in `format`; `width` is the line width of `table`.
+pub fn write_rows<W, T, I>(
+    out: &mut W,
+    format: Format,
+    width: usize,
+    rows: I,
+) -> Result<(), OutputError>
+where
+    W: Write,
+    T: Tabular,
+    I: IntoIterator<Item = Result<T, QueryError>>,
+{
+    let mut rows = rows.into_iter();
+    match format {
+        Format::Json => {
+            out.write_all(b"[")?;
+            let mut first = true;
+            for row in rows {
+                let row = row?;
+                if !first {
+                    out.write_all(b",")?;
+                }
+                first = false;
+                serde_json::to_writer(&mut *out, &row)?;
+            }
+            out.write_all(b"]\n")?;
+        }
+        Format::Ndjson => {
+            for row in rows {
+                serde_json::to_writer(&mut *out, &row?)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(&mut *out);
+            w.write_record(T::CSV_HEADER)?;
+            for row in rows {
+                w.write_record(row?.csv_row())?;
+            }
+            w.flush()?;
+        }
+        Format::Table => {
+            let mut batch: Vec<Vec<String>> = Vec::new();
+            for row in rows.by_ref() {
+                batch.push(row?.table_row());
+                if batch.len() >= TABLE_BATCH {
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let header: Vec<String> = T::TABLE_HEADER.iter().map(|s| s.to_string()).collect();
+            let n = header.len();
+            let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
+            for cells in &batch {
+                for (i, c) in cells.iter().enumerate().take(n.saturating_sub(1)) {
+                    widths[i] = widths[i].max(display_width(c).min(MAX_COLUMN));
+                }
+            }
+            write_line(out, &header, &widths, width)?;
+            for cells in &batch {
+                write_line(out, cells, &widths, width)?;
+            }
+            for row in rows {
+                write_line(out, &row?.table_row(), &widths, width)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One table line: every cell but the last padded to its column, two
+/// spaces between columns, the whole line cut to `width`.
+fn write_line<W: Write>(
+    out: &mut W,
+    cells: &[String],
+    widths: &[usize],
+    width: usize,
+) -> io::Result<()> {
+    let mut line = String::new();
+    let last = cells.len().saturating_sub(1);
+    for (i, cell) in cells.iter().enumerate() {
+        if i == last {
+            line.push_str(cell);
+        } else {
+            let w = widths.get(i).copied().unwrap_or(MAX_COLUMN);
+            let cell = truncate(cell, w);
+            let pad = w.saturating_sub(display_width(&cell));
+            line.push_str(&cell);
+            line.extend(std::iter::repeat_n(' ', pad + 2));
+        }
+    }
+    let line = truncate(line.trim_end(), width);
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")
+}
+
+/// Columns a character takes on a terminal: 2 for East Asian wide
+/// characters and emoji, 0 for combining marks and zero-width joiners
+/// (an approximation of `wcwidth`, without a table crate).
+fn char_width(c: char) -> usize {
+    let u = u32::from(c);
+    match u {
+        0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F | 0x20D0..=0x20FF => 0,
+        0x1100..=0x115F
+        | 0x2E80..=0x303E
+        | 0x3041..=0x33FF
+        | 0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF
+        | 0xA000..=0xA4CF
+        | 0xAC00..=0xD7A3
+        | 0xF900..=0xFAFF
+        | 0xFE30..=0xFE4F
+        | 0xFF00..=0xFF60
+        | 0xFFE0..=0xFFE6
+        | 0x1F300..=0x1F64F
+        | 0x1F900..=0x1F9FF
+        | 0x1F680..=0x1F6FF
+        | 0x2600..=0x26FF
+        | 0x2700..=0x27BF
+        | 0x20000..=0x3FFFD => 2,
+        _ => 1,
+    }
+}
+
+/// Columns a string takes on a terminal (see [`char_width`]).
+pub fn display_width(s: &str) -> usize {
+    s.chars().map(char_width).sum()
+}
+
+/// `s` cut to at most `width` columns, ending in `…` when cut.
+pub fn truncate(s: &str, width: usize) -> String {
+    if display_width(s) <= width {
+        return s.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = char_width(c);
+        if used + w > width - 1 {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out.push('…');
+    out
+}
+
+/// A value for one table cell: on one line, tabs and control characters as spaces.
+fn cell(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The first line of a commit message, for tables.
+pub fn subject(message: &str) -> String {
+    cell(message.lines().next().unwrap_or("").trim_end())
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_default()
+}
+
+impl Tabular for CommitRecord {
+    const CSV_HEADER: &'static [&'static str] = &[
+        "workspace",
+        "repo",
+        "repo_uuid",
+        "branch",
+        "hash",
+        "date",
+        "author_raw",
+        "author_name",
+        "author_email",
+        "author_uuid",
+        "author_account_id",
+        "author_display_name",
+        "committer_raw",
+        "committer_name",
+        "committer_email",
+        "message",
+        "parents",
+        "reachable",
+    ];
+    const TABLE_HEADER: &'static [&'static str] = &["DATE", "REPO", "HASH", "AUTHOR", "SUBJECT"];
+
+    fn csv_row(&self) -> Vec<String> {
+        let c = self.committer.as_ref();
+        vec![
+            self.workspace.clone(),
+            self.repo.clone(),
+            self.repo_uuid.clone(),
+            self.branch.clone(),
+            self.hash.clone(),
+            self.date.to_rfc3339(),
+            opt(&self.author.raw),
+            opt(&self.author.name),
+            opt(&self.author.email),
+            opt(&self.author.uuid),
+            opt(&self.author.account_id),
+            opt(&self.author.display_name),
+            c.and_then(|c| c.raw.clone()).unwrap_or_default(),
+            c.and_then(|c| c.name.clone()).unwrap_or_default(),
+            c.and_then(|c| c.email.clone()).unwrap_or_default(),
+            self.message.clone(),
+            self.parents.join(" "),
+            self.reachable.to_string(),
+        ]
+    }
+
+    fn table_row(&self) -> Vec<String> {
+        let author = self
+            .author
+            .name
+            .as_ref()
+            .or(self.author.display_name.as_ref())
+            .or(self.author.raw.as_ref())
+            .map(|s| cell(s))
+            .unwrap_or_default();
+        vec![
+            self.date.to_rfc3339(),
+            cell(&self.repo),
+            self.hash.chars().take(10).collect(),
+            author,
+            subject(&self.message),
+        ]
+    }
+}
+
+impl Tabular for RepoRow {
+    const CSV_HEADER: &'static [&'static str] = &[
+        "workspace",
+        "slug",
+        "uuid",
+        "default_branch",
+        "status",
+        "commits",
+        "unreachable",
+        "head",
+        "last_sync",
+        "last_error",
+        "events",
+    ];
+    const TABLE_HEADER: &'static [&'static str] = &[
+        "WORKSPACE",
+        "REPO",
+        "BRANCH",
+        "STATUS",
+        "COMMITS",
+        "UNREACHABLE",
+        "HEAD",
+        "LAST SYNC",
+        "LAST ERROR",
+    ];
+
+    fn csv_row(&self) -> Vec<String> {
+        vec![
+            self.workspace.clone(),
+            self.slug.clone(),
+            self.uuid.clone(),
+            opt(&self.default_branch),
+            self.status.as_str().to_owned(),
+            self.commits.to_string(),
+            self.unreachable.to_string(),
+            opt(&self.head),
+            self.last_sync.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            opt(&self.last_error),
+            serde_json::to_string(&self.events).unwrap_or_default(),
+        ]
+    }
+
+    fn table_row(&self) -> Vec<String> {
+        vec![
+            cell(&self.workspace),
+            cell(&self.slug),
+            self.default_branch.as_deref().map(cell).unwrap_or_default(),
+            self.status.as_str().to_owned(),
+            self.commits.to_string(),
+            self.unreachable.to_string(),
+            self.head
+                .as_deref()
+                .map(|h| h.chars().take(10).collect())
+                .unwrap_or_default(),
+            self.last_sync
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            self.last_error.as_deref().map(cell).unwrap_or_default(),
+        ]
+    }
+}
+
+impl Tabular for AuthorRow {
+    const CSV_HEADER: &'static [&'static str] = &[
+        "identity",
+        "name",
+        "email",
+        "display_name",
+        "commits",
+        "first",
+        "last",
+        "repositories",
+    ];
+    const TABLE_HEADER: &'static [&'static str] = &[
+        "COMMITS", "REPOS", "FIRST", "LAST", "NAME", "EMAIL", "IDENTITY",
+    ];
+
+    fn csv_row(&self) -> Vec<String> {
+        vec![
+            self.identity.clone(),
+            opt(&self.name),
+            opt(&self.email),
+            opt(&self.display_name),
+            self.commits.to_string(),
+            self.first.to_rfc3339(),
+            self.last.to_rfc3339(),
+            self.repositories.to_string(),
+        ]
+    }
+
+    fn table_row(&self) -> Vec<String> {
+        let name = self
+            .display_name
+            .as_ref()
+            .or(self.name.as_ref())
+            .map(|s| cell(s))
+            .unwrap_or_default();
+        vec![
+            self.commits.to_string(),
+            self.repositories.to_string(),
+            self.first.format("%Y-%m-%d").to_string(),
+            self.last.format("%Y-%m-%d").to_string(),
+            name,
+            self.email.as_deref().map(cell).unwrap_or_default(),
+            cell(&self.identity),
+        ]
+    }
+}
+
+/// Every repository status, in the order of the `repositories_*` columns.
+const STATUSES: [RepoStatus; 5] = [
+    RepoStatus::Ok,
+    RepoStatus::Empty,
+    RepoStatus::Failed,
+    RepoStatus::Deleted,
+    RepoStatus::New,
+];
+
+impl Stats {
+    fn repositories_total(&self) -> u64 {
+        self.repositories.values().sum()
+    }
+
+    fn count(&self, status: RepoStatus) -> u64 {
+        self.repositories.get(status.as_str()).copied().unwrap_or(0)
+    }
+}
+
+impl Tabular for Stats {
+    const CSV_HEADER: &'static [&'static str] = &[
+        "repositories",
+        "repositories_ok",
+        "repositories_empty",
+        "repositories_failed",
+        "repositories_deleted",
+        "repositories_new",
+        "commits",
+        "reachable_commits",
+        "authors",
+        "store_size_bytes",
+        "last_pass",
+    ];
+    const TABLE_HEADER: &'static [&'static str] = &["STAT", "VALUE"];
+
+    fn csv_row(&self) -> Vec<String> {
+        let mut row = vec![self.repositories_total().to_string()];
+        row.extend(STATUSES.iter().map(|&s| self.count(s).to_string()));
+        row.extend([
+            self.commits.to_string(),
+            self.reachable_commits.to_string(),
+            self.authors.to_string(),
+            self.store_size_bytes.to_string(),
+            self.last_pass
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        ]);
+        row
+    }
+
+    /// Unused: the table of stats is one line per number (see [`write_stats`]).
+    fn table_row(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Prints `query stats`: like one row of [`write_rows`], except that the
+/// table is one line per number.
+pub fn write_stats<W: Write>(
+    out: &mut W,
+    format: Format,
+    width: usize,
+    stats: Stats,
+) -> Result<(), OutputError> {
+    if format != Format::Table {
+        return write_rows(out, format, width, [Ok(stats)]);
+    }
+    let mut lines: Vec<(String, String)> = vec![(
+        "repositories".into(),
+        stats.repositories_total().to_string(),
+    )];
+    for s in STATUSES {
+        lines.push((format!("  {}", s.as_str()), stats.count(s).to_string()));
+    }
+    lines.push(("commits".into(), stats.commits.to_string()));
+    lines.push((
+        "reachable commits".into(),
+        stats.reachable_commits.to_string(),
+    ));
+    lines.push(("authors".into(), stats.authors.to_string()));
+    lines.push((
+        "store size (bytes)".into(),
+        stats.store_size_bytes.to_string(),
+    ));
+    if let Some(serde_json::Value::Object(pass)) = &stats.last_pass {
+        for (k, v) in pass {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            lines.push((format!("last pass {k}"), v));
+        }
+    }
+    let w = lines
+        .iter()
+        .map(|(k, _)| display_width(k))
+        .max()
+        .unwrap_or(0);
+    for (k, v) in lines {
+        write_line(out, &[k, cell(&v)], &[w], width)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// A format of `show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowFormat {
+    /// Every field, then the whole message.
+    Text,
+    /// One JSON array of records.
+    Json,
+}
+
+/// Prints the records `show` found (several for a commit in several forks).
+pub fn write_show<W: Write>(
+    out: &mut W,
+    format: ShowFormat,
+    records: &[CommitRecord],
+) -> Result<(), OutputError> {
+    match format {
+        ShowFormat::Json => {
+            serde_json::to_writer(&mut *out, records)?;
+            out.write_all(b"\n")?;
+        }
+        ShowFormat::Text => {
+            for (i, r) in records.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b"\n")?;
+                }
+                write_show_text(out, r)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn write_show_text<W: Write>(out: &mut W, r: &CommitRecord) -> io::Result<()> {
+    let none = "-".to_owned();
+    let o = |s: &Option<String>| s.clone().unwrap_or_else(|| none.clone());
+    let c = r.committer.as_ref();
+    let fields: Vec<(&str, String)> = vec![
+        ("commit", r.hash.clone()),
+        ("workspace", r.workspace.clone()),
+        ("repo", r.repo.clone()),
+        ("repo_uuid", r.repo_uuid.clone()),
+        ("branch", r.branch.clone()),
+        ("reachable", r.reachable.to_string()),
+        ("date", r.date.to_rfc3339()),
+        ("author", o(&r.author.raw)),
+        ("author_name", o(&r.author.name)),
+        ("author_email", o(&r.author.email)),
+        ("author_uuid", o(&r.author.uuid)),
+        ("author_account_id", o(&r.author.account_id)),
+        ("author_display_name", o(&r.author.display_name)),
+        (
+            "committer",
+            c.map(|c| o(&c.raw)).unwrap_or_else(|| none.clone()),
+        ),
+        (
+            "committer_name",
+            c.map(|c| o(&c.name)).unwrap_or_else(|| none.clone()),
+        ),
+        (
+            "committer_email",
+            c.map(|c| o(&c.email)).unwrap_or_else(|| none.clone()),
+        ),
+        (
+            "parents",
+            if r.parents.is_empty() {
+                none.clone()
+            } else {
+                r.parents.join(" ")
+            },
+        ),
+    ];
+    for (k, v) in fields {
+        writeln!(out, "{:<20} {}", format!("{k}:"), v)?;
+    }
+    writeln!(out)?;
+    for line in r.message.lines() {
+        if line.is_empty() {
+            writeln!(out)?;
+        } else {
+            writeln!(out, "    {line}")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_counts_wide_characters() {
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(display_width("支付"), 4);
+        assert_eq!(truncate("支付模块", 5), "支付…");
+    }
+
+    #[test]
+    fn subjects_are_one_line_without_tabs() {
+        assert_eq!(subject("Tabs\tin\tit\n\nbody\n"), "Tabs in it");
+        assert_eq!(subject(""), "");
+    }
+}
