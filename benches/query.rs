@@ -170,8 +170,9 @@ fn main() {
             let t = Instant::now();
             n = query::commits(&store, f)
                 .expect("query")
-                .map(|r| r.expect("record"))
-                .count();
+                .collect::<Result<Vec<_>, _>>()
+                .expect("records")
+                .len();
             times.push(t.elapsed());
         }
         (median(times), n)
