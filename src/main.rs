@@ -589,6 +589,9 @@ fn show(g: &Global, hash: &str, format: ShowFormatArg) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Export writes in large chunks: fewer syscalls for a million records.
+const EXPORT_BUFFER: usize = 1 << 16;
+
 fn export(
     g: &Global,
     format: ExportFormat,
@@ -603,7 +606,7 @@ fn export(
     let rows = q::export(&store, all)?;
     let Some(path) = path else {
         let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, stdout.lock());
         output::write_rows(&mut out, format, usize::MAX, rows).map_err(output_error)?;
         return Ok(0);
     };
@@ -617,7 +620,7 @@ fn export(
         .prefix(".bbcrawl-export-")
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let mut out = std::io::BufWriter::new(tmp);
+    let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
     output::write_rows(&mut out, format, usize::MAX, rows)
         .map_err(output_error)
         .with_context(|| format!("cannot write {}", path.display()))?;
