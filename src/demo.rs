@@ -181,6 +181,7 @@ pub async fn run(
     let pass = PassOptions {
         workspaces: vec![ws.clone()],
         concurrency: 8,
+        audit_interval: std::time::Duration::from_secs(86_400),
         ..PassOptions::default()
     };
     let stop = Arc::new(AtomicBool::new(false));

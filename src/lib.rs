@@ -12,6 +12,7 @@
 //! - [`store`]     everything sled: key layout, schema version, atomic page writes, reachability.
 //! - [`actors`]    supervisor, repository and writer actors: the crawl (the only place actix appears).
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
+//! - [`schedule`]  which repositories a pass crawls, in what order and how far (change gate, audits).
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
 
 pub mod actors;
@@ -22,6 +23,7 @@ pub mod output;
 pub mod progress;
 pub mod query;
 pub mod record;
+pub mod schedule;
 pub mod simulator;
 pub mod store;
 pub mod verify;

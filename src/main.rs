@@ -495,6 +495,7 @@ async fn sync(
         full,
         since: cfg.since,
         concurrency: cfg.max_in_flight.saturating_mul(2).max(2),
+        audit_interval: cfg.audit_interval,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let result = run_pass(client, store, opts, observer, stop).await;

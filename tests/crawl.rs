@@ -186,7 +186,7 @@ async fn sync_stores_every_default_branch_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unchanged_sync_costs_one_request_per_repository_with_a_branch() {
+async fn an_unchanged_sync_costs_only_the_listing() {
     let sim = workspace();
     let server = serve(&sim).await;
     let dir = tempfile::tempdir().unwrap();
@@ -204,6 +204,48 @@ async fn an_unchanged_sync_costs_one_request_per_repository_with_a_branch() {
     let o = sync(&store, &server.api_url(), &[], &[]).await;
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains(" 0 new commits"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("6 skipped unchanged"), "{}", stdout(&o));
+    assert_eq!(listing_requests(&sim), 1);
+    assert_eq!(
+        commit_requests(&sim),
+        HashMap::new(),
+        "no commits request for an unchanged workspace"
+    );
+    assert_eq!(store_records(&store), before);
+    let repos = store_repos(&store);
+    assert!(
+        repos
+            .iter()
+            .all(|r| r.last_decision.as_deref() == Some("skipped: unchanged")),
+        "{repos:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_checks_each_repository_with_one_incremental_request() {
+    let sim = workspace();
+    let server = serve(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let audit = [("BBCRAWL_AUDIT_INTERVAL_SECONDS", "1")];
+    assert_eq!(
+        sync(&store, &server.api_url(), &[], &audit)
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
+    let before = store_records(&store);
+    // A push Bitbucket does not announce through `updated_on`.
+    let quiet = sim.push_quietly(WS, "mobile", 4);
+    sim.clear_requests();
+    // Every repository's audit slot has passed.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let o = sync(&store, &server.api_url(), &[], &audit).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(" 4 new commits"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("(1 found changes)"), "{}", stdout(&o));
     let with_branch = sim
         .repos(WS)
         .iter()
@@ -224,7 +266,22 @@ async fn an_unchanged_sync_costs_one_request_per_repository_with_a_branch() {
         .iter()
         .filter(|r| r.path.contains("/commits/") && !r.path.contains("/no-commits/"))
         .all(|r| r.query.as_deref().unwrap_or("").contains("exclude=")));
-    assert_eq!(store_records(&store), before);
+    let after = store_records(&store);
+    assert_eq!(after.len(), before.len() + 4);
+    assert!(quiet.iter().all(|h| after.iter().any(|r| &r.hash == h)));
+    let mobile = store_repos(&store)
+        .into_iter()
+        .find(|r| r.slug == "mobile")
+        .unwrap();
+    assert!(
+        mobile
+            .events
+            .iter()
+            .any(|e| e.kind == RepoEventKind::AuditFoundChange { new_commits: 4 }),
+        "{:?}",
+        mobile.events
+    );
+    assert_eq!(mobile.last_decision.as_deref(), Some("audit"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

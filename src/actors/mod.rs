@@ -132,6 +132,16 @@ pub struct PassSummary {
     pub interrupted: bool,
     /// The most pages that waited at the writer at once.
     pub writer_queue_peak: u64,
+    /// Repositories skipped: unchanged and no audit due.
+    pub skipped: u64,
+    /// Repositories checked because their audit was due.
+    pub audited: u64,
+    /// Audits that found a change the listing had not announced.
+    pub audit_found: u64,
+    /// Audits postponed because the budget was needed for changes and backfill.
+    pub audits_deferred: u64,
+    /// First crawls that used their share of this pass and continue next pass.
+    pub backfilling: u64,
     /// `workspace/slug: error` for each failed repository.
     pub failures: Vec<String>,
 }
@@ -140,12 +150,23 @@ impl PassSummary {
     /// The closing summary line.
     pub fn line(&self) -> String {
         format!(
-            "{} repositories: {} ok, {} empty, {} failed, {} deleted; {} new commits; {} requests, {} rate limited (429); {}",
-            self.repos,
+            "{} repositories: {} ok, {} empty, {} failed, {} deleted, {} skipped unchanged{}{}; {} new commits; {} requests, {} rate limited (429); {}",
+            self.repos + self.skipped + self.audits_deferred,
             self.ok,
             self.empty,
             self.failed,
             self.deleted,
+            self.skipped + self.audits_deferred,
+            if self.audited > 0 {
+                format!(", {} audited ({} found changes)", self.audited, self.audit_found)
+            } else {
+                String::new()
+            },
+            if self.backfilling > 0 {
+                format!(", {} still backfilling", self.backfilling)
+            } else {
+                String::new()
+            },
             self.new_commits,
             self.requests,
             self.rate_limited,

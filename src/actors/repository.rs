@@ -13,6 +13,7 @@ use super::{PassEvent, PassObserver, StopFlag, WriterQueue};
 use crate::bitbucket::models::{Commit, Page, Repository};
 use crate::bitbucket::{ApiError, BitbucketClient};
 use crate::record::CommitRecord;
+use crate::schedule::Reason;
 use crate::store::{RepoEventKind, RepoState, RepoStatus, StoreError, Walk};
 
 /// Everything one repository's crawl needs.
@@ -39,6 +40,10 @@ pub struct RepoJob {
     pub stop: StopFlag,
     /// The writer's queue depth, shared by the pass.
     pub queue: Arc<WriterQueue>,
+    /// Why this repository is crawled this pass.
+    pub reason: Reason,
+    /// At most this many commit pages this pass (a backfill's share).
+    pub max_pages: Option<u64>,
 }
 
 /// How one repository's crawl ended.
@@ -66,6 +71,12 @@ pub struct RepoOutcome {
     pub fatal: Option<ApiError>,
     /// The pass was stopped before this repository finished.
     pub interrupted: bool,
+    /// Why it was crawled.
+    pub reason: Reason,
+    /// A backfill that used its share of the budget; it continues next pass.
+    pub paused: bool,
+    /// An audit found changes `updated_on` had not announced.
+    pub audit_found: bool,
 }
 
 /// Asks the repository actor to crawl; answered when it is done.
@@ -109,6 +120,9 @@ impl Handler<Crawl> for RepoActor {
                     error: Some("repository actor asked to crawl twice".into()),
                     fatal: None,
                     interrupted: false,
+                    reason: Reason::Forced,
+                    paused: false,
+                    audit_found: false,
                 }
             }),
         }
@@ -126,6 +140,14 @@ enum CrawlError {
     Writer(#[from] actix::MailboxError),
     #[error("the pass was stopped")]
     Stopped,
+}
+
+/// How a walk ended.
+enum WalkEnd {
+    /// Finished: the repository's new status.
+    Done(RepoStatus),
+    /// Stopped at its page share; the saved walk continues next pass.
+    Paused,
 }
 
 /// Progress of one crawl, reported in the outcome.
@@ -172,16 +194,39 @@ async fn crawl(job: RepoJob) -> RepoOutcome {
     }
     repo.default_branch = branch;
     repo.last_attempt = Some(now);
+    repo.last_decision = Some(job.reason.as_str().to_owned());
+    let events_before = tally.events.len();
 
     let result = walk(&job, &mut repo, &mut tally).await;
-    let (mut error, mut fatal, mut interrupted) = (None, None, false);
+    let (mut error, mut fatal, mut interrupted, mut paused, mut audit_found) =
+        (None, None, false, false, false);
     match result {
-        Ok(status) => {
-            repo.status = status;
-            repo.last_sync = Some(Utc::now());
+        Ok(end) => {
+            let found = tally.new_commits > 0 || tally.events.len() > events_before;
+            repo.checked_at = Some(Utc::now());
+            if found {
+                repo.changed_at = repo.checked_at;
+            }
+            if job.reason == Reason::Audit && found {
+                // `updated_on` did not announce this change: record it, so
+                // an operator can see whether the gate ever misses one.
+                audit_found = true;
+                let event = RepoEventKind::AuditFoundChange {
+                    new_commits: tally.new_commits,
+                };
+                note(&mut repo, &mut tally, event);
+                tracing::warn!(repo = %repo.full_name, new_commits = tally.new_commits, "audit found a change the listing's updated_on did not show");
+            }
+            match end {
+                WalkEnd::Done(status) => {
+                    repo.status = status;
+                    repo.last_sync = repo.checked_at;
+                    repo.updated_on = listing.updated_on.map(|d| d.to_rfc3339());
+                }
+                WalkEnd::Paused => paused = true,
+            }
             repo.last_error = None;
             repo.consecutive_failures = 0;
-            repo.updated_on = listing.updated_on.map(|d| d.to_rfc3339());
         }
         Err(CrawlError::Stopped) => interrupted = true,
         Err(e) => {
@@ -218,6 +263,9 @@ async fn crawl(job: RepoJob) -> RepoOutcome {
         error,
         fatal,
         interrupted,
+        reason: job.reason,
+        paused,
+        audit_found,
     };
     job.observer.event(PassEvent::RepoFinished(&outcome));
     outcome
@@ -234,11 +282,11 @@ async fn walk(
     job: &RepoJob,
     repo: &mut RepoState,
     tally: &mut Tally,
-) -> Result<RepoStatus, CrawlError> {
+) -> Result<WalkEnd, CrawlError> {
     let Some(branch) = repo.default_branch.clone() else {
         // No mainbranch: nothing to crawl. Stored commits stay.
         repo.walk = None;
-        return Ok(RepoStatus::Empty);
+        return Ok(WalkEnd::Done(RepoStatus::Empty));
     };
     let branch_changed = repo.head_branch.as_deref().is_some_and(|b| b != branch);
     let mut walk = match repo.walk.take() {
@@ -288,7 +336,7 @@ async fn walk(
                 // The listed branch (or the repository) vanished since the
                 // listing: the next listing tells which.
                 note(repo, tally, RepoEventKind::Deleted);
-                return Ok(RepoStatus::Deleted);
+                return Ok(WalkEnd::Done(RepoStatus::Deleted));
             }
             Err(
                 e @ (ApiError::NotFound { .. }
@@ -361,6 +409,11 @@ async fn walk(
         if walk.next.is_none() {
             break;
         }
+        if job.max_pages.is_some_and(|max| tally.pages >= max) {
+            // This backfill used its share of the pass's budget; the saved
+            // walk continues next pass.
+            return Ok(WalkEnd::Paused);
+        }
     }
 
     // The walk is complete: its tip becomes the head.
@@ -385,11 +438,11 @@ async fn walk(
             tally.orphaned += orphaned;
         }
     }
-    Ok(if repo.head.is_some() {
+    Ok(WalkEnd::Done(if repo.head.is_some() {
         RepoStatus::Ok
     } else {
         RepoStatus::Empty
-    })
+    }))
 }
 
 /// A fresh walk of `branch`: incremental from `since_head`, or full. A full

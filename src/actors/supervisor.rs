@@ -13,7 +13,9 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use super::repository::{Crawl, RepoActor, RepoJob, RepoOutcome};
 use super::writer::{Flush, PutMeta, PutRepo, Writer};
 use super::{PassEvent, PassObserver, PassSummary, StopFlag, WriterQueue};
+use crate::bitbucket::models::Repository;
 use crate::bitbucket::{ApiError, BitbucketClient};
+use crate::schedule::{self, PlanInput, Reason};
 use crate::store::{keys, RepoEventKind, RepoState, RepoStatus, Store, StoreError};
 
 /// What one pass covers.
@@ -33,6 +35,8 @@ pub struct PassOptions {
     pub since: Option<DateTime<Utc>>,
     /// Repository actors alive at once.
     pub concurrency: usize,
+    /// Every repository's head is checked at least this often (0: every pass).
+    pub audit_interval: std::time::Duration,
 }
 
 /// Why a pass failed as a whole.
@@ -168,7 +172,10 @@ impl Pass {
         let only: HashSet<&str> = self.opts.only.iter().map(String::as_str).collect();
         let queue = Arc::new(WriterQueue::default());
 
-        let mut jobs = Vec::new();
+        // Every wanted repository of every workspace, then one plan over
+        // all of them: the budget is shared.
+        let mut wanted_repos: Vec<(String, String, Repository)> = Vec::new();
+        let mut stored_all: HashMap<String, RepoState> = HashMap::new();
         for ws in &self.opts.workspaces {
             let listing = self
                 .client
@@ -207,7 +214,6 @@ impl Pass {
                 }
             }
 
-            let mut count = 0;
             for listing in listing {
                 let Some(slug) = listing.slug().map(str::to_owned) else {
                     tracing::warn!(uuid = %listing.uuid, "repository without a slug or full_name skipped");
@@ -220,35 +226,83 @@ impl Pass {
                 let wanted = (only.is_empty() || only.contains(slug.as_str()))
                     && include.as_ref().is_none_or(|g| g.is_match(&slug))
                     && !exclude.as_ref().is_some_and(|g| g.is_match(&slug));
-                if !wanted {
-                    continue;
+                if wanted {
+                    wanted_repos.push((ws.clone(), slug, listing));
                 }
-                count += 1;
-                jobs.push(RepoJob {
-                    client: self.client.clone(),
-                    writer: self.writer.clone(),
-                    workspace: ws.clone(),
-                    stored: stored.get(&listing.uuid).cloned(),
-                    slug,
-                    listing,
-                    full: self.opts.full,
-                    since: self.opts.since,
-                    observer: Arc::clone(&self.observer),
-                    stop: Arc::clone(&self.stop),
-                    queue: Arc::clone(&queue),
-                });
             }
-            self.observer.event(PassEvent::Listed {
+            stored_all.extend(stored);
+        }
+
+        // The change gate and the order of work (see `schedule`).
+        let budget: u64 = self
+            .client
+            .budgets()
+            .iter()
+            .map(|b| {
+                let s = b.snapshot();
+                u64::from(s.limit).saturating_sub(s.used_in_window as u64)
+            })
+            .sum();
+        let listings: Vec<Repository> = wanted_repos.iter().map(|(_, _, r)| r.clone()).collect();
+        let planned = schedule::plan(
+            &listings,
+            &PlanInput {
+                stored: &stored_all,
+                now: Utc::now(),
+                audit_interval: self.opts.audit_interval,
+                forced: self.opts.full || !only.is_empty(),
+                budget: Some(budget),
+            },
+        );
+        let mut jobs = Vec::new();
+        for p in planned {
+            let (ws, slug, listing) = wanted_repos[p.index].clone();
+            let stored = stored_all.get(&listing.uuid).cloned();
+            if !p.reason.crawls() {
+                match p.reason {
+                    Reason::AuditDeferred => summary.audits_deferred += 1,
+                    _ => summary.skipped += 1,
+                }
+                // Record why it was skipped (only when that changed: an
+                // unchanged pass should not rewrite every record).
+                if let Some(mut repo) = stored {
+                    if repo.last_decision.as_deref() != Some(p.reason.as_str()) {
+                        repo.last_decision = Some(p.reason.as_str().to_owned());
+                        self.writer
+                            .send(PutRepo(repo))
+                            .await
+                            .map_err(|e| PassError::Internal(e.to_string()))??;
+                    }
+                }
+                continue;
+            }
+            jobs.push(RepoJob {
+                client: self.client.clone(),
+                writer: self.writer.clone(),
                 workspace: ws,
-                repos: count,
+                stored,
+                slug,
+                listing,
+                full: self.opts.full,
+                since: self.opts.since,
+                observer: Arc::clone(&self.observer),
+                stop: Arc::clone(&self.stop),
+                queue: Arc::clone(&queue),
+                reason: p.reason,
+                max_pages: p.max_pages,
             });
         }
+        self.observer.event(PassEvent::Listed {
+            workspace: &self.opts.workspaces.join(","),
+            repos: jobs.len(),
+        });
 
         let concurrency = self.opts.concurrency.max(1);
         let mut outcomes = futures::stream::iter(jobs)
             .map(|job| {
                 let uuid = job.listing.uuid.clone();
                 let workspace = job.workspace.clone();
+                let reason = job.reason;
                 let full_name = format!("{}/{}", job.workspace, job.slug);
                 async move {
                     let actor = RepoActor::new(job).start();
@@ -268,6 +322,9 @@ impl Pass {
                             error: Some(format!("repository actor died: {e}")),
                             fatal: None,
                             interrupted: false,
+                            reason,
+                            paused: false,
+                            audit_found: false,
                         },
                     }
                 }
@@ -281,7 +338,11 @@ impl Pass {
             summary.pages += outcome.pages;
             summary.orphaned += outcome.orphaned;
             summary.interrupted |= outcome.interrupted;
+            summary.audited += u64::from(outcome.reason == Reason::Audit);
+            summary.audit_found += u64::from(outcome.audit_found);
+            summary.backfilling += u64::from(outcome.paused);
             match outcome.status {
+                _ if outcome.paused => {}
                 RepoStatus::Ok => summary.ok += 1,
                 RepoStatus::Empty => summary.empty += 1,
                 RepoStatus::Deleted => summary.deleted += 1,

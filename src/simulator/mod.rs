@@ -510,6 +510,34 @@ impl Simulator {
         .unwrap_or_default()
     }
 
+    /// Pushes like [`Simulator::push`] but leaves the repository's
+    /// `updated_on` where it was. Bitbucket does not document that pushes
+    /// move `updated_on`; this is the case bbcrawl's audit exists for.
+    pub fn push_quietly(&self, ws: &str, slug: &str, n: usize) -> Vec<String> {
+        let before = {
+            let world = self.world();
+            world
+                .workspaces
+                .iter()
+                .find(|w| w.name == ws)
+                .and_then(|w| w.repos.iter().find(|r| r.slug == slug))
+                .map(|r| r.updated_on)
+        };
+        let pushed = self.push(ws, slug, n);
+        if let Some(t) = before {
+            let mut world = self.world();
+            if let Some(r) = world
+                .workspaces
+                .iter_mut()
+                .find(|w| w.name == ws)
+                .and_then(|w| w.repos.iter_mut().find(|r| r.slug == slug))
+            {
+                r.updated_on = t;
+            }
+        }
+        pushed
+    }
+
     /// Force push: drops the newest `drop` commits of the default branch
     /// (first-parent steps) and adds `add` new ones on the remaining tip;
     /// returns the new hashes newest first. Dropped commits then answer 404

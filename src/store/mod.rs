@@ -133,6 +133,11 @@ pub enum RepoEventKind {
     Deleted,
     /// A deleted repository reappeared.
     Restored,
+    /// A periodic audit found changes that `updated_on` did not announce.
+    AuditFoundChange {
+        /// New commits the audit found.
+        new_commits: u64,
+    },
 }
 
 /// An event with its time.
@@ -208,6 +213,15 @@ pub struct RepoState {
     pub consecutive_failures: u32,
     /// Recent events, oldest first.
     pub events: Vec<RepoEvent>,
+    /// Last time its default branch was checked (any successful commits request).
+    #[serde(default)]
+    pub checked_at: Option<DateTime<Utc>>,
+    /// Last time a check found something new (commits, a rewrite, a branch change).
+    #[serde(default)]
+    pub changed_at: Option<DateTime<Utc>>,
+    /// Why it was, or was not, crawled in the last pass (see `schedule::Reason`).
+    #[serde(default)]
+    pub last_decision: Option<String>,
 }
 
 impl RepoState {
@@ -239,6 +253,9 @@ impl RepoState {
             last_error: None,
             consecutive_failures: 0,
             events: Vec::new(),
+            checked_at: None,
+            changed_at: None,
+            last_decision: None,
         }
     }
 
