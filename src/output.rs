@@ -336,6 +336,9 @@ impl Tabular for RepoRow {
         "last_sync",
         "last_error",
         "events",
+        "last_checked",
+        "last_changed",
+        "last_decision",
     ];
     const TABLE_HEADER: &'static [&'static str] = &[
         "WORKSPACE",
@@ -346,6 +349,9 @@ impl Tabular for RepoRow {
         "UNREACHABLE",
         "HEAD",
         "LAST SYNC",
+        "LAST CHECKED",
+        "LAST CHANGED",
+        "LAST PASS",
         "LAST ERROR",
     ];
 
@@ -362,6 +368,13 @@ impl Tabular for RepoRow {
             self.last_sync.map(|t| t.to_rfc3339()).unwrap_or_default(),
             opt(&self.last_error),
             serde_json::to_string(&self.events).unwrap_or_default(),
+            self.last_checked
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            self.last_changed
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            opt(&self.last_decision),
         ]
     }
 
@@ -380,6 +393,13 @@ impl Tabular for RepoRow {
             self.last_sync
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_default(),
+            self.last_checked
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            self.last_changed
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            self.last_decision.as_deref().map(cell).unwrap_or_default(),
             self.last_error.as_deref().map(cell).unwrap_or_default(),
         ]
     }

@@ -275,6 +275,12 @@ pub struct RepoRow {
     pub last_error: Option<String>,
     /// Recent events (force pushes, branch changes, renames, deletions).
     pub events: Vec<RepoEvent>,
+    /// Last time its default branch was checked.
+    pub last_checked: Option<DateTime<Utc>>,
+    /// Last time a check found something new.
+    pub last_changed: Option<DateTime<Utc>>,
+    /// Why it was, or was not, crawled in the last pass.
+    pub last_decision: Option<String>,
 }
 
 /// `query repos`: every repository (of one workspace), by workspace and slug.
@@ -295,6 +301,9 @@ pub fn repos(store: &Store, workspace: Option<&str>) -> Result<Vec<RepoRow>, Que
             last_sync: r.last_sync,
             last_error: r.last_error,
             events: r.events,
+            last_checked: r.checked_at,
+            last_changed: r.changed_at,
+            last_decision: r.last_decision,
         })
         .collect();
     rows.sort_by(|a, b| (&a.workspace, &a.slug).cmp(&(&b.workspace, &b.slug)));

@@ -68,8 +68,9 @@ impl Reason {
         !matches!(self, Reason::Unchanged | Reason::AuditDeferred)
     }
 
-    /// Fresh changes (first in line), backfill (next), audits (last).
-    fn priority(self) -> u8 {
+    /// Fresh changes (first in line), backfill (next), audits (last); the
+    /// pass runs these phases one after the other.
+    pub fn phase(self) -> u8 {
         match self {
             Reason::Forced | Reason::Changed | Reason::Retry => 0,
             Reason::New | Reason::Unfinished => 1,
@@ -122,7 +123,7 @@ pub fn plan(listing: &[Repository], input: &PlanInput<'_>) -> Vec<Planned> {
             max_pages: None,
         })
         .collect();
-    let changes = out.iter().filter(|p| p.reason.priority() == 0).count() as u64;
+    let changes = out.iter().filter(|p| p.reason.phase() == 0).count() as u64;
     let backfills = out.iter().filter(|p| p.reason.is_backfill()).count() as u64;
     let audits = out.iter().filter(|p| p.reason == Reason::Audit).count() as u64;
     if let Some(budget) = input.budget {
@@ -141,7 +142,7 @@ pub fn plan(listing: &[Repository], input: &PlanInput<'_>) -> Vec<Planned> {
             }
         }
     }
-    out.sort_by_key(|p| (p.reason.priority(), p.index));
+    out.sort_by_key(|p| (p.reason.phase(), p.index));
     out
 }
 

@@ -297,39 +297,23 @@ impl Pass {
             repos: jobs.len(),
         });
 
+        // Phases run one after the other — fresh changes, then backfill,
+        // then audits — each with up to `concurrency` repository actors, so
+        // the request log shows changed repositories served first.
         let concurrency = self.opts.concurrency.max(1);
-        let mut outcomes = futures::stream::iter(jobs)
-            .map(|job| {
-                let uuid = job.listing.uuid.clone();
-                let workspace = job.workspace.clone();
-                let reason = job.reason;
-                let full_name = format!("{}/{}", job.workspace, job.slug);
-                async move {
-                    let actor = RepoActor::new(job).start();
-                    match actor.send(Crawl).await {
-                        Ok(outcome) => outcome,
-                        // The actor died (a panic in its crawl): this
-                        // repository failed; the others go on.
-                        Err(e) => RepoOutcome {
-                            workspace,
-                            full_name,
-                            uuid,
-                            status: RepoStatus::Failed,
-                            new_commits: 0,
-                            pages: 0,
-                            orphaned: 0,
-                            events: vec![],
-                            error: Some(format!("repository actor died: {e}")),
-                            fatal: None,
-                            interrupted: false,
-                            reason,
-                            paused: false,
-                            audit_found: false,
-                        },
-                    }
-                }
-            })
-            .buffer_unordered(concurrency);
+        let mut phases: Vec<Vec<RepoJob>> = Vec::new();
+        for job in jobs {
+            let phase = job.reason.phase() as usize;
+            if phases.len() <= phase {
+                phases.resize_with(phase + 1, Vec::new);
+            }
+            phases[phase].push(job);
+        }
+        let mut outcomes = futures::stream::iter(phases).flat_map(move |jobs| {
+            futures::stream::iter(jobs)
+                .map(crawl_one)
+                .buffer_unordered(concurrency)
+        });
 
         let mut fatal: Option<(String, ApiError)> = None;
         while let Some(outcome) = outcomes.next().await {
@@ -382,5 +366,34 @@ impl Pass {
             .await
             .map_err(|e| PassError::Internal(e.to_string()))??;
         Ok(summary)
+    }
+}
+
+/// Starts a repository actor for `job` and waits for its outcome; an actor
+/// that died (a panic in its crawl) is a failed repository, not a failed pass.
+async fn crawl_one(job: RepoJob) -> RepoOutcome {
+    let uuid = job.listing.uuid.clone();
+    let workspace = job.workspace.clone();
+    let reason = job.reason;
+    let full_name = format!("{}/{}", job.workspace, job.slug);
+    let actor = RepoActor::new(job).start();
+    match actor.send(Crawl).await {
+        Ok(outcome) => outcome,
+        Err(e) => RepoOutcome {
+            workspace,
+            full_name,
+            uuid,
+            status: RepoStatus::Failed,
+            new_commits: 0,
+            pages: 0,
+            orphaned: 0,
+            events: vec![],
+            error: Some(format!("repository actor died: {e}")),
+            fatal: None,
+            interrupted: false,
+            reason,
+            paused: false,
+            audit_found: false,
+        },
     }
 }
