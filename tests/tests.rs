@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod crash;
 mod crawl;
+mod freshness;
 mod query;
 mod ratelimit;
 mod secrets;
