@@ -354,7 +354,7 @@ async fn a_force_push_marks_orphans_unreachable_and_records_the_event() {
         .map(|r| r.hash.clone())
         .collect();
     assert_eq!(unreachable, orphaned, "orphans kept and marked");
-    let s = Store::open(&store).unwrap();
+    let s = open_store(&store);
     let repo = s
         .repos()
         .unwrap()

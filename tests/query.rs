@@ -868,7 +868,7 @@ async fn an_ambiguous_prefix_is_refused_with_its_matches() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     {
-        let store = Store::open(&path).unwrap();
+        let store = open_store(&path);
         let repo = RepoState::new("acme", "{r1}", "svc", "acme/svc", Utc::now());
         let commit = |hash: String| CommitRecord {
             workspace: "acme".into(),

@@ -128,7 +128,7 @@ pub async fn sync(
 /// Every stored commit of every repository, as full records, sorted by
 /// (workspace, repository uuid, hash): a store's contents for comparison.
 pub fn store_records(store: &Path) -> Vec<bbcrawl::record::CommitRecord> {
-    let s = bbcrawl::store::Store::open(store).expect("open store");
+    let s = open_store(store);
     let mut out = Vec::new();
     for repo in s.repos().unwrap() {
         for c in s.repo_commits(&repo.workspace, &repo.uuid) {
@@ -143,8 +143,24 @@ pub fn store_records(store: &Path) -> Vec<bbcrawl::record::CommitRecord> {
 
 /// The stored repository records.
 pub fn store_repos(store: &Path) -> Vec<bbcrawl::store::RepoState> {
-    bbcrawl::store::Store::open(store)
-        .expect("open store")
-        .repos()
-        .unwrap()
+    open_store(store).repos().unwrap()
+}
+
+/// Opens a store a moment after another opener let go of it. sled releases
+/// its file lock when the last of its internal threads drops the database,
+/// which can be a few milliseconds after the owner dropped it (or after a
+/// child process exited), so a `Locked` right then is retried briefly.
+pub fn open_store(path: &Path) -> bbcrawl::store::Store {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match bbcrawl::store::Store::open(path) {
+            Ok(s) => return s,
+            Err(bbcrawl::store::StoreError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the store at {}: {e}", path.display()),
+        }
+    }
 }
