@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod crash;
 mod crawl;
+mod kit;
 mod query;
 mod ratelimit;
 mod secrets;
