@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod crawl;
 mod freshness;
+mod kit;
 mod query;
 mod ratelimit;
 mod secrets;
