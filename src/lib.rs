@@ -13,10 +13,14 @@
 //! - [`actors`]    supervisor, repository and writer actors: the crawl (the only place actix appears).
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
+//! - [`telemetry`] every metric's name, unit, description and buckets; the Prometheus recorder.
+//! - [`daemon`]    `bbcrawl run`: a pass every interval, graceful stop, the HTTP endpoint
+//!   (metrics, health, query API) and the address file `query` uses to find it.
 
 pub mod actors;
 pub mod bitbucket;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod output;
 pub mod progress;
@@ -24,4 +28,5 @@ pub mod query;
 pub mod record;
 pub mod simulator;
 pub mod store;
+pub mod telemetry;
 pub mod verify;
