@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod crash;
 mod crawl;
+mod daemon;
 mod query;
 mod ratelimit;
 mod secrets;
