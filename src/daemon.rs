@@ -844,7 +844,7 @@ where
     F: FnOnce(&Store, &mut ChunkWriter) -> Result<(), OutputError> + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Piece>(4);
-    tokio::task::spawn_blocking(move || {
+    let task = tokio::task::spawn_blocking(move || {
         let mut out = ChunkWriter {
             buf: Vec::with_capacity(CHUNK),
             tx: tx.clone(),
@@ -859,7 +859,19 @@ where
         }
     });
     let first = match rx.recv().await {
-        None => Bytes::new(),
+        // Every sender is gone, so the job has ended: nothing to print,
+        // unless it panicked.
+        None => match task.await {
+            Ok(()) => Bytes::new(),
+            Err(e) => {
+                return ApiFailure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("the query failed: {e}"),
+                )
+                .into_response()
+            }
+        },
         Some(Piece::Failed(e)) => return e.into_response(),
         Some(Piece::Bytes(b)) => b,
     };

@@ -111,6 +111,10 @@ enum Command {
         /// Workspace to crawl (repeatable); replaces the configured list.
         #[arg(long = "workspace", value_name = "W")]
         workspaces: Vec<String>,
+        /// Address of the HTTP endpoint (IP:PORT); also BBCRAWL_LISTEN
+        /// (default 127.0.0.1:9490).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Crawl the built-in simulator into a fresh store (or --store) and show
     /// the results: no credentials, no network, no configuration.
@@ -367,11 +371,21 @@ fn init_logging(g: &Global) {
 }
 
 fn load_config(g: &Global, workspaces: Vec<String>) -> anyhow::Result<Config> {
+    load_config_with(
+        g,
+        Overrides {
+            workspaces,
+            ..Overrides::default()
+        },
+    )
+}
+
+/// The configuration with the global flags and a command's own overrides.
+fn load_config_with(g: &Global, overrides: Overrides) -> anyhow::Result<Config> {
     let overrides = Overrides {
         config_path: g.config.clone(),
         store: g.store.clone(),
-        workspaces,
-        ..Overrides::default()
+        ..overrides
     };
     let cfg = Config::load(&overrides)?;
     for w in &cfg.warnings {
@@ -394,7 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             repos,
             full,
         } => sync(&cli.global, workspaces, repos, full).await,
-        Command::Run { workspaces } => run_daemon(&cli.global, workspaces).await,
+        Command::Run { workspaces, listen } => run_daemon(&cli.global, workspaces, listen).await,
         Command::Demo => demo(&cli.global).await,
         Command::Query { what } => query(&cli.global, what),
         Command::Show { hash, format } => show(&cli.global, &hash, format),
@@ -512,8 +526,19 @@ fn pass_options(cfg: &Config, only: Vec<String>, full: bool) -> PassOptions {
 }
 
 /// `bbcrawl run` (see `bbcrawl::daemon`).
-async fn run_daemon(g: &Global, workspaces: Vec<String>) -> anyhow::Result<u8> {
-    let cfg = load_config(g, workspaces)?;
+async fn run_daemon(
+    g: &Global,
+    workspaces: Vec<String>,
+    listen: Option<String>,
+) -> anyhow::Result<u8> {
+    let cfg = load_config_with(
+        g,
+        Overrides {
+            workspaces,
+            listen,
+            ..Overrides::default()
+        },
+    )?;
     require_api_config(&cfg)?;
     // Signals first: a SIGTERM during start-up then stops the daemon
     // gracefully instead of killing it.

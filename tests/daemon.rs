@@ -733,3 +733,31 @@ async fn sigterm_mid_crawl_exits_cleanly_and_sync_resumes() {
     assert_eq!(stored.len(), 20_000);
     assert_eq!(stored, truth);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_stalled_request_still_exits_within_10_s() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("payments-api", 50));
+    // Longer than the drain deadline, shorter than the request timeout.
+    sim.inject(
+        Some("/commits/"),
+        vec![Fault::Stall(Duration::from_secs(30))],
+    );
+    let server = serve(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let daemon = Daemon::start(&store, &server.api_url(), "1").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while commits_requests(&sim) < 1 {
+        assert!(Instant::now() < deadline, "no commits request");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let logs_path = daemon.log.clone();
+    let (status, took) = daemon.terminate().await;
+    let logs = std::fs::read_to_string(&logs_path).unwrap();
+    eprintln!("SIGTERM during a stalled request: exited in {took:?}");
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(took < Duration::from_secs(10), "stopped in {took:?}");
+    assert!(logs.contains("did not stop within"), "{logs}");
+    assert!(!store.join("daemon.json").exists());
+}
