@@ -14,10 +14,14 @@
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
 //! - [`schedule`]  which repositories a pass crawls, in what order and how far (change gate, audits).
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
+//! - [`telemetry`] every metric's name, unit, description and buckets; the Prometheus recorder.
+//! - [`daemon`]    `bbcrawl run`: a pass every interval, graceful stop, the HTTP endpoint
+//!   (metrics, health, query API) and the address file `query` uses to find it.
 
 pub mod actors;
 pub mod bitbucket;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod output;
 pub mod progress;
@@ -26,4 +30,5 @@ pub mod record;
 pub mod schedule;
 pub mod simulator;
 pub mod store;
+pub mod telemetry;
 pub mod verify;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use std::io::IsTerminal;
@@ -18,9 +18,10 @@ use std::sync::Arc;
 use bbcrawl::actors::{run_pass, PassError, PassObserver, PassOptions};
 use bbcrawl::bitbucket::{ApiError, BitbucketClient, ClientOptions};
 use bbcrawl::config::{Config, ConfigError, Overrides};
+use bbcrawl::daemon;
 use bbcrawl::output::{self, Format, OutputError, ShowFormat};
 use bbcrawl::progress::{ProgressMode, SyncProgress};
-use bbcrawl::query::{self as q, CommitFilter, QueryError};
+use bbcrawl::query::{self as q, parse_time, CommitFilter, QueryError};
 use bbcrawl::simulator::SimOptions;
 use bbcrawl::store::{Store, StoreError};
 use bbcrawl::verify::{self, VerifyReport};
@@ -102,6 +103,18 @@ enum Command {
         /// Re-walk every default branch from the top (idempotent).
         #[arg(long)]
         full: bool,
+    },
+    /// The daemon: a sync pass every `interval_seconds`, the HTTP endpoint
+    /// on `listen` (/metrics, /healthz, /api/v1/…), graceful stop on
+    /// SIGTERM / SIGINT.
+    Run {
+        /// Workspace to crawl (repeatable); replaces the configured list.
+        #[arg(long = "workspace", value_name = "W")]
+        workspaces: Vec<String>,
+        /// Address of the HTTP endpoint (IP:PORT); also BBCRAWL_LISTEN
+        /// (default 127.0.0.1:9490).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Crawl the built-in simulator into a fresh store (or --store) and show
     /// the results: no credentials, no network, no configuration.
@@ -275,23 +288,6 @@ enum ExportFormat {
     Csv,
 }
 
-/// `--since` / `--until`: RFC 3339 with any offset, or `YYYY-MM-DD`
-/// (midnight UTC).
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    let t = s.trim();
-    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        return Ok(dt.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        if let Some(dt) = d.and_hms_opt(0, 0, 0) {
-            return Ok(dt.and_utc());
-        }
-    }
-    Err(format!(
-        "{s:?} is not a date: give RFC 3339 (2024-05-01T12:00:00+02:00) or YYYY-MM-DD (midnight UTC)"
-    ))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global);
@@ -375,11 +371,21 @@ fn init_logging(g: &Global) {
 }
 
 fn load_config(g: &Global, workspaces: Vec<String>) -> anyhow::Result<Config> {
+    load_config_with(
+        g,
+        Overrides {
+            workspaces,
+            ..Overrides::default()
+        },
+    )
+}
+
+/// The configuration with the global flags and a command's own overrides.
+fn load_config_with(g: &Global, overrides: Overrides) -> anyhow::Result<Config> {
     let overrides = Overrides {
         config_path: g.config.clone(),
         store: g.store.clone(),
-        workspaces,
-        ..Overrides::default()
+        ..overrides
     };
     let cfg = Config::load(&overrides)?;
     for w in &cfg.warnings {
@@ -402,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             repos,
             full,
         } => sync(&cli.global, workspaces, repos, full).await,
+        Command::Run { workspaces, listen } => run_daemon(&cli.global, workspaces, listen).await,
         Command::Demo => demo(&cli.global).await,
         Command::Query { what } => query(&cli.global, what),
         Command::Show { hash, format } => show(&cli.global, &hash, format),
@@ -487,16 +494,7 @@ async fn sync(
     let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
     let progress = Arc::new(SyncProgress::new(progress_mode(g), client.clone()));
     let observer: Arc<dyn PassObserver> = progress.clone();
-    let opts = PassOptions {
-        workspaces: cfg.workspaces.clone(),
-        include: cfg.include.clone(),
-        exclude: cfg.exclude.clone(),
-        only: repos,
-        full,
-        since: cfg.since,
-        concurrency: cfg.max_in_flight.saturating_mul(2).max(2),
-        audit_interval: cfg.audit_interval,
-    };
+    let opts = pass_options(&cfg, repos, full);
     let stop = Arc::new(AtomicBool::new(false));
     let result = run_pass(client, store, opts, observer, stop).await;
     progress.finish();
@@ -512,6 +510,61 @@ async fn sync(
     } else {
         0
     })
+}
+
+/// What a pass covers, from the configuration.
+fn pass_options(cfg: &Config, only: Vec<String>, full: bool) -> PassOptions {
+    PassOptions {
+        workspaces: cfg.workspaces.clone(),
+        include: cfg.include.clone(),
+        exclude: cfg.exclude.clone(),
+        only,
+        full,
+        since: cfg.since,
+        concurrency: cfg.max_in_flight.saturating_mul(2).max(2),
+        audit_interval: cfg.audit_interval,
+    }
+}
+
+/// `bbcrawl run` (see `bbcrawl::daemon`).
+async fn run_daemon(
+    g: &Global,
+    workspaces: Vec<String>,
+    listen: Option<String>,
+) -> anyhow::Result<u8> {
+    let cfg = load_config_with(
+        g,
+        Overrides {
+            workspaces,
+            listen,
+            ..Overrides::default()
+        },
+    )?;
+    require_api_config(&cfg)?;
+    // Signals first: a SIGTERM during start-up then stops the daemon
+    // gracefully instead of killing it.
+    let shutdown = daemon::shutdown_signal()?;
+    let metrics = bbcrawl::telemetry::install()?;
+    let store = Arc::new(Store::open(&cfg.store)?);
+    let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
+    let mode = if g.quiet {
+        ProgressMode::Silent
+    } else {
+        ProgressMode::Lines
+    };
+    let observer: Arc<dyn PassObserver> = Arc::new(SyncProgress::new(mode, client.clone()));
+    let opts = daemon::DaemonOptions {
+        listen: cfg.listen,
+        interval: cfg.interval,
+        pass: pass_options(&cfg, Vec::new(), false),
+        observer,
+    };
+    match daemon::run(client, store, opts, metrics, shutdown).await {
+        Ok(()) => Ok(0),
+        // Unwrapped so that `exit_code_for` sees the pass error itself.
+        Err(daemon::DaemonError::Pass(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The whole pipeline against the built-in simulator (see `bbcrawl::demo`).

@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod crash;
 mod crawl;
+mod daemon;
 mod freshness;
 mod kit;
 mod query;

@@ -23,6 +23,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry;
+
 pub use repository::RepoOutcome;
 pub use supervisor::{run_pass, PassError, PassOptions};
 
@@ -53,6 +55,7 @@ impl WriterQueue {
     pub fn enter(self: &Arc<Self>) -> QueuedPage {
         let now = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
+        metrics::gauge!(telemetry::WRITER_QUEUE_DEPTH).increment(1.0);
         QueuedPage(Arc::clone(self))
     }
 }
@@ -63,6 +66,7 @@ pub struct QueuedPage(Arc<WriterQueue>);
 impl Drop for QueuedPage {
     fn drop(&mut self) {
         self.0.depth.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(telemetry::WRITER_QUEUE_DEPTH).decrement(1.0);
     }
 }
 

@@ -15,6 +15,7 @@ use crate::bitbucket::{ApiError, BitbucketClient};
 use crate::record::CommitRecord;
 use crate::schedule::Reason;
 use crate::store::{RepoEventKind, RepoState, RepoStatus, StoreError, Walk};
+use crate::telemetry;
 
 /// Everything one repository's crawl needs.
 pub struct RepoJob {
@@ -357,6 +358,8 @@ async fn walk(
             }
         };
         tally.pages += 1;
+        metrics::counter!(telemetry::PAGES_FETCHED).increment(1);
+        metrics::counter!(telemetry::COMMITS_FETCHED).increment(page.values.len() as u64);
 
         // A `next` link is saved only if it may be followed.
         let mut next = match &page.next {

@@ -13,6 +13,7 @@ use actix::{Actor, Handler, Message, SyncContext};
 
 use crate::record::CommitRecord;
 use crate::store::{PageOutcome, RepoState, Store, StoreError};
+use crate::telemetry;
 
 /// How often the writer flushes while pages keep coming.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -79,6 +80,10 @@ impl Handler<WritePage> for Writer {
     fn handle(&mut self, msg: WritePage, _ctx: &mut Self::Context) -> Self::Result {
         let started = Instant::now();
         let out = self.store.apply_page(&msg.repo, &msg.commits)?;
+        metrics::histogram!(telemetry::STORE_WRITE_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        // Counted here, where the store said which commits were new.
+        metrics::counter!(telemetry::COMMITS_STORED).increment(out.new_commits);
         tracing::trace!(repo = %msg.repo.full_name, new = out.new_commits, elapsed = ?started.elapsed(), "page stored");
         self.wrote()?;
         Ok(out)

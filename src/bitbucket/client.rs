@@ -20,6 +20,7 @@ use super::budget::{Outcome, RateBudget, RateLimitBackoff};
 use super::error::ApiError;
 use super::models::{Commit, ErrorBody, Page, Repository, COMMIT_FIELDS, REPOSITORY_FIELDS};
 use crate::config::{Config, Credential};
+use crate::telemetry;
 
 /// Largest response body accepted (a commit page with long messages is a
 /// few MiB at most; anything bigger is a broken or hostile server).
@@ -166,6 +167,8 @@ enum Failure {
         /// No HTTP answer at all (DNS, TCP, TLS, timeout, reset).
         connection: bool,
         retry_after: Option<Duration>,
+        /// The `reason` label of `bbcrawl_retries_total`.
+        reason: &'static str,
     },
     /// Not worth retrying.
     Permanent(ApiError),
@@ -372,9 +375,19 @@ impl BitbucketClient {
             .with_max_elapsed_time(None)
             .build();
         let mut attempt: u32 = 0;
+        let endpoint = telemetry::endpoint_of(url.path());
+        // Set after a 429: the next wait at the budget's gate is backoff.
+        let mut after_rate_limit = false;
         loop {
             let (credential, budget) = self.pick_credential();
+            let waiting = tokio::time::Instant::now();
             let permit = budget.acquire().await;
+            if after_rate_limit {
+                // Only the request that got the 429 counts its wait, so
+                // concurrent waiters at the same gate are not summed.
+                telemetry::backoff(waiting.elapsed());
+                after_rate_limit = false;
+            }
             // The semaphore bounds concurrency across all credentials; it is
             // never closed, so acquiring cannot fail.
             let slot = self.inner.in_flight.acquire().await;
@@ -391,13 +404,14 @@ impl BitbucketClient {
                 self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
             let result = self
-                .attempt(&method, &url, credential, &budget)
+                .attempt(endpoint, &method, &url, credential, &budget)
                 .await
                 .and_then(|body| {
                     decode(&body).map_err(|e| Failure::Transient {
                         message: format!("undecodable response body ({} bytes): {e}", body.len()),
                         connection: false,
                         retry_after: None,
+                        reason: "body",
                     })
                 });
             drop(slot);
@@ -419,6 +433,7 @@ impl BitbucketClient {
                         .stats
                         .rate_limited
                         .fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(telemetry::RATE_LIMITED).increment(1);
                     permit.finish(Outcome::RateLimited(retry_after));
                     tracing::warn!(
                         path = url.path(),
@@ -432,11 +447,14 @@ impl BitbucketClient {
                         });
                     }
                     // The gate in the budget does the waiting.
+                    metrics::counter!(telemetry::RETRIES, "reason" => "rate_limited").increment(1);
+                    after_rate_limit = true;
                 }
                 Failure::Transient {
                     message,
                     connection,
                     retry_after,
+                    reason,
                 } => {
                     permit.finish(if connection {
                         Outcome::NoAnswer
@@ -460,7 +478,10 @@ impl BitbucketClient {
                         .or_else(|| backoff.next_backoff())
                         .unwrap_or(opts.retry_backoff.max);
                     tracing::debug!(path = url.path(), attempt, ?delay, %message, "transient failure; retrying");
+                    metrics::counter!(telemetry::RETRIES, "reason" => reason).increment(1);
+                    let sleeping = tokio::time::Instant::now();
                     tokio::time::sleep(delay).await;
+                    telemetry::backoff(sleeping.elapsed());
                 }
             }
         }
@@ -484,13 +505,33 @@ impl BitbucketClient {
         (&creds[i].0, Arc::clone(&creds[i].1))
     }
 
-    /// One HTTP exchange, classified.
+    /// One HTTP exchange, classified and counted: every attempt that
+    /// leaves this process is recorded here, once.
     async fn attempt(
+        &self,
+        endpoint: &'static str,
+        method: &Method,
+        url: &Url,
+        credential: &Credential,
+        budget: &RateBudget,
+    ) -> Result<bytes::Bytes, Failure> {
+        let started = tokio::time::Instant::now();
+        let mut status = None;
+        let result = self
+            .exchange(method, url, credential, budget, &mut status)
+            .await;
+        telemetry::http_attempt(endpoint, status, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// One HTTP exchange, classified; `status` is set when an answer came.
+    async fn exchange(
         &self,
         method: &Method,
         url: &Url,
         credential: &Credential,
         budget: &RateBudget,
+        status_seen: &mut Option<u16>,
     ) -> Result<bytes::Bytes, Failure> {
         let req = self.inner.http.request(method.clone(), url.clone());
         // reqwest marks these Authorization headers sensitive, so they are
@@ -508,6 +549,7 @@ impl BitbucketClient {
             Err(e) => return Err(transport_failure(&e)),
         };
         let status = resp.status();
+        *status_seen = Some(status.as_u16());
         let headers = resp.headers().clone();
         budget.observe_headers(
             header_u32(&headers, "x-ratelimit-limit"),
@@ -541,6 +583,7 @@ impl BitbucketClient {
                 message: format!("HTTP {}", status.as_u16()),
                 connection: false,
                 retry_after: retry_after(&headers),
+                reason: "server_error",
             });
         }
         Err(Failure::Permanent(client_error(status, &body)))
@@ -636,14 +679,14 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 fn transport_failure(e: &reqwest::Error) -> Failure {
     // reqwest's message names the URL (no credentials are ever in it).
-    let what = if e.is_timeout() {
-        "timed out"
+    let (what, reason) = if e.is_timeout() {
+        ("timed out", "timeout")
     } else if e.is_connect() {
-        "connection failed"
+        ("connection failed", "connection")
     } else if e.is_body() || e.is_decode() {
-        "response body broken"
+        ("response body broken", "body")
     } else {
-        "request failed"
+        ("request failed", "connection")
     };
     let mut message = format!("{what}: {e}");
     let mut source = std::error::Error::source(e);
@@ -655,6 +698,7 @@ fn transport_failure(e: &reqwest::Error) -> Failure {
         message,
         connection: true,
         retry_after: None,
+        reason,
     }
 }
 
@@ -681,6 +725,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<bytes::Bytes, Failure>
                     message: format!("response body broken: {e}"),
                     connection: false,
                     retry_after: None,
+                    reason: if e.is_timeout() { "timeout" } else { "body" },
                 })
             }
         }

@@ -592,6 +592,19 @@ impl Simulator {
         self.world().credentials.push(cred);
     }
 
+    /// Makes a credential invalid (every request with it answers 401, as
+    /// for a revoked token) or valid again, while serving. `secret_or_user`
+    /// is the access token, or the e-mail / username or the token /
+    /// password of a Basic credential.
+    pub fn set_credential_valid(&self, secret_or_user: &str, valid: bool) {
+        let mut world = self.world();
+        if valid {
+            world.revoked.remove(secret_or_user);
+        } else {
+            world.revoked.insert(secret_or_user.to_owned());
+        }
+    }
+
     /// Repositories of a workspace in listing order.
     pub fn repos(&self, ws: &str) -> Vec<SimRepo> {
         let world = self.world();

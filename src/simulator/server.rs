@@ -475,6 +475,9 @@ impl Simulator {
                 } = c
                 {
                     if token == rest {
+                        if world.revoked.contains(token) {
+                            break;
+                        }
                         return Ok(Auth {
                             identity: token.clone(),
                             kind: Kind::AccessToken,
@@ -507,6 +510,9 @@ impl Simulator {
                     scopes,
                     workspaces,
                 } if email.eq_ignore_ascii_case(user) && token == pass => {
+                    if world.revoked.contains(email) || world.revoked.contains(token) {
+                        break;
+                    }
                     return Ok(Auth {
                         identity: email.clone(),
                         kind: Kind::ApiToken,
@@ -521,6 +527,9 @@ impl Simulator {
                     scopes,
                     workspaces,
                 } if username == user && password == pass => {
+                    if world.revoked.contains(username) || world.revoked.contains(password) {
+                        break;
+                    }
                     return Ok(Auth {
                         identity: username.clone(),
                         kind: Kind::AppPassword,

@@ -7,7 +7,7 @@
 //! later pushes only append. That is what lets the simulator cache walks and
 //! keep in-progress page tokens stable while the world changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::content::PEOPLE;
@@ -332,6 +332,9 @@ pub(crate) struct World {
     pub seed: u64,
     pub workspaces: Vec<Workspace>,
     pub credentials: Vec<SimCredential>,
+    /// Tokens, e-mails, usernames or passwords of credentials made invalid
+    /// ([`super::Simulator::set_credential_valid`]): they answer 401.
+    pub revoked: HashSet<String>,
     /// Simulated "now" (Unix seconds): moves forward with every change so
     /// `updated_on` is reproducible instead of following the wall clock.
     pub now: i64,
@@ -345,6 +348,7 @@ impl World {
             seed,
             workspaces: Vec::new(),
             credentials: Vec::new(),
+            revoked: HashSet::new(),
             now: BASE_TIME,
             counter: 0,
         }
