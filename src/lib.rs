@@ -12,6 +12,7 @@
 //! - [`store`]     everything sled: key layout, schema version, atomic page writes, reachability.
 //! - [`actors`]    supervisor, repository and writer actors: the crawl (the only place actix appears).
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
+//! - [`remote`]    `query`/`show`/`export` asking a running daemon when it holds the store.
 //! - [`schedule`]  which repositories a pass crawls, in what order and how far (change gate, audits).
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
 //! - [`telemetry`] every metric's name, unit, description and buckets; the Prometheus recorder.
@@ -27,6 +28,7 @@ pub mod output;
 pub mod progress;
 pub mod query;
 pub mod record;
+pub mod remote;
 pub mod schedule;
 pub mod simulator;
 pub mod store;

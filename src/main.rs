@@ -22,9 +22,13 @@ use bbcrawl::daemon;
 use bbcrawl::output::{self, Format, OutputError, ShowFormat};
 use bbcrawl::progress::{ProgressMode, SyncProgress};
 use bbcrawl::query::{self as q, parse_time, CommitFilter, QueryError};
+use bbcrawl::record::CommitRecord;
+use bbcrawl::remote::{self, Daemon, RemoteError};
 use bbcrawl::simulator::SimOptions;
 use bbcrawl::store::{Store, StoreError};
 use bbcrawl::verify::{self, VerifyReport};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use std::io::Write as _;
 
 /// Exit codes of SPEC section 9.
 mod exit {
@@ -321,6 +325,12 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
     if let Some(StoreError::Locked { .. }) = err.downcast_ref::<StoreError>() {
         return exit::LOCKED;
     }
+    match err.downcast_ref::<RemoteError>() {
+        Some(RemoteError::NoAnswer { .. }) => return exit::LOCKED,
+        Some(RemoteError::BadRequest(_)) => return exit::USAGE,
+        Some(_) => return exit::RUNTIME,
+        None => {}
+    }
     match err.downcast_ref::<QueryError>() {
         Some(QueryError::BadHash(_)) => return exit::USAGE,
         Some(QueryError::Store(StoreError::Locked { .. })) => return exit::LOCKED,
@@ -410,13 +420,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         } => sync(&cli.global, workspaces, repos, full).await,
         Command::Run { workspaces, listen } => run_daemon(&cli.global, workspaces, listen).await,
         Command::Demo => demo(&cli.global).await,
-        Command::Query { what } => query(&cli.global, what),
-        Command::Show { hash, format } => show(&cli.global, &hash, format),
+        Command::Query { what } => query(&cli.global, what).await,
+        Command::Show { hash, format } => show(&cli.global, &hash, format).await,
         Command::Export {
             format,
             all,
             output,
-        } => export(&cli.global, format, all, output.as_deref()),
+        } => export(&cli.global, format, all, output.as_deref()).await,
         Command::Simulate {
             listen,
             repos,
@@ -581,8 +591,15 @@ async fn demo(g: &Global) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Opens an existing store for a query; never creates one.
-fn open_store(g: &Global) -> anyhow::Result<Store> {
+/// Where a query is answered: the store itself, or the daemon holding it.
+enum Source {
+    Local(Store),
+    Remote(Daemon),
+}
+
+/// Opens an existing store for a query (never creates one); when another
+/// process holds it, the daemon recorded in it answers instead.
+fn open_source(g: &Global) -> anyhow::Result<Source> {
     let cfg = load_config(g, Vec::new())?;
     if !cfg.store.is_dir() {
         anyhow::bail!(
@@ -590,7 +607,47 @@ fn open_store(g: &Global) -> anyhow::Result<Store> {
             cfg.store.display()
         );
     }
-    Ok(Store::open(&cfg.store)?)
+    match Store::open(&cfg.store) {
+        Ok(store) => Ok(Source::Local(store)),
+        Err(StoreError::Locked { .. }) => Ok(Source::Remote(Daemon::locate(&cfg.store)?)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn api_format(f: Format) -> &'static str {
+    match f {
+        Format::Json | Format::Table => "json",
+        Format::Ndjson => "ndjson",
+        Format::Csv => "csv",
+    }
+}
+
+/// Answers a query through the daemon: its bytes for json/ndjson/csv, a
+/// table rendered here from its json rows.
+async fn remote_rows<
+    T: serde::de::DeserializeOwned + output::Tabular + serde::Serialize,
+    W: std::io::Write,
+>(
+    daemon: &Daemon,
+    path: &str,
+    mut params: Vec<(String, String)>,
+    format: Format,
+    out: &mut W,
+) -> anyhow::Result<()> {
+    params.push(("format".into(), api_format(format).into()));
+    if format == Format::Table {
+        let rows: Vec<T> = daemon.json(path, &params).await?;
+        output::write_rows(
+            out,
+            format,
+            output::terminal_width(),
+            rows.into_iter().map(Ok),
+        )
+        .map_err(output_error)?;
+    } else {
+        daemon.stream_to(path, &params, out).await?;
+    }
+    Ok(())
 }
 
 /// Unwraps a printing error so that `exit_code_for` and `is_broken_pipe`
@@ -602,11 +659,69 @@ fn output_error(e: OutputError) -> anyhow::Error {
     }
 }
 
-fn query(g: &Global, what: QueryCommand) -> anyhow::Result<u8> {
-    let store = open_store(g)?;
+async fn query(g: &Global, what: QueryCommand) -> anyhow::Result<u8> {
+    let source = open_source(g)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let width = output::terminal_width();
+    let store = match source {
+        Source::Local(store) => store,
+        Source::Remote(daemon) => {
+            match what {
+                QueryCommand::Commits { filter, format } => {
+                    let params = remote::filter_params(&filter.into_filter());
+                    remote_rows::<CommitRecord, _>(
+                        &daemon,
+                        "/api/v1/commits",
+                        params,
+                        format.resolve(),
+                        &mut out,
+                    )
+                    .await?
+                }
+                QueryCommand::Repos { workspace, format } => {
+                    let params = workspace
+                        .into_iter()
+                        .map(|w| ("workspace".to_owned(), w))
+                        .collect();
+                    remote_rows::<q::RepoRow, _>(
+                        &daemon,
+                        "/api/v1/repos",
+                        params,
+                        format.resolve(),
+                        &mut out,
+                    )
+                    .await?
+                }
+                QueryCommand::Authors { filter, format } => {
+                    let params = remote::filter_params(&filter.into_filter());
+                    remote_rows::<q::AuthorRow, _>(
+                        &daemon,
+                        "/api/v1/authors",
+                        params,
+                        format.resolve(),
+                        &mut out,
+                    )
+                    .await?
+                }
+                QueryCommand::Stats { format } => {
+                    let format = format.resolve();
+                    let params = vec![("format".to_owned(), api_format(format).to_owned())];
+                    if format == Format::Table {
+                        let stats: Vec<q::Stats> = daemon.json("/api/v1/stats", &params).await?;
+                        for s in stats {
+                            output::write_stats(&mut out, format, width, s)
+                                .map_err(output_error)?;
+                        }
+                    } else {
+                        daemon.stream_to("/api/v1/stats", &params, &mut out).await?;
+                    }
+                }
+            }
+            out.flush()?;
+            return Ok(0);
+        }
+    };
     let printed = match what {
         QueryCommand::Commits { filter, format } => {
             let filter = filter.into_filter();
@@ -630,8 +745,28 @@ fn query(g: &Global, what: QueryCommand) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn show(g: &Global, hash: &str, format: ShowFormatArg) -> anyhow::Result<u8> {
-    let store = open_store(g)?;
+async fn show(g: &Global, hash: &str, format: ShowFormatArg) -> anyhow::Result<u8> {
+    let store = match open_source(g)? {
+        Source::Local(store) => store,
+        Source::Remote(daemon) => {
+            let format = match format {
+                ShowFormatArg::Text => "text",
+                ShowFormatArg::Json => "json",
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            // The hash is a path segment: only hex digits get this far on
+            // the daemon's side, and anything else is refused there.
+            let path = format!(
+                "/api/v1/show/{}",
+                utf8_percent_encode(hash, NON_ALPHANUMERIC)
+            );
+            daemon
+                .stream_to(&path, &[("format".into(), format.into())], &mut out)
+                .await?;
+            return Ok(0);
+        }
+    };
     let records = q::show(&store, hash)?;
     let format = match format {
         ShowFormatArg::Text => ShowFormat::Text,
@@ -646,22 +781,35 @@ fn show(g: &Global, hash: &str, format: ShowFormatArg) -> anyhow::Result<u8> {
 /// Export writes in large chunks: fewer syscalls for a million records.
 const EXPORT_BUFFER: usize = 1 << 16;
 
-fn export(
+async fn export(
     g: &Global,
     format: ExportFormat,
     all: bool,
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
-    let store = open_store(g)?;
+    let source = open_source(g)?;
     let format = match format {
         ExportFormat::Ndjson => Format::Ndjson,
         ExportFormat::Csv => Format::Csv,
     };
-    let rows = q::export(&store, all)?;
+    let daemon_params = vec![
+        ("all".to_owned(), all.to_string()),
+        ("format".to_owned(), api_format(format).to_owned()),
+    ];
     let Some(path) = path else {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, stdout.lock());
-        output::write_rows(&mut out, format, usize::MAX, rows).map_err(output_error)?;
+        match &source {
+            Source::Local(store) => {
+                let rows = q::export(store, all)?;
+                output::write_rows(&mut out, format, usize::MAX, rows).map_err(output_error)?;
+            }
+            Source::Remote(daemon) => {
+                daemon
+                    .stream_to("/api/v1/export", &daemon_params, &mut out)
+                    .await?
+            }
+        }
         return Ok(0);
     };
     // A temporary file beside the target, renamed over it when complete:
@@ -675,9 +823,18 @@ fn export(
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
-    output::write_rows(&mut out, format, usize::MAX, rows)
-        .map_err(output_error)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    match &source {
+        Source::Local(store) => {
+            let rows = q::export(store, all)?;
+            output::write_rows(&mut out, format, usize::MAX, rows)
+                .map_err(output_error)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Source::Remote(daemon) => daemon
+            .stream_to("/api/v1/export", &daemon_params, &mut out)
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?,
+    }
     let tmp = out
         .into_inner()
         .map_err(|e| e.into_error())

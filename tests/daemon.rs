@@ -761,3 +761,131 @@ async fn sigterm_during_a_stalled_request_still_exits_within_10_s() {
     assert!(logs.contains("did not stop within"), "{logs}");
     assert!(!store.join("daemon.json").exists());
 }
+
+/// `query`, `show` and `export` while the daemon holds the store: they ask
+/// its API, and print what they print after it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_queries_during_a_running_daemon_equal_those_after_it_stopped() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("payments-api", 230));
+    sim.add_repo(WS, RepoSpec::new("tools", 40));
+    let server = serve(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let daemon = Daemon::start(&store, &server.api_url(), "3600").await;
+    daemon.wait_health(200, "ok", Duration::from_secs(15)).await;
+    let hash = sim.branch_commits(WS, "tools")[3].hash.clone();
+    let store_s = store.to_string_lossy().into_owned();
+    let questions: Vec<Vec<&str>> = vec![
+        vec![
+            "query",
+            "commits",
+            "--repo",
+            "payments-api",
+            "--limit",
+            "5",
+            "--format",
+            "ndjson",
+        ],
+        vec![
+            "query",
+            "commits",
+            "--since",
+            "2000-01-01",
+            "--format",
+            "json",
+        ],
+        vec!["query", "commits", "--grep", "e", "--format", "csv"],
+        vec!["query", "commits", "--limit", "20", "--format", "table"],
+        vec!["query", "repos", "--format", "table"],
+        vec!["query", "authors", "--format", "csv"],
+        vec!["show", &hash[..9]],
+        vec!["show", &hash, "--format", "json"],
+        vec!["export"],
+        vec!["export", "--all", "--format", "csv"],
+    ];
+    let cwd = dir.path().to_path_buf();
+    let ask = |args: Vec<String>| {
+        let store_s = store_s.clone();
+        let cwd = cwd.clone();
+        async move {
+            let mut all = vec!["--store".to_owned(), store_s];
+            all.extend(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            bbcrawl(&cwd, &all, &[("COLUMNS", "120")]).await
+        }
+    };
+    let owned = |q: &Vec<&str>| q.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let mut during = Vec::new();
+    for q in &questions {
+        let o = ask(owned(q)).await;
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{q:?} while running: {}",
+            stderr(&o)
+        );
+        assert!(!o.stdout.is_empty(), "{q:?} printed nothing");
+        during.push(o.stdout);
+    }
+    // An unknown hash is still exit 1 through the daemon.
+    let o = ask(owned(&vec!["show", "0000000"])).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let (status, _) = daemon.terminate().await;
+    assert!(status.success());
+    for (q, before) in questions.iter().zip(during) {
+        let o = ask(owned(q)).await;
+        assert_eq!(o.status.code(), Some(0), "{q:?} after: {}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&before),
+            "{q:?} differs"
+        );
+    }
+}
+
+/// A store held by a process that does not answer: exit 7 with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_whose_holder_does_not_answer_is_exit_7() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("tools", 10));
+    let server = serve(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_eq!(
+        sync(&store, &server.api_url(), &[], &[])
+            .await
+            .status
+            .code(),
+        Some(0)
+    );
+    let held = open_store(&store);
+    let store_s = store.to_string_lossy().into_owned();
+    // No address file: a sync (or anything else) holds it.
+    let o = bbcrawl(dir.path(), &["--store", &store_s, "query", "commits"], &[]).await;
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
+    // An address file left by a daemon that is gone.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        store.join("daemon.json"),
+        format!("{{\"addr\":\"127.0.0.1:{port}\",\"pid\":999999}}"),
+    )
+    .unwrap();
+    for args in [
+        vec!["query", "repos"],
+        vec!["show", "abcdef1"],
+        vec!["export"],
+    ] {
+        let mut all = vec!["--store", store_s.as_str()];
+        all.extend(args.clone());
+        let o = bbcrawl(dir.path(), &all, &[]).await;
+        assert_eq!(o.status.code(), Some(7), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("does not answer"), "{}", stderr(&o));
+    }
+    drop(held);
+}
