@@ -427,10 +427,19 @@ async fn record_pass(
 fn store_gauges(store: &Store) -> Result<(), crate::store::StoreError> {
     let mut states: HashMap<&'static str, u64> = HashMap::new();
     let mut commits = 0u64;
+    let (mut backfilling, mut backfill_pages) = (0u64, 0u64);
     for r in store.repos()? {
         *states.entry(r.status.as_str()).or_insert(0) += 1;
         commits += r.commits_stored;
+        if let (Some(walk), None) = (&r.walk, &r.head) {
+            // Bitbucket does not say how long a branch is: a walk that took
+            // N pages is assumed to need about N more.
+            backfilling += 1;
+            backfill_pages += walk.pages.max(1);
+        }
     }
+    metrics::gauge!(telemetry::BACKFILL_REPOS).set(backfilling as f64);
+    telemetry::BACKFILL_PAGES_ESTIMATE.store(backfill_pages, std::sync::atomic::Ordering::Relaxed);
     for state in telemetry::REPO_STATES {
         let n = states.get(state).copied().unwrap_or(0);
         metrics::gauge!(telemetry::REPOS, "state" => state).set(n as f64);
@@ -471,6 +480,13 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
                 (l + u64::from(snap.limit), r + left)
             });
     metrics::gauge!(telemetry::RATELIMIT_LIMIT).set(limit as f64);
+    let pages = telemetry::BACKFILL_PAGES_ESTIMATE.load(std::sync::atomic::Ordering::Relaxed);
+    let eta = if limit > 0 {
+        pages as f64 * 3600.0 / limit as f64
+    } else {
+        0.0
+    };
+    metrics::gauge!(telemetry::BACKFILL_ETA).set(eta);
     metrics::gauge!(telemetry::RATELIMIT_REMAINING).set(remaining as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -61,6 +61,21 @@ pub const RATELIMIT_REMAINING: &str = "bbcrawl_ratelimit_remaining_estimate";
 pub const WRITER_QUEUE_DEPTH: &str = "bbcrawl_writer_queue_depth";
 /// `{version}`: always 1.
 pub const BUILD_INFO: &str = "bbcrawl_build_info";
+/// Repositories the change gate skipped (unchanged, no audit due).
+pub const REPOS_SKIPPED: &str = "bbcrawl_repos_skipped_total";
+/// Repositories checked because their audit was due.
+pub const AUDITS: &str = "bbcrawl_audits_total";
+/// Audits that found a change the listing's `updated_on` had not announced.
+pub const AUDIT_FOUND: &str = "bbcrawl_audit_found_changes_total";
+/// Repositories whose first crawl is not finished.
+pub const BACKFILL_REPOS: &str = "bbcrawl_backfill_repos";
+/// Rough time to finish outstanding backfill at the current budget.
+pub const BACKFILL_ETA: &str = "bbcrawl_backfill_eta_seconds";
+
+/// Pages outstanding backfill is estimated to need (set after each pass,
+/// turned into [`BACKFILL_ETA`] at scrape time with the current budget).
+pub static BACKFILL_PAGES_ESTIMATE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 /// The values of `endpoint`.
 pub const ENDPOINTS: [&str; 2] = ["repositories", "commits"];
@@ -115,7 +130,7 @@ pub struct MetricDef {
 }
 
 /// Every metric bbcrawl exports.
-pub const METRICS: [MetricDef; 20] = [
+pub const METRICS: [MetricDef; 25] = [
     MetricDef { name: HTTP_REQUESTS, kind: Kind::Counter, unit: Unit::Count, labels: &["endpoint", "code"],
         help: "HTTP attempts sent to Bitbucket, every retry included, by endpoint and status code (`error` when no answer came)." },
     MetricDef { name: HTTP_REQUEST_DURATION, kind: Kind::Histogram, unit: Unit::Seconds, labels: &["endpoint"],
@@ -156,6 +171,16 @@ pub const METRICS: [MetricDef; 20] = [
         help: "Pages handed to the writer and not yet acknowledged." },
     MetricDef { name: BUILD_INFO, kind: Kind::Gauge, unit: Unit::Count, labels: &["version"],
         help: "Always 1; the label carries the bbcrawl version." },
+    MetricDef { name: REPOS_SKIPPED, kind: Kind::Counter, unit: Unit::Count, labels: &[],
+        help: "Repositories a pass did not ask for commits: unchanged in the listing and no audit due (or an audit deferred for budget)." },
+    MetricDef { name: AUDITS, kind: Kind::Counter, unit: Unit::Count, labels: &[],
+        help: "Repositories checked because their periodic audit was due." },
+    MetricDef { name: AUDIT_FOUND, kind: Kind::Counter, unit: Unit::Count, labels: &[],
+        help: "Audits that found a change the listing's updated_on had not announced." },
+    MetricDef { name: BACKFILL_REPOS, kind: Kind::Gauge, unit: Unit::Count, labels: &[],
+        help: "Repositories whose first crawl is not finished." },
+    MetricDef { name: BACKFILL_ETA, kind: Kind::Gauge, unit: Unit::Seconds, labels: &[],
+        help: "Rough time to finish outstanding backfill at the current budget (each unfinished walk is assumed to need as many pages again as it has fetched)." },
 ];
 
 /// Why the recorder could not be installed.
@@ -202,6 +227,9 @@ pub fn describe_and_register() {
         PAGES_FETCHED,
         COMMITS_FETCHED,
         COMMITS_STORED,
+        REPOS_SKIPPED,
+        AUDITS,
+        AUDIT_FOUND,
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -223,7 +251,13 @@ pub fn describe_and_register() {
     ] {
         metrics::gauge!(name).set(0.0);
     }
-    for name in [RATELIMIT_LIMIT, RATELIMIT_REMAINING, WRITER_QUEUE_DEPTH] {
+    for name in [
+        RATELIMIT_LIMIT,
+        RATELIMIT_REMAINING,
+        WRITER_QUEUE_DEPTH,
+        BACKFILL_REPOS,
+        BACKFILL_ETA,
+    ] {
         metrics::gauge!(name).set(0.0);
     }
     // Histograms appear with their first sample; registering them empty

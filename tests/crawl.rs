@@ -192,16 +192,27 @@ async fn an_unchanged_sync_costs_only_the_listing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     assert_eq!(
-        sync(&store, &server.api_url(), &[], &[])
-            .await
-            .status
-            .code(),
+        sync(
+            &store,
+            &server.api_url(),
+            &[],
+            &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")]
+        )
+        .await
+        .status
+        .code(),
         Some(0)
     );
     let before = store_records(&store);
     sim.clear_requests();
 
-    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    let o = sync(
+        &store,
+        &server.api_url(),
+        &[],
+        &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains(" 0 new commits"), "{}", stdout(&o));
     assert!(stdout(&o).contains("6 skipped unchanged"), "{}", stdout(&o));

@@ -42,6 +42,11 @@ const METRICS: &[&str] = &[
     "bbcrawl_ratelimit_remaining_estimate",
     "bbcrawl_writer_queue_depth",
     "bbcrawl_build_info",
+    "bbcrawl_repos_skipped_total",
+    "bbcrawl_audits_total",
+    "bbcrawl_audit_found_changes_total",
+    "bbcrawl_backfill_repos",
+    "bbcrawl_backfill_eta_seconds",
 ];
 
 const HISTOGRAMS: &[&str] = &[

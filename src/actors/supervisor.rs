@@ -351,6 +351,10 @@ impl Pass {
         summary.requests = after.requests - before.requests;
         summary.rate_limited = after.rate_limited - before.rate_limited;
         summary.writer_queue_peak = queue.peak() as u64;
+        metrics::counter!(crate::telemetry::REPOS_SKIPPED)
+            .increment(summary.skipped + summary.audits_deferred);
+        metrics::counter!(crate::telemetry::AUDITS).increment(summary.audited);
+        metrics::counter!(crate::telemetry::AUDIT_FOUND).increment(summary.audit_found);
         summary.finished_at = Some(Utc::now());
         summary.duration_seconds = started.elapsed().as_secs_f64();
         if let Some((workspace, source)) = fatal {
