@@ -889,3 +889,64 @@ async fn a_locked_store_whose_holder_does_not_answer_is_exit_7() {
     }
     drop(held);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ten minutes of `bbcrawl run` with pushes every few seconds: resident
+/// memory stays flat. Long: run with `cargo test -- --ignored soak`
+/// (`BBCRAWL_SOAK_SECONDS` shortens or lengthens it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long soak test (10 minutes): cargo test -- --ignored soak"]
+async fn soak_memory_stays_flat_over_ten_minutes_of_passes_and_pushes() {
+    let seconds: u64 = std::env::var("BBCRAWL_SOAK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let sim = world(0);
+    for i in 0..20 {
+        sim.add_repo(WS, RepoSpec::new(&format!("svc-{i:02}"), 500));
+    }
+    let server = serve(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let daemon = Daemon::start(&store, &server.api_url(), "2").await;
+    daemon.wait_health(200, "ok", Duration::from_secs(30)).await;
+    let pid = daemon.child.id().unwrap();
+    let start = Instant::now();
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let mut pushed = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        for k in 0..3 {
+            sim.push(WS, &format!("svc-{:02}", (pushed * 7 + k) % 20), 3);
+        }
+        pushed += 1;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        samples.push((start.elapsed().as_secs(), rss_kib(pid)));
+    }
+    daemon.wait_health(200, "ok", Duration::from_secs(30)).await;
+    let (status, _) = daemon.terminate().await;
+    assert!(status.success());
+    let n = samples.len();
+    let first: u64 = samples[..n / 5].iter().map(|s| s.1).max().unwrap();
+    let last: u64 = samples[n - n / 5..].iter().map(|s| s.1).max().unwrap();
+    eprintln!("soak: {seconds} s, {pushed} push rounds; RSS first fifth max {first} KiB, last fifth max {last} KiB; samples {samples:?}");
+    assert!(
+        last <= first + first / 5 + 8 * 1024,
+        "RSS grew from {first} KiB to {last} KiB"
+    );
+    assert_eq!(
+        store_records(&store).iter().filter(|r| r.reachable).count(),
+        sim.repos(WS)
+            .iter()
+            .map(|r| sim.branch_commits(WS, &r.slug).len())
+            .sum::<usize>()
+    );
+}
