@@ -181,7 +181,9 @@ impl PassSummary {
 
 fn humanize(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s < 60.0 {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1000.0)
+    } else if s < 60.0 {
         format!("{s:.1} s")
     } else if s < 3600.0 {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
