@@ -511,29 +511,43 @@ impl Store {
         })
     }
 
-    /// A repository's record.
-    pub fn repo(&self, workspace: &str, uuid: &str) -> Result<Option<RepoState>, StoreError> {
-        match self
-            .db
-            .get(keys::repo(workspace, uuid))
-            .map_err(|e| self.err(e))?
-        {
+    /// Reads and decodes a JSON record (repositories, authors, meta).
+    fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.db.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|e| self.corrupt("repository record", e)),
+                .map_err(|e| self.corrupt(what, e)),
         }
+    }
+
+    /// Decodes every JSON record under a one-byte prefix, in key order.
+    fn scan_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: u8,
+        what: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        self.db
+            .scan_prefix([prefix])
+            .map(|kv| {
+                let (_, v) = kv.map_err(|e| self.err(e))?;
+                serde_json::from_slice(&v).map_err(|e| self.corrupt(what, e))
+            })
+            .collect()
+    }
+
+    /// A repository's record.
+    pub fn repo(&self, workspace: &str, uuid: &str) -> Result<Option<RepoState>, StoreError> {
+        self.get_json(&keys::repo(workspace, uuid), "repository record")
     }
 
     /// Every repository record, ordered by workspace then uuid.
     pub fn repos(&self) -> Result<Vec<RepoState>, StoreError> {
-        self.db
-            .scan_prefix([keys::REPO])
-            .map(|kv| {
-                let (_, v) = kv.map_err(|e| self.err(e))?;
-                serde_json::from_slice(&v).map_err(|e| self.corrupt("repository record", e))
-            })
-            .collect()
+        self.scan_json(keys::REPO, "repository record")
     }
 
     /// Every repository record by id.
@@ -625,27 +639,12 @@ impl Store {
     }
 
     fn author_record(&self, identity: &str) -> Result<Option<AuthorRecord>, StoreError> {
-        match self
-            .db
-            .get(keys::author(identity))
-            .map_err(|e| self.err(e))?
-        {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| self.corrupt("author record", e)),
-        }
+        self.get_json(&keys::author(identity), "author record")
     }
 
     /// Every author record.
     pub fn authors(&self) -> Result<Vec<AuthorRecord>, StoreError> {
-        self.db
-            .scan_prefix([keys::AUTHOR])
-            .map(|kv| {
-                let (_, v) = kv.map_err(|e| self.err(e))?;
-                serde_json::from_slice(&v).map_err(|e| self.corrupt("author record", e))
-            })
-            .collect()
+        self.scan_json(keys::AUTHOR, "author record")
     }
 
     /// Writes one page of commits, their index entries, their authors and
@@ -910,12 +909,7 @@ impl Store {
 
     /// Reads a meta document.
     pub fn meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.db.get(key).map_err(|e| self.err(e))? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| self.corrupt("meta record", e)),
-        }
+        self.get_json(key, "meta record")
     }
 }
 
