@@ -80,6 +80,7 @@ fn e2e() {
 
     // First sync.
     let store = fresh_dir("crawl-store");
+    let sim_cpu0 = cpu_seconds("self").unwrap_or(0.0);
     let run = sync(
         server.api_url(),
         &store,
@@ -89,6 +90,8 @@ fn e2e() {
         &[RARE_AUDITS],
     );
     assert_eq!(run.exit, 0, "sync failed: {}", run.stderr);
+    // This process is the simulator (the main thread only polls /proc).
+    let sim_cpu = cpu_seconds("self").unwrap_or(0.0) - sim_cpu0;
     let (requests, bad) = statuses(&sim);
     let bytes = dir_bytes(&store);
     let rate = total as f64 / run.wall.as_secs_f64();
@@ -121,8 +124,11 @@ fn e2e() {
     );
     assert_eq!(after.exit, 0, "{}", after.stderr);
     let (after_requests, _) = statuses(&sim);
-    let after_expected =
-        listing + pushed.iter().map(|n| (*n as u64).div_ceil(100)).sum::<u64>();
+    let after_expected = listing
+        + pushed
+            .iter()
+            .map(|n| (*n as u64).div_ceil(100))
+            .sum::<u64>();
     let _ = std::fs::remove_dir_all(&store);
 
     println!("== crawl e2e: simulator in-process (own thread + 1-worker runtime), crawler = release binary `bbcrawl -q sync`, max_in_flight 4 (8 repository actors)");
@@ -139,6 +145,12 @@ fn e2e() {
     println!(
         "  throughput / ceiling        {:.0} %",
         100.0 * rate / ceiling
+    );
+    println!(
+        "  CPU                         crawler {:.1} s ({:.0} % of one core), simulator {sim_cpu:.1} s ({:.0} %)",
+        run.cpu,
+        100.0 * run.cpu / run.wall.as_secs_f64(),
+        100.0 * sim_cpu / run.wall.as_secs_f64()
     );
     println!("  requests                    {requests} (minimum {minimum}; {bad} not 200)");
     println!(

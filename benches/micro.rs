@@ -109,7 +109,13 @@ fn store_write(c: &mut Criterion) {
     let f = fixture();
     let dir = fresh_dir("micro-write");
     let store = Store::open(&dir).expect("open");
-    let mut repo = RepoState::new(WS, "{bench-repo}", "bench-repo", "acme/bench-repo", chrono::Utc::now());
+    let mut repo = RepoState::new(
+        WS,
+        "{bench-repo}",
+        "bench-repo",
+        "acme/bench-repo",
+        chrono::Utc::now(),
+    );
     let mut n = 0u64;
     let mut g = c.benchmark_group("store_write");
     g.throughput(Throughput::Elements(100));

@@ -133,7 +133,9 @@ fn gate_check(sim: &Simulator) {
             j += 1;
         }
         if j >= reqs.len() {
-            println!("    closure {closures}: {in_flight} in-flight arrivals, then the end of the log");
+            println!(
+                "    closure {closures}: {in_flight} in-flight arrivals, then the end of the log"
+            );
             break;
         }
         let probe = &reqs[j];

@@ -82,9 +82,20 @@ pub enum Cred {
 /// One run of the release binary's `bbcrawl sync`.
 pub struct SyncRun {
     pub wall: Duration,
+    /// CPU seconds (user + system) of the crawler process.
+    pub cpu: f64,
     pub peak_rss_kb: u64,
     pub exit: i32,
     pub stderr: String,
+}
+
+/// User + system CPU seconds of a process (clock ticks of 10 ms).
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn peak_rss_kb(pid: u32) -> Option<u64> {
@@ -126,6 +137,10 @@ pub fn sync(
                 .env("BITBUCKET_API_TOKEN", API_TOKEN);
         }
     }
+    // An experiment knob: glibc's per-thread malloc arenas for the crawler.
+    if let Ok(v) = std::env::var("BBCRAWL_BENCH_MALLOC_ARENA_MAX") {
+        cmd.env("MALLOC_ARENA_MAX", v);
+    }
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -133,6 +148,7 @@ pub fn sync(
     let mut child: Child = cmd.spawn().expect("spawn bbcrawl sync");
     let pid = child.id();
     let mut peak = 0;
+    let mut cpu = 0.0f64;
     let stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -146,6 +162,9 @@ pub fn sync(
         if let Some(kb) = peak_rss_kb(pid) {
             peak = peak.max(kb);
         }
+        if let Some(c) = cpu_seconds(&pid.to_string()) {
+            cpu = cpu.max(c);
+        }
         match child.try_wait().expect("wait bbcrawl") {
             Some(s) => break s,
             None => std::thread::sleep(Duration::from_millis(20)),
@@ -155,6 +174,7 @@ pub fn sync(
     SyncRun {
         wall,
         peak_rss_kb: peak,
+        cpu,
         exit: status.code().unwrap_or(-1),
         stderr: reader.join().unwrap_or_default(),
     }
