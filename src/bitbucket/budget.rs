@@ -262,8 +262,12 @@ impl RateBudget {
                     let now = Instant::now();
                     st.generation += 1;
                     st.paused_until = Some(now + pause);
-                    // After the pause, no burst: the window is evidently full.
-                    st.tat = now + pause;
+                    // After the pause, no burst: the window is evidently
+                    // full. The theoretical arrival time sits a whole burst
+                    // tolerance past the pause, so the first request after it
+                    // goes at its end and the rest one interval apart
+                    // (`now + pause` alone would allow a full burst again).
+                    st.tat = now + pause + st.interval() * (st.burst() - 1);
                 }
                 // Otherwise the request was sent before the current closure:
                 // the gate already accounts for it.
@@ -434,6 +438,25 @@ mod tests {
             "{normal:?}"
         );
         assert!(slowed >= normal * 3, "{slowed:?} vs {normal:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_burst_after_a_rate_limit_pause() {
+        // 3600/h: one request a second, a burst of 50 when fresh.
+        let b = RateBudget::new(3600, RateLimitBackoff::default());
+        b.acquire()
+            .await
+            .finish(Outcome::RateLimited(Some(Duration::from_secs(10))));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        probe.finish(Outcome::Answered);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            b.acquire().await.finish(Outcome::Answered);
+        }
+        let took = Instant::now() - t0;
+        assert!(took >= Duration::from_secs(9), "burst after the pause: {took:?}");
     }
 
     #[tokio::test(start_paused = true)]
