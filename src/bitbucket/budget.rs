@@ -9,7 +9,9 @@
 //!    every `3600 / limit` seconds) and enforces the rolling window exactly
 //!    (never more than `limit` requests in any hour), adopting
 //!    `X-RateLimit-Limit` when Bitbucket sends it and slowing down while it
-//!    says `X-RateLimit-NearLimit: true`.
+//!    says `X-RateLimit-NearLimit: true`. While the limit is only the
+//!    configured one (API tokens get no headers) there is no burst and the
+//!    pace keeps 5 % spare, since nothing warns before the 429.
 //! 2. Runs **one shared gate**: the first 429 closes it for every caller of
 //!    the credential, for `Retry-After` or an exponential backoff with jitter.
 //! 3. After the pause lets **one probe** request through; the others wait for
@@ -73,6 +75,9 @@ pub struct RateBudget {
 struct State {
     limit: u32,
     near_limit: bool,
+    /// Bitbucket confirmed the limit (`X-RateLimit-Limit`); until then it is
+    /// the configured guess and nothing warns of the window filling up.
+    confirmed: bool,
     /// GCRA "theoretical arrival time" of the next request.
     tat: Instant,
     /// Send times within the last hour, oldest first.
@@ -126,6 +131,7 @@ impl RateBudget {
             state: Mutex::new(State {
                 limit: requests_per_hour.max(1),
                 near_limit: false,
+                confirmed: false,
                 tat: Instant::now(),
                 sent: VecDeque::new(),
                 paused_until: None,
@@ -166,7 +172,9 @@ impl RateBudget {
                     tokio::time::sleep_until(slot).await;
                     if !probe && self.closed_since(generation) {
                         // The gate closed while this caller waited for its
-                        // slot: wait for the gate like everybody else.
+                        // slot: wait for the gate like everybody else. The
+                        // slot was not used: it does not count in the window.
+                        self.unreserve(slot);
                         drop(permit);
                         continue;
                     }
@@ -206,6 +214,14 @@ impl RateBudget {
         }
     }
 
+    /// Forgets a reserved send slot that was never used.
+    fn unreserve(&self, slot: Instant) {
+        let mut st = self.lock();
+        if let Some(pos) = st.sent.iter().rposition(|t| *t == slot) {
+            st.sent.remove(pos);
+        }
+    }
+
     fn closed_since(&self, generation: u64) -> bool {
         let st = self.lock();
         st.paused_until.is_some() && st.generation != generation
@@ -226,6 +242,7 @@ impl RateBudget {
         let mut st = self.lock();
         if let Some(limit) = limit.filter(|l| *l > 0) {
             st.limit = limit;
+            st.confirmed = true;
         }
         if let Some(near) = near_limit {
             st.near_limit = near;
@@ -262,8 +279,12 @@ impl RateBudget {
                     let now = Instant::now();
                     st.generation += 1;
                     st.paused_until = Some(now + pause);
-                    // After the pause, no burst: the window is evidently full.
-                    st.tat = now + pause;
+                    // After the pause, no burst: the window is evidently
+                    // full. The theoretical arrival time sits a whole burst
+                    // tolerance past the pause, so the first request after it
+                    // goes at its end and the rest one interval apart
+                    // (`now + pause` alone would allow a full burst again).
+                    st.tat = now + pause + st.interval() * (st.burst() - 1);
                 }
                 // Otherwise the request was sent before the current closure:
                 // the gate already accounts for it.
@@ -309,14 +330,20 @@ impl State {
         let base = WINDOW / self.limit;
         if self.near_limit {
             base * 4
+        } else if !self.confirmed {
+            // A configured limit has no `NearLimit` feedback: pacing exactly
+            // at it trips a 429 on the first timing jitter. Keep 5 % spare.
+            base * 21 / 20
         } else {
             base
         }
     }
 
-    /// Burst allowed on top of the steady pace.
+    /// Burst allowed on top of the steady pace: none while the limit is
+    /// unconfirmed (the window may already be in use by another process,
+    /// and nothing would say so before the 429).
     fn burst(&self) -> u32 {
-        if self.near_limit {
+        if self.near_limit || !self.confirmed {
             1
         } else {
             (self.limit / 20).clamp(1, 50)
@@ -434,6 +461,28 @@ mod tests {
             "{normal:?}"
         );
         assert!(slowed >= normal * 3, "{slowed:?} vs {normal:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_burst_after_a_rate_limit_pause() {
+        // 3600/h: one request a second, a burst of 50 when fresh.
+        let b = RateBudget::new(3600, RateLimitBackoff::default());
+        b.acquire()
+            .await
+            .finish(Outcome::RateLimited(Some(Duration::from_secs(10))));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        probe.finish(Outcome::Answered);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            b.acquire().await.finish(Outcome::Answered);
+        }
+        let took = Instant::now() - t0;
+        assert!(
+            took >= Duration::from_secs(9),
+            "burst after the pause: {took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -568,7 +568,13 @@ impl Simulator {
             if auth.kind == Kind::AccessToken {
                 let remaining = (limit as usize).saturating_sub(window.len());
                 let near = remaining * 20 < limit as usize;
-                rl_headers.push(("x-ratelimit-limit", limit.to_string()));
+                // Bitbucket's header is per hour; with a shortened window
+                // send the per-hour equivalent, so a client that adopts it
+                // paces at the rate the window enforces.
+                rl_headers.push((
+                    "x-ratelimit-limit",
+                    per_hour(limit, self.inner.opts.rate_window).to_string(),
+                ));
                 rl_headers.push(("x-ratelimit-resource", "api/repository".to_owned()));
                 rl_headers.push(("x-ratelimit-nearlimit", near.to_string()));
             }
@@ -867,6 +873,12 @@ fn admit(
     true
 }
 
+/// `limit` requests per `window` as requests per hour (the window's rate).
+fn per_hour(limit: u32, window: Duration) -> u64 {
+    let ms = window.as_millis().max(1);
+    (u128::from(limit) * 3_600_000 / ms).min(u128::from(u64::MAX)) as u64
+}
+
 /// The `repository` scope check (`read:repository:bitbucket` for API tokens).
 fn scope_check(auth: &Auth) -> Option<Answer> {
     let (required, ok) = match auth.kind {
@@ -1045,6 +1057,13 @@ mod tests {
             super::super::SimOptions::default().rate_window,
             Duration::from_secs(3600)
         );
+    }
+
+    #[test]
+    fn the_limit_header_is_per_hour() {
+        assert_eq!(per_hour(1000, Duration::from_secs(3600)), 1000);
+        assert_eq!(per_hour(120, Duration::from_secs(20)), 21_600);
+        assert_eq!(per_hour(3, Duration::from_secs(3600)), 3);
     }
 
     #[test]

@@ -1,0 +1,330 @@
+//! End-to-end crawl benchmark (issue 7, items 2 and 4).
+//!
+//! The simulator is served **in-process on its own thread and tokio runtime**
+//! (`BackgroundSimulator`, one worker thread); the crawler is **the release
+//! binary** (`bbcrawl -q sync`, a separate process), so its peak RSS
+//! (`VmHWM`, polled from /proc every 20 ms) is the crawler's alone.
+//!
+//! `cargo bench --bench crawl` runs the modes in `BBCRAWL_BENCH_MODE`
+//! (comma-separated; default `e2e,latency,python`):
+//! - `e2e`: a fresh store, `BBCRAWL_BENCH_REPOS` (1000) × `BBCRAWL_BENCH_COMMITS`
+//!   (1000) commits; commits/s, requests vs the minimum, store bytes/commit,
+//!   peak RSS; then a no-change pass and a pass after pushes to 3
+//!   repositories. Before the crawl, the store-write ceiling of the same run:
+//!   `Store::apply_page` of real decoded pages (`BBCRAWL_BENCH_CEILING_REPOS`
+//!   repositories, default 100), one thread, no HTTP.
+//! - `latency`: 50 ms added per request, `BBCRAWL_BENCH_LAT_REPOS` (40) × 1000
+//!   commits, `max_in_flight` 1, 4, 16 (pass concurrency 2 × max_in_flight).
+//! - `python`: `benches/python/crawl.py` (pinned atlassian-python-api in a
+//!   virtualenv made by this bench under target/) and bbcrawl on the same
+//!   simulator (`BBCRAWL_BENCH_PY_REPOS` (10) × `BBCRAWL_BENCH_PY_COMMITS` (2000)).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bbcrawl::demo::{minimum_requests, BackgroundSimulator};
+use bbcrawl::simulator::{SimOptions, Simulator};
+use common::*;
+
+const UNLIMITED: u32 = 1_000_000_000;
+/// Rare audits: an unchanged pass must not audit by chance.
+const RARE_AUDITS: (&str, &str) = ("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000");
+
+fn total_commits(sim: &Simulator) -> u64 {
+    sim.repos(WS)
+        .iter()
+        .map(|r| sim.branch_commits(WS, &r.slug).len() as u64)
+        .sum()
+}
+
+fn statuses(sim: &Simulator) -> (usize, usize) {
+    let reqs = sim.requests();
+    let bad = reqs.iter().filter(|r| r.status != 200).count();
+    (reqs.len(), bad)
+}
+
+fn e2e() {
+    let repos = env_num("BBCRAWL_BENCH_REPOS", 1000usize);
+    let commits = env_num("BBCRAWL_BENCH_COMMITS", 1000usize);
+    let ceiling_repos = env_num("BBCRAWL_BENCH_CEILING_REPOS", 100usize).min(repos);
+    let t = Instant::now();
+    let sim = simulator(
+        SimOptions {
+            requests_per_hour: 0,
+            ..SimOptions::default()
+        },
+        repos,
+        commits,
+    );
+    let total = total_commits(&sim);
+    let minimum = minimum_requests(&sim, WS);
+    eprintln!(
+        "world: {repos} repositories, {total} commits (built in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let server = BackgroundSimulator::start(sim.clone()).expect("serve simulator");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    // The store-write ceiling of this run.
+    let pages = record_pages(&rt, server.api_url(), &sim, ceiling_repos);
+    let ceiling_dir = fresh_dir("ceiling");
+    let (ceiling, ceiling_n) = store_write_ceiling(&ceiling_dir, &pages);
+    let ceiling_bytes = dir_bytes(&ceiling_dir);
+    drop(pages);
+    let _ = std::fs::remove_dir_all(&ceiling_dir);
+    sim.clear_requests();
+
+    // First sync.
+    let store = fresh_dir("crawl-store");
+    let sim_cpu0 = cpu_seconds("self").unwrap_or(0.0);
+    let run = sync(
+        server.api_url(),
+        &store,
+        Cred::AccessToken,
+        UNLIMITED,
+        4,
+        &[RARE_AUDITS],
+    );
+    assert_eq!(run.exit, 0, "sync failed: {}", run.stderr);
+    // This process is the simulator (the main thread only polls /proc).
+    let sim_cpu = cpu_seconds("self").unwrap_or(0.0) - sim_cpu0;
+    let (requests, bad) = statuses(&sim);
+    let bytes = dir_bytes(&store);
+    let rate = total as f64 / run.wall.as_secs_f64();
+
+    // A pass with nothing changed, then one after pushes to three repositories.
+    sim.clear_requests();
+    let unchanged = sync(
+        server.api_url(),
+        &store,
+        Cred::AccessToken,
+        UNLIMITED,
+        4,
+        &[RARE_AUDITS],
+    );
+    assert_eq!(unchanged.exit, 0, "{}", unchanged.stderr);
+    let (unchanged_requests, _) = statuses(&sim);
+    let listing = (repos as u64).div_ceil(100);
+    let pushed = [150usize, 30, 250];
+    for (i, n) in pushed.iter().enumerate() {
+        sim.push(WS, &format!("repo-{:04}", i * 7), *n);
+    }
+    sim.clear_requests();
+    let after = sync(
+        server.api_url(),
+        &store,
+        Cred::AccessToken,
+        UNLIMITED,
+        4,
+        &[RARE_AUDITS],
+    );
+    assert_eq!(after.exit, 0, "{}", after.stderr);
+    let (after_requests, _) = statuses(&sim);
+    let after_expected = listing
+        + pushed
+            .iter()
+            .map(|n| (*n as u64).div_ceil(100))
+            .sum::<u64>();
+    let _ = std::fs::remove_dir_all(&store);
+
+    println!("== crawl e2e: simulator in-process (own thread + 1-worker runtime), crawler = release binary `bbcrawl -q sync`, max_in_flight 4 (8 repository actors)");
+    println!("  commits                     {total} in {repos} repositories");
+    println!(
+        "  wall time                   {:.1} s  (process start to exit)",
+        run.wall.as_secs_f64()
+    );
+    println!("  throughput                  {rate:.0} commits/s");
+    println!(
+        "  store-write ceiling         {ceiling:.0} commits/s  ({ceiling_n} commits, apply_page one thread, same run; {:.0} B/commit)",
+        ceiling_bytes as f64 / ceiling_n.max(1) as f64
+    );
+    println!(
+        "  throughput / ceiling        {:.0} %",
+        100.0 * rate / ceiling
+    );
+    println!(
+        "  CPU                         crawler {:.1} s ({:.0} % of one core), simulator {sim_cpu:.1} s ({:.0} %)",
+        run.cpu,
+        100.0 * run.cpu / run.wall.as_secs_f64(),
+        100.0 * sim_cpu / run.wall.as_secs_f64()
+    );
+    println!("  requests                    {requests} (minimum {minimum}; {bad} not 200)");
+    println!(
+        "  store                       {:.1} MB = {:.0} bytes/commit",
+        bytes as f64 / 1e6,
+        bytes as f64 / total as f64
+    );
+    println!(
+        "  peak RSS of the crawler     {:.1} MB (VmHWM)",
+        run.peak_rss_kb as f64 / 1024.0
+    );
+    println!(
+        "  no-change pass              {unchanged_requests} requests (listing pages: {listing}), {:.2} s",
+        unchanged.wall.as_secs_f64()
+    );
+    println!(
+        "  pass after pushes {pushed:?}  {after_requests} requests (expected listing + Σ⌈new/100⌉ = {after_expected}), {:.2} s",
+        after.wall.as_secs_f64()
+    );
+}
+
+fn latency() {
+    let repos = env_num("BBCRAWL_BENCH_LAT_REPOS", 40usize);
+    let commits = env_num("BBCRAWL_BENCH_LAT_COMMITS", 1000usize);
+    let ms = env_num("BBCRAWL_BENCH_LATENCY_MS", 50u64);
+    let sim = simulator(
+        SimOptions {
+            requests_per_hour: 0,
+            latency: Duration::from_millis(ms),
+            ..SimOptions::default()
+        },
+        repos,
+        commits,
+    );
+    let total = total_commits(&sim);
+    let server = BackgroundSimulator::start(sim.clone()).expect("serve simulator");
+    println!("== crawl with {ms} ms latency per request: {repos} repositories, {total} commits, minimum {} requests", minimum_requests(&sim, WS));
+    let mut base = None;
+    for mif in [1usize, 4, 16] {
+        sim.clear_requests();
+        let store = fresh_dir(&format!("lat-{mif}"));
+        let run = sync(
+            server.api_url(),
+            &store,
+            Cred::AccessToken,
+            UNLIMITED,
+            mif,
+            &[RARE_AUDITS],
+        );
+        assert_eq!(run.exit, 0, "{}", run.stderr);
+        let (requests, _) = statuses(&sim);
+        let rate = total as f64 / run.wall.as_secs_f64();
+        let b = *base.get_or_insert(rate);
+        println!(
+            "  max_in_flight {mif:>2} (concurrency {:>2}): {:>6.1} s  {rate:>8.0} commits/s  {:>5.2}× of max_in_flight 1  ({requests} requests)",
+            2 * mif,
+            run.wall.as_secs_f64(),
+            rate / b
+        );
+        let _ = std::fs::remove_dir_all(&store);
+    }
+}
+
+/// The virtualenv with the pinned requirements (made once under target/).
+fn python_venv() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target/bench-python-venv");
+    let py = venv.join("bin/python");
+    let req = root.join("benches/python/requirements.txt");
+    let stamp = venv.join(".requirements");
+    let wanted = std::fs::read_to_string(&req).expect("requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        eprintln!("creating {} with {}", venv.display(), wanted.trim());
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv")
+            .success();
+        assert!(ok, "python3 -m venv failed");
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "-r"])
+            .arg(&req)
+            .status()
+            .expect("pip install")
+            .success();
+        assert!(ok, "pip install failed");
+        std::fs::write(&stamp, wanted).expect("stamp");
+    }
+    py
+}
+
+fn python() {
+    let repos = env_num("BBCRAWL_BENCH_PY_REPOS", 10usize);
+    let commits = env_num("BBCRAWL_BENCH_PY_COMMITS", 2000usize);
+    let py = python_venv();
+    let sim = simulator(
+        SimOptions {
+            requests_per_hour: 0,
+            ..SimOptions::default()
+        },
+        repos,
+        commits,
+    );
+    let total = total_commits(&sim);
+    let server = BackgroundSimulator::start(sim.clone()).expect("serve simulator");
+    let dir = fresh_dir("python");
+
+    sim.clear_requests();
+    let t = Instant::now();
+    let out = Command::new(&py)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python/crawl.py"))
+        .args([server.api_url(), WS, ACCESS_TOKEN])
+        .arg(dir.join("commits.sqlite"))
+        .output()
+        .expect("run python");
+    let py_wall = t.elapsed();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(out.stdout.trim_ascii()).expect("python report");
+    let py_commits = report["commits"].as_u64().unwrap_or(0);
+    let (py_requests, _) = statuses(&sim);
+    let py_rate = py_commits as f64 / py_wall.as_secs_f64();
+
+    sim.clear_requests();
+    let run = sync(
+        server.api_url(),
+        &dir.join("store"),
+        Cred::AccessToken,
+        UNLIMITED,
+        4,
+        &[RARE_AUDITS],
+    );
+    assert_eq!(run.exit, 0, "{}", run.stderr);
+    let (rs_requests, _) = statuses(&sim);
+    let rs_rate = total as f64 / run.wall.as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("== against atlassian-python-api (benches/python, sequential, SQLite) on the same simulator: {repos} repositories, {total} commits, minimum {} requests", minimum_requests(&sim, WS));
+    println!(
+        "  python   {py_commits:>7} commits  {:>6.2} s  {py_rate:>8.0} commits/s  {py_requests:>5} requests",
+        py_wall.as_secs_f64()
+    );
+    println!(
+        "  bbcrawl  {total:>7} commits  {:>6.2} s  {rs_rate:>8.0} commits/s  {rs_requests:>5} requests",
+        run.wall.as_secs_f64()
+    );
+    println!(
+        "  ratio    {:.1}× the commits/s, {:.2} of the requests (1/{:.1})",
+        rs_rate / py_rate,
+        rs_requests as f64 / py_requests as f64,
+        py_requests as f64 / rs_requests as f64
+    );
+}
+
+fn main() {
+    let modes = std::env::var("BBCRAWL_BENCH_MODE").unwrap_or_else(|_| "e2e,latency,python".into());
+    println!(
+        "machine: {} cores (shared; compare ratios within one run)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    for mode in modes.split(',') {
+        match mode.trim() {
+            "e2e" => e2e(),
+            "latency" => latency(),
+            "python" => python(),
+            "" => {}
+            other => panic!("unknown mode {other:?} (e2e, latency, python)"),
+        }
+    }
+}
