@@ -10,7 +10,7 @@
 //!    (never more than `limit` requests in any hour), adopting
 //!    `X-RateLimit-Limit` when Bitbucket sends it and slowing down while it
 //!    says `X-RateLimit-NearLimit: true`. While the limit is only the
-//!    configured one (API tokens get no headers) there is no burst and the
+//!    configured one (API tokens get no headers) the burst is at most 3 and the
 //!    pace keeps 5 % spare, since nothing warns before the 429.
 //! 2. Runs **one shared gate**: the first 429 closes it for every caller of
 //!    the credential, for `Retry-After` or an exponential backoff with jitter.
@@ -101,6 +101,8 @@ pub struct Permit {
     budget: Arc<RateBudget>,
     generation: u64,
     probe: bool,
+    /// The send slot reserved for it in the rolling window.
+    slot: Instant,
     finished: bool,
 }
 
@@ -113,6 +115,9 @@ pub enum Outcome {
     RateLimited(Option<Duration>),
     /// No answer at all (timeout, reset): says nothing about the limit.
     NoAnswer,
+    /// The request never reached Bitbucket (the connection could not be
+    /// made): its slot is given back to the rolling window.
+    NotSent,
 }
 
 impl RateBudget {
@@ -168,7 +173,7 @@ impl RateBudget {
                 } => {
                     // Made before sleeping: if this caller is cancelled,
                     // dropping the permit hands a probe turn on.
-                    let permit = self.permit(generation, probe);
+                    let permit = self.permit(generation, probe, slot);
                     tokio::time::sleep_until(slot).await;
                     if !probe && self.closed_since(generation) {
                         // The gate closed while this caller waited for its
@@ -227,11 +232,12 @@ impl RateBudget {
         st.paused_until.is_some() && st.generation != generation
     }
 
-    fn permit(self: &Arc<Self>, generation: u64, probe: bool) -> Permit {
+    fn permit(self: &Arc<Self>, generation: u64, probe: bool, slot: Instant) -> Permit {
         Permit {
             budget: Arc::clone(self),
             generation,
             probe,
+            slot,
             finished: false,
         }
     }
@@ -302,7 +308,7 @@ impl RateBudget {
                     st.backoff.reset();
                 }
             }
-            Outcome::NoAnswer => {
+            Outcome::NoAnswer | Outcome::NotSent => {
                 if probe {
                     // Hand the probe to the next caller; the gate stays as is.
                     st.probing = false;
@@ -339,12 +345,16 @@ impl State {
         }
     }
 
-    /// Burst allowed on top of the steady pace: none while the limit is
+    /// Burst allowed on top of the steady pace: at most 3 while the limit is
     /// unconfirmed (the window may already be in use by another process,
     /// and nothing would say so before the 429).
     fn burst(&self) -> u32 {
-        if self.near_limit || !self.confirmed {
+        if self.near_limit {
             1
+        } else if !self.confirmed {
+            // A couple of requests at once (a `verify`, a small listing)
+            // need not wait; more would risk a window shared with others.
+            (self.limit / 300).clamp(1, 3)
         } else {
             (self.limit / 20).clamp(1, 50)
         }
@@ -399,6 +409,9 @@ impl Permit {
     /// Reports the answer to the budget.
     pub fn finish(mut self, outcome: Outcome) {
         self.finished = true;
+        if outcome == Outcome::NotSent {
+            self.budget.unreserve(self.slot);
+        }
         self.budget.finish(self.generation, self.probe, outcome);
     }
 }

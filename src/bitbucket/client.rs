@@ -166,6 +166,9 @@ enum Failure {
         message: String,
         /// No HTTP answer at all (DNS, TCP, TLS, timeout, reset).
         connection: bool,
+        /// The request never reached the server (the connection could not
+        /// be made): it cannot have counted against the rate limit.
+        unsent: bool,
         retry_after: Option<Duration>,
         /// The `reason` label of `bbcrawl_retries_total`.
         reason: &'static str,
@@ -410,6 +413,7 @@ impl BitbucketClient {
                     decode(&body).map_err(|e| Failure::Transient {
                         message: format!("undecodable response body ({} bytes): {e}", body.len()),
                         connection: false,
+                        unsent: false,
                         retry_after: None,
                         reason: "body",
                     })
@@ -453,10 +457,13 @@ impl BitbucketClient {
                 Failure::Transient {
                     message,
                     connection,
+                    unsent,
                     retry_after,
                     reason,
                 } => {
-                    permit.finish(if connection {
+                    permit.finish(if unsent {
+                        Outcome::NotSent
+                    } else if connection {
                         Outcome::NoAnswer
                     } else {
                         Outcome::Answered
@@ -582,6 +589,7 @@ impl BitbucketClient {
             return Err(Failure::Transient {
                 message: format!("HTTP {}", status.as_u16()),
                 connection: false,
+                unsent: false,
                 retry_after: retry_after(&headers),
                 reason: "server_error",
             });
@@ -697,6 +705,7 @@ fn transport_failure(e: &reqwest::Error) -> Failure {
     Failure::Transient {
         message,
         connection: true,
+        unsent: e.is_connect(),
         retry_after: None,
         reason,
     }
@@ -724,6 +733,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<bytes::Bytes, Failure>
                 return Err(Failure::Transient {
                     message: format!("response body broken: {e}"),
                     connection: false,
+                    unsent: false,
                     retry_after: None,
                     reason: if e.is_timeout() { "timeout" } else { "body" },
                 })
