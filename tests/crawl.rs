@@ -31,6 +31,23 @@ fn workspace() -> Simulator {
     sim
 }
 
+/// Serves `sim` and runs a first `sync` into a fresh store (exit 0); the
+/// temporary directory lives as long as the returned guard.
+async fn synced(
+    sim: &Simulator,
+) -> (
+    bbcrawl::simulator::SimServer,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let server = serve(sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    (server, dir, store)
+}
+
 fn truth(sim: &Simulator) -> HashMap<String, Vec<SimCommit>> {
     sim.repos(WS)
         .into_iter()
@@ -298,16 +315,7 @@ async fn an_audit_checks_each_repository_with_one_incremental_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_commits_are_fetched_with_one_request_per_hundred() {
     let sim = workspace();
-    let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_eq!(
-        sync(&store, &server.api_url(), &[], &[])
-            .await
-            .status
-            .code(),
-        Some(0)
-    );
+    let (server, _dir, store) = synced(&sim).await;
     let pushed = sim.push(WS, "payments-api", 150);
     sim.push(WS, "mobile", 3);
     sim.clear_requests();
@@ -338,16 +346,7 @@ async fn pushed_commits_are_fetched_with_one_request_per_hundred() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_force_push_marks_orphans_unreachable_and_records_the_event() {
     let sim = workspace();
-    let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_eq!(
-        sync(&store, &server.api_url(), &[], &[])
-            .await
-            .status
-            .code(),
-        Some(0)
-    );
+    let (server, _dir, store) = synced(&sim).await;
     let old = truth_hashes(&sim, "payments-api");
     let old_head = sim.branch_commits(WS, "payments-api")[0].hash.clone();
     let added = sim.force_push(WS, "payments-api", 4, 2);
@@ -395,16 +394,7 @@ async fn a_force_push_marks_orphans_unreachable_and_records_the_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branch_renames_repository_renames_and_deletions_are_recorded() {
     let sim = workspace();
-    let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_eq!(
-        sync(&store, &server.api_url(), &[], &[])
-            .await
-            .status
-            .code(),
-        Some(0)
-    );
+    let (server, _dir, store) = synced(&sim).await;
     let before = store_records(&store).len();
     let uuid_of = |slug: &str| {
         sim.repos(WS)
