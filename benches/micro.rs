@@ -20,20 +20,6 @@ use bbcrawl::store::{RepoState, Store};
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-fn hash(seed: u64) -> String {
-    let mut x = seed;
-    let mut out = String::with_capacity(40);
-    for _ in 0..5 {
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        x ^= x >> 33;
-        out.push_str(&format!("{:08x}", x as u32));
-    }
-    out
-}
-
 struct Fixture {
     full: bytes::Bytes,
     trimmed: bytes::Bytes,

@@ -7,6 +7,9 @@
 //! binary). `BBCRAWL_BENCH_COMMITS` changes the size (default 1,000,000);
 //! the store is built once under `target/bench-store-N` and reused.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,19 +22,9 @@ use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 const REPOS: usize = 1000;
 const AUTHORS: usize = 300;
 
-fn hash(repo: usize, i: usize) -> String {
-    // Deterministic, well spread 40-hex hashes.
-    let mut x = (repo as u64) << 32 | i as u64;
-    let mut out = String::with_capacity(40);
-    for _ in 0..5 {
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        x ^= x >> 33;
-        out.push_str(&format!("{:08x}", x as u32));
-    }
-    out
+/// The hash of commit `i` of repository `repo`.
+fn commit_hash(repo: usize, i: usize) -> String {
+    common::hash(((repo as u64) << 32) | i as u64)
 }
 
 fn author(n: usize) -> Author {
@@ -74,7 +67,7 @@ fn build(dir: &Path, total: usize) {
                         repo: repo.slug.clone(),
                         repo_uuid: repo.uuid.clone(),
                         branch: "main".into(),
-                        hash: hash(r, i),
+                        hash: commit_hash(r, i),
                         date: at.with_timezone(&tz),
                         committer: Some(Committer {
                             raw: a.raw.clone(),
@@ -83,14 +76,14 @@ fn build(dir: &Path, total: usize) {
                         }),
                         author: a,
                         message: format!("Change {i} in repo {r}: adjust the widget, fix the frobnicator\n\nLonger explanation of change {i}."),
-                        parents: if i == 0 { vec![] } else { vec![hash(r, i - 1)] },
+                        parents: if i == 0 { vec![] } else { vec![commit_hash(r, i - 1)] },
                         reachable: true,
                     }
                 })
                 .collect();
             repo = store.apply_page(&repo, &commits).expect("apply page").repo;
         }
-        repo.head = Some(hash(r, per_repo - 1));
+        repo.head = Some(commit_hash(r, per_repo - 1));
         repo.status = bbcrawl::store::RepoStatus::Ok;
         store.put_repo(&repo).expect("put repo");
         if r % 100 == 99 {

@@ -588,8 +588,7 @@ async fn full_sync_twice_gives_identical_store_contents() {
     let total: usize = truth(&sim).values().map(Vec::len).sum();
     let server = serve(&sim).await;
     let api = server.api_url();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = crate::util::fresh_store();
 
     let mut new_commits = Vec::new();
     let mut contents = Vec::new();

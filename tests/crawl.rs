@@ -109,8 +109,7 @@ fn listing_requests(sim: &Simulator) -> usize {
 async fn sync_stores_every_default_branch_exactly() {
     let sim = workspace();
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let o = sync(&store, &server.api_url(), &[], &[]).await;
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("0 failed"), "{}", stdout(&o));
@@ -206,8 +205,7 @@ async fn sync_stores_every_default_branch_exactly() {
 async fn an_unchanged_sync_costs_only_the_listing() {
     let sim = workspace();
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     assert_eq!(
         sync(
             &store,
@@ -253,8 +251,7 @@ async fn an_unchanged_sync_costs_only_the_listing() {
 async fn an_audit_checks_each_repository_with_one_incremental_request() {
     let sim = workspace();
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let audit = [("BBCRAWL_AUDIT_INTERVAL_SECONDS", "1")];
     assert_eq!(
         sync(&store, &server.api_url(), &[], &audit)
@@ -467,8 +464,7 @@ async fn since_skips_older_commits_on_a_first_crawl() {
     // A cut-off a third of the way down the history.
     let since = all[400].date.with_timezone(&chrono::Utc);
     let since_s = since.to_rfc3339();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let o = sync(
         &store,
         &server.api_url(),
@@ -500,8 +496,7 @@ async fn since_skips_older_commits_on_a_first_crawl() {
 async fn include_exclude_and_repo_filters_choose_repositories() {
     let sim = workspace();
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let o = sync(
         &store,
         &server.api_url(),
@@ -527,8 +522,7 @@ async fn include_exclude_and_repo_filters_choose_repositories() {
 async fn invalid_credentials_stop_the_sync_with_exit_3() {
     let sim = workspace();
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let o = sync(
         &store,
         &server.api_url(),
@@ -552,8 +546,7 @@ async fn invalid_credentials_stop_the_sync_with_exit_3() {
 async fn a_locked_store_is_exit_7_with_a_clear_message() {
     let sim = workspace();
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let _held = Store::open(&store).unwrap();
     let o = sync(&store, &server.api_url(), &[], &[]).await;
     assert_eq!(o.status.code(), Some(7), "{}{}", stdout(&o), stderr(&o));
@@ -564,8 +557,7 @@ async fn a_locked_store_is_exit_7_with_a_clear_message() {
 async fn a_damaged_store_is_exit_1_not_a_panic() {
     let sim = workspace();
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("conf"), b"\xff\xfe not a sled config").unwrap();
     std::fs::write(store.join("db"), vec![0xAB; 8192]).unwrap();

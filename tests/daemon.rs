@@ -354,8 +354,7 @@ async fn metrics_count_what_the_simulator_saw() {
         ],
     );
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let daemon = Daemon::start(&store, &server.api_url(), "1").await;
 
     // During the first pass (the 429s hold it for a second).
@@ -514,8 +513,7 @@ async fn health_turns_503_while_credentials_are_invalid_and_recovers() {
     let sim = world(0);
     sim.add_repo(WS, RepoSpec::new("payments-api", 50));
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let daemon = Daemon::start(&store, &server.api_url(), "1").await;
     daemon.wait_health(200, "ok", Duration::from_secs(15)).await;
 
@@ -680,8 +678,7 @@ async fn sigterm_mid_crawl_exits_cleanly_and_sync_resumes() {
     sim.add_repo(WS, RepoSpec::new("monorepo", 20_000));
     sim.set_latency(Duration::from_millis(5));
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let daemon = Daemon::start(&store, &server.api_url(), "1").await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -744,8 +741,7 @@ async fn sigterm_during_a_stalled_request_still_exits_within_10_s() {
         vec![Fault::Stall(Duration::from_secs(30))],
     );
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let daemon = Daemon::start(&store, &server.api_url(), "1").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while commits_requests(&sim) < 1 {
@@ -915,8 +911,7 @@ async fn soak_memory_stays_flat_over_ten_minutes_of_passes_and_pushes() {
         sim.add_repo(WS, RepoSpec::new(&format!("svc-{i:02}"), 500));
     }
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let daemon = Daemon::start(&store, &server.api_url(), "2").await;
     daemon.wait_health(200, "ok", Duration::from_secs(30)).await;
     let pid = daemon.child.id().unwrap();

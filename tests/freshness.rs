@@ -70,8 +70,7 @@ async fn an_unchanged_pass_over_2000_repositories_costs_only_the_listing() {
         sim.add_repo(WS, spec);
     }
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let o = sync(&store, &server.api_url(), &[], &RARE_AUDITS).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(listing_requests(&sim), 20);
@@ -128,8 +127,7 @@ async fn audits_find_quiet_pushes_within_the_interval_and_changes_go_first() {
         sim.add_repo(WS, RepoSpec::new(&format!("r{i:02}"), 5));
     }
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (_dir, store) = fresh_store();
     let interval = Duration::from_secs(4);
     let audit = [("BBCRAWL_AUDIT_INTERVAL_SECONDS", "4")];
     assert_eq!(

@@ -13,46 +13,27 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::sync::LazyLock;
+
 use bbcrawl::simulator::RepoSpec;
+use bbcrawl::telemetry;
 use serde_json::Value;
 
 use crate::util::{self, WS};
 
 /// Every metric the daemon exports (base names; histograms also as
-/// `_bucket`, `_sum`, `_count`). The dashboard and alerts may use only these
-/// and Prometheus's own `up`.
-const METRICS: &[&str] = &[
-    "bbcrawl_http_requests_total",
-    "bbcrawl_rate_limited_total",
-    "bbcrawl_retries_total",
-    "bbcrawl_backoff_seconds_total",
-    "bbcrawl_pages_fetched_total",
-    "bbcrawl_commits_fetched_total",
-    "bbcrawl_commits_stored_total",
-    "bbcrawl_sync_passes_total",
-    "bbcrawl_http_request_duration_seconds",
-    "bbcrawl_store_write_duration_seconds",
-    "bbcrawl_store_commits",
-    "bbcrawl_store_size_bytes",
-    "bbcrawl_repos",
-    "bbcrawl_sync_duration_seconds",
-    "bbcrawl_last_sync_success_timestamp_seconds",
-    "bbcrawl_last_sync_failed",
-    "bbcrawl_ratelimit_limit",
-    "bbcrawl_ratelimit_remaining_estimate",
-    "bbcrawl_writer_queue_depth",
-    "bbcrawl_build_info",
-    "bbcrawl_repos_skipped_total",
-    "bbcrawl_audits_total",
-    "bbcrawl_audit_found_changes_total",
-    "bbcrawl_backfill_repos",
-    "bbcrawl_backfill_eta_seconds",
-];
+/// `_bucket`, `_sum`, `_count`), from the one place they are defined. The
+/// dashboard and alerts may use only these and Prometheus's own `up`.
+static METRICS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| telemetry::METRICS.iter().map(|m| m.name).collect());
 
-const HISTOGRAMS: &[&str] = &[
-    "bbcrawl_http_request_duration_seconds",
-    "bbcrawl_store_write_duration_seconds",
-];
+static HISTOGRAMS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    telemetry::METRICS
+        .iter()
+        .filter(|m| matches!(m.kind, telemetry::Kind::Histogram))
+        .map(|m| m.name)
+        .collect()
+});
 
 /// Bound on every wait for a process or a condition.
 const WAIT: Duration = Duration::from_secs(60);

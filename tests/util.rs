@@ -164,3 +164,11 @@ pub fn open_store(path: &Path) -> bbcrawl::store::Store {
         }
     }
 }
+
+/// A temporary directory and the (not yet existing) store path inside it;
+/// the directory lives as long as the returned guard.
+pub fn fresh_store() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    (dir, store)
+}

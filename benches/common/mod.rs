@@ -277,3 +277,18 @@ pub fn store_write_ceiling(
     let rate = n as f64 / t.elapsed().as_secs_f64();
     (rate, n)
 }
+
+/// A deterministic, well-spread 40-hex commit hash from a seed.
+pub fn hash(seed: u64) -> String {
+    let mut x = seed;
+    let mut out = String::with_capacity(40);
+    for _ in 0..5 {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^= x >> 33;
+        out.push_str(&format!("{:08x}", x as u32));
+    }
+    out
+}
