@@ -14,6 +14,7 @@
 mod content;
 mod fields;
 mod query;
+mod render;
 mod rng;
 mod server;
 mod world;
@@ -54,6 +55,9 @@ pub struct SimOptions {
     pub fault_rate: f64,
     /// Added before every response.
     pub latency: Duration,
+    /// Bound on the commit JSON kept rendered between requests (see
+    /// [`Simulator::prerender`]); above it the cache starts over.
+    pub render_cache_bytes: usize,
 }
 
 impl Default for SimOptions {
@@ -68,6 +72,7 @@ impl Default for SimOptions {
             retry_after: None,
             fault_rate: 0.0,
             latency: Duration::ZERO,
+            render_cache_bytes: render::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -248,6 +253,8 @@ struct Inner {
     latency_nanos: std::sync::atomic::AtomicU64,
     /// Per-credential arrival times of served requests in the last `rate_window`.
     limits: Mutex<HashMap<String, VecDeque<tokio::time::Instant>>>,
+    /// Commit JSON already rendered (locked after `world` when both are held).
+    render: Mutex<render::RenderCache>,
     /// Key signing page tokens; derived from the seed so tokens survive a
     /// restart of a simulator with the same seed.
     secret: u64,
@@ -306,6 +313,7 @@ impl Simulator {
         };
         let secret = mix(opts.seed ^ 0x0070_CE5E_C2E7);
         let latency_nanos = u64::try_from(opts.latency.as_nanos()).unwrap_or(u64::MAX);
+        let cache = render::RenderCache::new(opts.render_cache_bytes);
         Simulator {
             inner: Arc::new(Inner {
                 opts,
@@ -314,6 +322,7 @@ impl Simulator {
                 latency_nanos: std::sync::atomic::AtomicU64::new(latency_nanos),
                 faults: Mutex::new(faults),
                 limits: Mutex::new(HashMap::new()),
+                render: Mutex::new(cache),
                 secret,
             }),
         }
@@ -688,6 +697,31 @@ impl Simulator {
             .iter()
             .map(|(_, r)| r.clone())
             .collect()
+    }
+
+    /// Renders every commit of every repository ahead of time as a client at
+    /// `origin` (e.g. `http://127.0.0.1:8080`, what its `Host` header names)
+    /// asking with `fields` will see it, within
+    /// [`SimOptions::render_cache_bytes`]. Benchmarks call it before the
+    /// clock starts so the simulator costs the crawler little CPU; answers
+    /// are the same with or without it. Returns the bytes cached.
+    pub fn prerender(&self, origin: &str, fields: Option<&str>) -> usize {
+        let world = lock(&self.inner.world);
+        let mut cache = lock(&self.inner.render);
+        for ws in &world.workspaces {
+            for repo in &ws.repos {
+                let ctx = content::Ctx {
+                    origin,
+                    ws: &ws.name,
+                    repo,
+                };
+                let all: Vec<u32> = (0..repo.graph.nodes.len() as u32).collect();
+                for chunk in all.chunks(1000) {
+                    cache.items(&ctx, &repo.graph, chunk, fields);
+                }
+            }
+        }
+        cache.bytes()
     }
 
     /// Forgets the request log.

@@ -28,7 +28,7 @@ use super::content::Ctx;
 use super::query::Filter;
 use super::rng::mac;
 use super::world::{hex, Repo, Resolved};
-use super::{fields, lock, Fault, RequestRecord, RetryAfter, SimCredential, Simulator};
+use super::{fields, lock, render, Fault, RequestRecord, RetryAfter, SimCredential, Simulator};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -158,6 +158,16 @@ impl Answer {
             content_type: "application/json; charset=utf-8",
             headers: Vec::new(),
             body: Bytes::from(value.to_string()),
+        }
+    }
+
+    /// A body already serialised.
+    fn json_text(status: u16, body: String) -> Answer {
+        Answer {
+            status,
+            content_type: "application/json; charset=utf-8",
+            headers: Vec::new(),
+            body: Bytes::from(body),
         }
     }
 
@@ -810,12 +820,8 @@ impl Simulator {
             ws,
             repo,
         };
-        let keys = fields::kept_item_keys(req.param("fields"));
-        let want = |k: &str| keys.as_ref().is_none_or(|ks| ks.iter().any(|x| x == k));
-        let values: Vec<Value> = walk[start..end]
-            .iter()
-            .map(|&i| ctx.commit(&repo.graph, i, &want))
-            .collect();
+        let spec = req.param("fields");
+        let items = lock(&self.inner.render).items(&ctx, &repo.graph, &walk[start..end], spec);
         let next = (end < walk.len()).then(|| {
             let hashes = |v: &[u32]| {
                 v.iter()
@@ -842,11 +848,11 @@ impl Simulator {
             )
         });
         drop(world);
-        let mut body = json!({"values": values, "pagelen": pagelen});
-        if let (Some(n), Value::Object(m)) = (next, &mut body) {
+        let mut skeleton = json!({"values": [], "pagelen": pagelen});
+        if let (Some(n), Value::Object(m)) = (next, &mut skeleton) {
             m.insert("next".into(), json!(n));
         }
-        finish_page(body, req)
+        Answer::json_text(200, render::page(skeleton, spec, &items))
     }
 }
 
