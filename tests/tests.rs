@@ -13,6 +13,7 @@ mod daemon;
 mod freshness;
 mod kit;
 mod query;
+mod quirks;
 mod ratelimit;
 mod secrets;
 mod simulator;
