@@ -186,37 +186,26 @@ fn write_line<W: Write>(
     out.write_all(b"\n")
 }
 
-/// Columns a character takes on a terminal: 2 for East Asian wide
-/// characters and emoji, 0 for combining marks and zero-width joiners
-/// (an approximation of `wcwidth`, without a table crate).
+/// Columns a character takes on a terminal (East Asian wide characters
+/// and emoji 2, combining marks and zero-width characters 0; controls,
+/// which cells never contain, 0).
 fn char_width(c: char) -> usize {
-    let u = u32::from(c);
-    match u {
-        0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F | 0x20D0..=0x20FF => 0,
-        0x1100..=0x115F
-        | 0x2E80..=0x303E
-        | 0x3041..=0x33FF
-        | 0x3400..=0x4DBF
-        | 0x4E00..=0x9FFF
-        | 0xA000..=0xA4CF
-        | 0xAC00..=0xD7A3
-        | 0xF900..=0xFAFF
-        | 0xFE30..=0xFE4F
-        | 0xFF00..=0xFF60
-        | 0xFFE0..=0xFFE6
-        | 0x1F300..=0x1F64F
-        | 0x1F900..=0x1F9FF
-        | 0x1F680..=0x1F6FF
-        | 0x2600..=0x26FF
-        | 0x2700..=0x27BF
-        | 0x20000..=0x3FFFD => 2,
-        _ => 1,
-    }
+    unicode_width::UnicodeWidthChar::width(c).unwrap_or(0)
 }
 
-/// Columns a string takes on a terminal (see [`char_width`]).
+/// Columns a string takes on a terminal.
 pub fn display_width(s: &str) -> usize {
     s.chars().map(char_width).sum()
+}
+
+/// `s` padded with spaces on the right to `columns` terminal columns.
+pub fn pad(s: &str, columns: usize) -> String {
+    let mut out = s.to_owned();
+    out.extend(std::iter::repeat_n(
+        ' ',
+        columns.saturating_sub(display_width(s)),
+    ));
+    out
 }
 
 /// `s` cut to at most `width` columns, ending in `…` when cut.
@@ -654,6 +643,13 @@ mod tests {
         assert_eq!(truncate("abc", 3), "abc");
         assert_eq!(display_width("支付"), 4);
         assert_eq!(truncate("支付模块", 5), "支付…");
+        // Hangul, emoji and a combining accent (e + U+0301 is one column).
+        assert_eq!(display_width("김민준"), 6);
+        assert_eq!(display_width("✨🎉"), 4);
+        assert_eq!(display_width("Rene\u{301}e"), 5);
+        assert_eq!(pad("김민준", 8), "김민준  ");
+        assert_eq!(pad("Søren", 8), "Søren   ");
+        assert_eq!(pad("too long", 3), "too long");
     }
 
     #[test]
