@@ -303,10 +303,25 @@ fn main() -> ExitCode {
         // A reader that stopped reading (`| head`) is a normal end.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             ExitCode::from(exit_code_for(&err))
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many error types
+/// here already name their source in their own message (`"workspace acme:
+/// {source}"`), which anyhow's `{:#}` would print a second time.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Whether printing stopped because stdout's reader went away.

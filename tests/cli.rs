@@ -48,6 +48,23 @@ async fn a_bad_value_exits_2_and_names_the_key() {
 }
 
 #[tokio::test]
+async fn an_error_names_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let o = bbcrawl(
+        dir.path(),
+        &["sync", "--config", missing.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("cannot read config file"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
 async fn missing_workspace_or_credentials_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let o = bbcrawl(

@@ -1,7 +1,8 @@
 //! The real binary against a second, deliberately different fake of the
 //! Bitbucket API, written here from `shared/bitbucket-api.md` alone and not
 //! sharing code with the simulator: numeric `page=N` links whose order of
-//! parameters differs from ours, pages of its own size whatever `pagelen`
+//! parameters differs from ours (some relative: path and query in the
+//! listing, query alone for one repository), pages of its own size whatever `pagelen`
 //! says, `fields` ignored (full objects with unknown keys), no `pagelen` in
 //! the envelope but `size` and `page`, a repository without `slug`, one
 //! without the `mainbranch` key, a branch with `/`, dates in `Z`, with
@@ -189,14 +190,18 @@ fn not_found(message: &str, data: Option<Value>) -> Response {
     )
 }
 
-/// `?page=N&rest…` as the next link, the page number first.
+/// `?page=N&rest…` as the next link, the page number first: absolute with
+/// an origin, path and query with `origin` "", the query alone with "?".
 fn next_link(origin: &str, path: &str, query: &[(String, String)], page: usize) -> String {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     q.append_pair("page", &page.to_string());
     for (k, v) in query.iter().filter(|(k, _)| k != "page") {
         q.append_pair(k, v);
     }
-    format!("{origin}{path}?{}", q.finish())
+    match origin {
+        "?" => format!("?{}", q.finish()),
+        _ => format!("{origin}{path}?{}", q.finish()),
+    }
 }
 
 async fn handle(State(fake): State<Shared>, req: Request) -> Response {
@@ -257,7 +262,7 @@ async fn handle(State(fake): State<Shared>, req: Request) -> Response {
                 "values": all.iter().skip(start).take(REPO_PAGE).collect::<Vec<_>>(),
             });
             if start + REPO_PAGE < all.len() {
-                body["next"] = json!(next_link(&origin, &path, &query, page + 1));
+                body["next"] = json!(next_link("", &path, &query, page + 1));
             }
             json_response(StatusCode::OK, &body)
         }
@@ -317,7 +322,13 @@ async fn handle(State(fake): State<Shared>, req: Request) -> Response {
                 .collect();
             let mut body = json!({"page": page, "values": values});
             if start + COMMIT_PAGE < walk.len() {
-                body["next"] = json!(next_link(&origin, &path, &query, page + 1));
+                // beta's links are relative to the page, the others absolute.
+                let base = if *slug == "beta" {
+                    "?"
+                } else {
+                    origin.as_str()
+                };
+                body["next"] = json!(next_link(base, &path, &query, page + 1));
             }
             json_response(StatusCode::OK, &body)
         }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::writer::{MarkReachable, PutRepo, WritePage, Writer};
 use super::{PassEvent, PassObserver, StopFlag, WriterQueue};
-use crate::bitbucket::models::{Commit, Page, Repository};
+use crate::bitbucket::models::{Commit, Repository};
 use crate::bitbucket::{ApiError, BitbucketClient};
 use crate::record::CommitRecord;
 use crate::schedule::Reason;
@@ -311,12 +311,12 @@ async fn walk(
                 .client
                 .commits_url(&job.workspace, &repo.slug, &branch, &walk.exclude)
             {
-                Ok(url) => job.client.get_json::<Page<Commit>>(url).await,
+                Ok(url) => job.client.get_page::<Commit>(url).await,
                 Err(e) => Err(e),
             }
         } else if let Some(next) = walk.next.clone() {
             match job.client.check_link(&next) {
-                Ok(url) => job.client.get_json::<Page<Commit>>(url).await,
+                Ok(url) => job.client.get_page::<Commit>(url).await,
                 Err(e) => Err(e),
             }
         } else {

@@ -353,6 +353,14 @@ impl BitbucketClient {
         Url::parse(&path).map_err(|_| ApiError::InvalidUrl(path))
     }
 
+    /// GETs one page of a paged collection; its `next` link, if relative,
+    /// made absolute against `url` (it is checked before it is followed).
+    pub async fn get_page<T: DeserializeOwned>(&self, url: Url) -> Result<Page<T>, ApiError> {
+        let mut page: Page<T> = self.get_json(url.clone()).await?;
+        page.next = page.next.map(|n| resolve_link(&url, n));
+        Ok(page)
+    }
+
     /// GETs `url` and decodes its JSON body as `T`, with budget, retries and
     /// classification: a body that does not decode as `T` (truncated,
     /// malformed, wrong shape) is transient and retried. `url` must already
@@ -628,7 +636,7 @@ impl<T: DeserializeOwned> Pager<T> {
             return Ok(None);
         };
         let url = self.client.check_link(&link)?;
-        let page: Page<T> = self.client.get_json(url).await?;
+        let page: Page<T> = self.client.get_page(url).await?;
         self.next = page.next.clone();
         Ok(Some(page))
     }
@@ -640,6 +648,20 @@ impl<T: DeserializeOwned> Pager<T> {
             all.extend(page.values);
         }
         Ok(all)
+    }
+}
+
+/// A `next` link as an absolute URL. Bitbucket sends absolute links; a
+/// relative one (from a proxy or another implementation of the API) is
+/// resolved against the page that carried it, as a browser would. Where it
+/// points is checked before it is followed, like any other link.
+fn resolve_link(page_url: &Url, link: String) -> String {
+    match Url::parse(&link) {
+        Ok(_) => link,
+        Err(url::ParseError::RelativeUrlWithoutBase) => {
+            page_url.join(&link).map(String::from).unwrap_or(link)
+        }
+        Err(_) => link,
     }
 }
 
@@ -800,6 +822,32 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("999999", now), Some(RETRY_AFTER_CAP));
+    }
+
+    #[test]
+    fn relative_next_links_resolve_against_their_page() {
+        let page =
+            Url::parse("https://api.bitbucket.org/2.0/repositories/acme?pagelen=100").unwrap();
+        let abs = "https://api.bitbucket.org/2.0/repositories/acme?page=xyz".to_owned();
+        assert_eq!(resolve_link(&page, abs.clone()), abs);
+        assert_eq!(
+            resolve_link(&page, "/2.0/repositories/acme?page=2".into()),
+            "https://api.bitbucket.org/2.0/repositories/acme?page=2"
+        );
+        assert_eq!(
+            resolve_link(&page, "?page=3&pagelen=100".into()),
+            "https://api.bitbucket.org/2.0/repositories/acme?page=3&pagelen=100"
+        );
+        // A scheme-relative link to another host resolves there, and is
+        // then refused by the origin check like an absolute one.
+        let other = resolve_link(&page, "//evil.example/2.0/x".into());
+        assert_eq!(other, "https://evil.example/2.0/x");
+        let c = BitbucketClient::new(ClientOptions::new(
+            Url::parse("https://api.bitbucket.org/2.0/").unwrap(),
+            Vec::new(),
+        ))
+        .unwrap();
+        assert!(c.check_link(&other).is_err());
     }
 
     #[test]
