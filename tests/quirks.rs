@@ -7,7 +7,8 @@
 //! the envelope but `size` and `page`, a repository without `slug`, one
 //! without the `mainbranch` key, a branch with `/`, dates in `Z`, with
 //! fractions and with offsets, authors without accounts and commits without
-//! committers, an HTML 502 from a "proxy", a `text/plain` 429 with
+//! committers, a `mainbranch` whose commits answer 404 naming the branch,
+//! an HTML 502 from a "proxy", a `text/plain` 429 with
 //! `Retry-After`, and a 404 for an `exclude` a force push removed.
 
 use std::collections::{BTreeMap, HashSet};
@@ -43,6 +44,9 @@ struct FakeRepo {
     commits: Vec<FakeCommit>,
     /// Commits a force push removed: unknown to `exclude` from then on.
     gone: HashSet<String>,
+    /// `mainbranch` names a branch that has no ref yet (an empty repository
+    /// as some servers report it): its commits answer 404 naming it.
+    branch_missing: bool,
 }
 
 #[derive(Default)]
@@ -98,12 +102,13 @@ impl Fake {
 
     fn new() -> Fake {
         let mut f = Fake::default();
-        let specs: [(&str, bool, Option<&str>, usize); 5] = [
+        let specs: [(&str, bool, Option<&str>, usize); 6] = [
             ("alpha", true, Some("main"), 20),
             ("beta", false, Some("release/v1"), 9),
             ("gamma", true, None, 0),
             ("delta", true, Some("main"), 0),
             ("epsilon", true, Some("trunk"), 15),
+            ("zeta", true, Some("main"), 0),
         ];
         for (i, (slug, send_slug, branch, n)) in specs.into_iter().enumerate() {
             f.repos.push(FakeRepo {
@@ -114,6 +119,7 @@ impl Fake {
                 updated_on: String::new(),
                 commits: Vec::new(),
                 gone: HashSet::new(),
+                branch_missing: slug == "zeta",
             });
             f.grow(i, n);
         }
@@ -292,7 +298,7 @@ async fn handle(State(fake): State<Shared>, req: Request) -> Response {
             let Some(repo) = f.repos.iter().find(|r| r.slug == *slug) else {
                 return not_found("Repository not found", None);
             };
-            if repo.branch != Some(rev) {
+            if repo.branch != Some(rev) || repo.branch_missing {
                 return not_found("Commit not found", Some(json!({"shas": [rev]})));
             }
             // Newest first, stopping at an excluded commit (linear history).
@@ -412,6 +418,19 @@ async fn another_fake_with_its_own_quirks_is_crawled_exactly() {
     let repos = store_repos(&store);
     let beta = repos.iter().find(|r| r.uuid.ends_with("01}")).unwrap();
     assert_eq!(beta.slug, "beta");
+    let status = |slug: &str| {
+        repos
+            .iter()
+            .find(|r| r.slug == slug)
+            .map(|r| r.status)
+            .unwrap()
+    };
+    // No mainbranch, an empty branch, and a mainbranch without a ref yet
+    // (404 naming the revision) are all empty — not deleted, not failed.
+    for slug in ["gamma", "delta", "zeta"] {
+        assert_eq!(status(slug), bbcrawl::store::RepoStatus::Empty, "{slug}");
+    }
+    assert!(stdout(&out).contains("0 deleted"), "{}", stdout(&out));
     {
         let f = fake.lock().unwrap();
         assert!(f.sent_429, "the 429 was never triggered");

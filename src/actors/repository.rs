@@ -333,6 +333,15 @@ async fn walk(
                 walk = new_walk(&branch, None, repo);
                 continue;
             }
+            Err(ApiError::NotFound { shas, .. }) if walk.pages == 0 && !shas.is_empty() => {
+                // The repository is there but says the branch is unknown
+                // (`error.data.shas`): a `mainbranch` with no commits yet,
+                // as an empty repository may report it. Like no
+                // `mainbranch` at all: empty, stored commits stay.
+                tracing::info!(repo = %repo.full_name, %branch, "default branch has no commits (404 naming the revision)");
+                repo.walk = None;
+                return Ok(WalkEnd::Done(RepoStatus::Empty));
+            }
             Err(ApiError::NotFound { .. }) if walk.pages == 0 => {
                 // The listed branch (or the repository) vanished since the
                 // listing: the next listing tells which.
