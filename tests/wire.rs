@@ -1,5 +1,5 @@
 //! Safety on the wire against a hand-written hostile server: redirects to
-//! another origin, oversized bodies.
+//! another origin, oversized bodies, `next` links that would never end.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -58,6 +58,41 @@ async fn a_redirect_to_another_origin_is_not_followed() {
         0,
         "the credential went to another origin"
     );
+}
+
+/// A 200 JSON response with `body`.
+fn json_200(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn an_empty_next_ends_and_a_next_to_the_same_page_is_refused() {
+    let (api, hits) = raw_server(json_200(r#"{"values":[],"next":""}"#)).await;
+    let all = client_for(&api)
+        .repositories(WS)
+        .unwrap()
+        .collect_all()
+        .await
+        .unwrap();
+    assert!(all.is_empty());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // "?" resolves to the listing without a query, which answers "?" again:
+    // the second page names itself, and paging stops there with an error
+    // instead of requesting it forever.
+    let (api, hits) = raw_server(json_200(r#"{"values":[],"next":"?"}"#)).await;
+    let err = client_for(&api)
+        .repositories(WS)
+        .unwrap()
+        .collect_all()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::InvalidUrl(_)), "{err:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

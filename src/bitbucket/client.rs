@@ -355,9 +355,20 @@ impl BitbucketClient {
 
     /// GETs one page of a paged collection; its `next` link, if relative,
     /// made absolute against `url` (it is checked before it is followed).
+    /// An empty `next` ends the collection; one that names the page itself
+    /// is refused, since following it would never end.
     pub async fn get_page<T: DeserializeOwned>(&self, url: Url) -> Result<Page<T>, ApiError> {
         let mut page: Page<T> = self.get_json(url.clone()).await?;
-        page.next = page.next.map(|n| resolve_link(&url, n));
+        page.next = page
+            .next
+            .filter(|n| !n.trim().is_empty())
+            .map(|n| resolve_link(&url, n));
+        if page.next.as_deref() == Some(url.as_str()) {
+            return Err(ApiError::InvalidUrl(format!(
+                "`next` repeats the page it came from ({})",
+                url.path()
+            )));
+        }
         Ok(page)
     }
 
