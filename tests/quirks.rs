@@ -2,13 +2,13 @@
 //! Bitbucket API, written here from `shared/bitbucket-api.md` alone and not
 //! sharing code with the simulator: numeric `page=N` links whose order of
 //! parameters differs from ours (some relative: path and query in the
-//! listing, query alone for one repository), pages of its own size whatever `pagelen`
-//! says, `fields` ignored (full objects with unknown keys), no `pagelen` in
-//! the envelope but `size` and `page`, a repository without `slug`, one
-//! without the `mainbranch` key, a branch with `/`, dates in `Z`, with
-//! fractions and with offsets, authors without accounts and commits without
-//! committers, a `mainbranch` whose commits answer 404 naming the branch,
-//! an HTML 502 from a "proxy", a `text/plain` 429 with
+//! listing, query alone for one repository), pages of its own size whatever
+//! `pagelen` says, `fields` ignored (full objects with unknown keys), no
+//! `pagelen` in the envelope but `size` and `page`, a repository without
+//! `slug`, one without the `mainbranch` key, a branch with `/`, dates in `Z`,
+//! with fractions, with offsets and without any, authors without accounts
+//! and commits without committers, a `mainbranch` whose commits answer 404
+//! naming the branch, an HTML 502 from a "proxy", a `text/plain` 429 with
 //! `Retry-After`, and a 404 for an `exclude` a force push removed.
 
 use std::collections::{BTreeMap, HashSet};
@@ -68,10 +68,12 @@ impl Fake {
         let hash = format!("{:040x}", 0x5eed_0000_0000_u64 + n * 7919);
         // Dates in three spellings, not monotonic.
         let minute = (n * 37) % 60;
-        let date = match n % 3 {
+        let date = match n % 4 {
             0 => format!("2024-05-{:02}T10:{minute:02}:00Z", 1 + n % 27),
             1 => format!("2024-05-{:02}T11:{minute:02}:07.250000+00:00", 1 + n % 27),
-            _ => format!("2024-05-{:02}T15:{minute:02}:30+05:30", 1 + n % 27),
+            2 => format!("2024-05-{:02}T15:{minute:02}:30+05:30", 1 + n % 27),
+            // No offset at all, as `datetime.utcnow().isoformat()` writes it.
+            _ => format!("2024-05-{:02}T09:{minute:02}:45.500000", 1 + n % 27),
         };
         let (raw, account) = match n % 4 {
             0 => ("Zoë Ångström <zoe@example.com>".to_owned(), Some("{0b1c}")),
@@ -376,12 +378,11 @@ fn stored(store: &std::path::Path) -> BTreeMap<(String, String), (String, bool)>
     out
 }
 
-/// The same instant and offset, whatever the spelling (`Z`, fractions).
+/// The same instant and offset, whatever the spelling (`Z`, fractions; no
+/// offset means UTC).
 fn same_date(a: &str, b: &str) -> bool {
-    let (a, b) = (
-        chrono::DateTime::parse_from_rfc3339(a).unwrap(),
-        chrono::DateTime::parse_from_rfc3339(b).unwrap(),
-    );
+    let parse = bbcrawl::bitbucket::models::dates::parse;
+    let (a, b) = (parse(a).unwrap(), parse(b).unwrap());
     a == b && a.offset() == b.offset()
 }
 

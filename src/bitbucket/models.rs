@@ -51,7 +51,12 @@ pub struct Repository {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mainbranch: Option<Branch>,
     /// Last update time (moves on pushes in practice; not documented).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Only a hint for the change gate: one that does not parse is `None`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "dates::optional"
+    )]
     pub updated_on: Option<DateTime<FixedOffset>>,
     /// Whether the repository is private.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +100,7 @@ pub struct Commit {
     /// 40 hex digits.
     pub hash: String,
     /// ISO 8601 with the offset Bitbucket sent (usually `+00:00`).
+    #[serde(deserialize_with = "dates::required")]
     pub date: DateTime<FixedOffset>,
     /// The author; `user` is absent when the e-mail matches no account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -248,6 +254,56 @@ impl Commit {
     }
 }
 
+/// Dates as Bitbucket sends them (RFC 3339 with an offset), and, leniently,
+/// as other implementations of the API have been seen to: no offset
+/// (`2024-05-01T10:00:00.123456`, taken as UTC, which is what such servers
+/// mean), a space for the `T`, or an offset without a colon (`+0000`).
+pub mod dates {
+    use chrono::{DateTime, FixedOffset, NaiveDateTime};
+    use serde::{Deserialize, Deserializer};
+
+    /// Parses one date; `None` when it is none of the accepted forms.
+    pub fn parse(s: &str) -> Option<DateTime<FixedOffset>> {
+        let s = s.trim();
+        if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+            return Some(d);
+        }
+        for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+            if let Ok(d) = DateTime::parse_from_str(s, fmt) {
+                return Some(d);
+            }
+        }
+        for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+            if let Ok(n) = NaiveDateTime::parse_from_str(s, fmt) {
+                return Some(n.and_utc().fixed_offset());
+            }
+        }
+        None
+    }
+
+    /// A date that must be there and parse.
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<FixedOffset>, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DateTime<FixedOffset>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an ISO 8601 date")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                parse(s).ok_or_else(|| E::custom(format!("not a date: {s:?}")))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+
+    /// A date that may be missing, `null` or unreadable (then `None`).
+    pub fn optional<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
+        Ok(Option::<serde_json::Value>::deserialize(d)?.and_then(|v| v.as_str().and_then(parse)))
+    }
+}
+
 /// The keep-only `fields=` list for repository listings: everything the
 /// crawler reads, and `next` so the page keeps its link.
 pub const REPOSITORY_FIELDS: &str = "values.uuid,values.slug,values.full_name,values.name,values.mainbranch.name,values.updated_on,values.is_private,next";
@@ -268,6 +324,51 @@ mod tests {
         assert_eq!(c.author.unwrap().user, None);
         assert!(c.committer.is_none());
         assert_eq!(c.date.offset().local_minus_utc(), 5 * 3600 + 1800);
+    }
+
+    #[test]
+    fn dates_parse_in_the_forms_servers_send() {
+        let utc = |s: &str| dates::parse(s).map(|d| (d.to_rfc3339(), d.offset().local_minus_utc()));
+        assert_eq!(
+            utc("2024-05-01T10:00:00+00:00"),
+            Some(("2024-05-01T10:00:00+00:00".into(), 0))
+        );
+        assert_eq!(
+            utc("2024-05-01T10:00:00Z"),
+            Some(("2024-05-01T10:00:00+00:00".into(), 0))
+        );
+        assert_eq!(
+            utc("2024-05-01T15:30:00+05:30"),
+            Some(("2024-05-01T15:30:00+05:30".into(), 19_800))
+        );
+        assert_eq!(
+            utc("2024-05-01T10:00:00.123456"),
+            Some(("2024-05-01T10:00:00.123456+00:00".into(), 0))
+        );
+        assert_eq!(
+            utc("2024-05-01 10:00:00"),
+            Some(("2024-05-01T10:00:00+00:00".into(), 0))
+        );
+        assert_eq!(
+            utc("2024-05-01T10:00:00-0700"),
+            Some(("2024-05-01T10:00:00-07:00".into(), -25_200))
+        );
+        assert_eq!(utc("yesterday"), None);
+        assert_eq!(utc(""), None);
+
+        // A commit needs its date; a repository's updated_on is only a hint.
+        let c =
+            r#"{"hash":"0123456789abcdef0123456789abcdef01234567","date":"2024-05-01T10:00:00"}"#;
+        assert!(serde_json::from_str::<Commit>(c).is_ok());
+        let bad = r#"{"hash":"0123456789abcdef0123456789abcdef01234567","date":"soon"}"#;
+        assert!(serde_json::from_str::<Commit>(bad).is_err());
+        for updated in [r#""garbage""#, "null", "17"] {
+            let r = format!(r#"{{"uuid":"{{u}}","updated_on":{updated}}}"#);
+            let r: Repository = serde_json::from_str(&r).unwrap();
+            assert_eq!(r.updated_on, None);
+        }
+        let r: Repository = serde_json::from_str(r#"{"uuid":"{u}"}"#).unwrap();
+        assert_eq!(r.updated_on, None);
     }
 
     #[test]
