@@ -161,7 +161,12 @@ fn decide(repo: &Repository, stored: Option<&RepoState>, input: &PlanInput<'_>) 
         RepoStatus::Ok | RepoStatus::Empty => {}
     }
     let updated_on = repo.updated_on.map(|d| d.to_rfc3339());
-    if s.default_branch.as_deref() != repo.default_branch() || s.updated_on != updated_on {
+    // No `updated_on` in the listing (Bitbucket always sends it; other
+    // implementations may not): no hint, so it may have changed — check it.
+    if updated_on.is_none()
+        || s.default_branch.as_deref() != repo.default_branch()
+        || s.updated_on != updated_on
+    {
         return Reason::Changed;
     }
     if audit_due(&s.uuid, s.checked_at, input.now, input.audit_interval) {

@@ -5,7 +5,7 @@
 //! listing, query alone for one repository), pages of its own size whatever
 //! `pagelen` says, `fields` ignored (full objects with unknown keys), no
 //! `pagelen` in the envelope but `size` and `page`, a repository without
-//! `slug`, one without the `mainbranch` key, a branch with `/`, dates in `Z`,
+//! `slug`, one without the `mainbranch` key, one without `updated_on`, a branch with `/`, dates in `Z`,
 //! with fractions, with offsets and without any, authors without accounts
 //! and commits without committers, a `mainbranch` whose commits answer 404
 //! naming the branch, an HTML 502 from a "proxy", a `text/plain` 429 with
@@ -44,6 +44,8 @@ struct FakeRepo {
     commits: Vec<FakeCommit>,
     /// Commits a force push removed: unknown to `exclude` from then on.
     gone: HashSet<String>,
+    /// Whether the listing carries `updated_on`.
+    send_updated: bool,
     /// `mainbranch` names a branch that has no ref yet (an empty repository
     /// as some servers report it): its commits answer 404 naming it.
     branch_missing: bool,
@@ -104,13 +106,14 @@ impl Fake {
 
     fn new() -> Fake {
         let mut f = Fake::default();
-        let specs: [(&str, bool, Option<&str>, usize); 6] = [
+        let specs: [(&str, bool, Option<&str>, usize); 7] = [
             ("alpha", true, Some("main"), 20),
             ("beta", false, Some("release/v1"), 9),
             ("gamma", true, None, 0),
             ("delta", true, Some("main"), 0),
             ("epsilon", true, Some("trunk"), 15),
             ("zeta", true, Some("main"), 0),
+            ("eta", true, Some("main"), 3),
         ];
         for (i, (slug, send_slug, branch, n)) in specs.into_iter().enumerate() {
             f.repos.push(FakeRepo {
@@ -122,6 +125,7 @@ impl Fake {
                 commits: Vec::new(),
                 gone: HashSet::new(),
                 branch_missing: slug == "zeta",
+                send_updated: slug != "eta",
             });
             f.grow(i, n);
         }
@@ -135,13 +139,15 @@ impl Fake {
             "full_name": format!("{WS}/{}", r.slug),
             "name": r.slug.to_uppercase(),
             "is_private": true,
-            "updated_on": r.updated_on,
             "size": 33_280,
             "some_future_field": {"nested": [1, 2, 3]},
             "links": {"self": {"href": format!("{origin}/2.0/repositories/{WS}/{}", r.slug)}},
         });
         if r.send_slug {
             v["slug"] = json!(r.slug);
+        }
+        if r.send_updated {
+            v["updated_on"] = json!(r.updated_on);
         }
         if let Some(b) = r.branch {
             v["mainbranch"] = json!({"type": "branch", "name": b});
@@ -411,7 +417,7 @@ async fn another_fake_with_its_own_quirks_is_crawled_exactly() {
     let out = sync(&store, &api, &[], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let want = truth(&fake.lock().unwrap());
-    assert_eq!(want.len(), 20 + 9 + 15);
+    assert_eq!(want.len(), 20 + 9 + 15 + 3);
     assert_matches(&store, &want);
 
     // Repository records: the slug from `full_name`, the branch with `/`,
@@ -448,10 +454,13 @@ async fn another_fake_with_its_own_quirks_is_crawled_exactly() {
         );
     }
 
-    // Pushes: only the new commits are fetched, by `exclude`.
+    // Pushes: only the new commits are fetched, by `exclude`. eta's listing
+    // has no `updated_on`, so nothing announces its push: it is checked on
+    // every pass anyway.
     {
         let mut f = fake.lock().unwrap();
         f.grow(0, 5);
+        f.grow(6, 2);
         f.log.clear();
     }
     let out = sync(&store, &api, &[], &[]).await;
