@@ -707,6 +707,13 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let d = if let Ok(secs) = value.parse::<u64>() {
         Duration::from_secs(secs)
+    } else if let Some(secs) = value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+    {
+        // Not HTTP's form, but some servers send decimal seconds.
+        Duration::from_secs_f64(secs.min(RETRY_AFTER_CAP.as_secs_f64()))
     } else {
         let at = httpdate::parse_http_date(value).ok()?;
         at.duration_since(now).unwrap_or(Duration::ZERO)
@@ -833,6 +840,13 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("999999", now), Some(RETRY_AFTER_CAP));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_retry_after("1e9", now), Some(RETRY_AFTER_CAP));
+        assert_eq!(parse_retry_after("-3", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
     }
 
     #[test]
