@@ -224,7 +224,7 @@ async fn check_workspace(client: &BitbucketClient, ws: &str) -> Result<u64, (Api
         .append_pair("pagelen", "100")
         .append_pair("fields", VERIFY_FIELDS);
     let first: Page<Repository> = client
-        .get_json(url.clone())
+        .get_page(url.clone())
         .await
         .map_err(|e| (e, url.clone()))?;
     let mut count = first.values.len() as u64;

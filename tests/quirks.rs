@@ -4,7 +4,7 @@
 //! parameters differs from ours (some relative: path and query in the
 //! listing, query alone for one repository), pages of its own size whatever
 //! `pagelen` says, `fields` ignored (full objects with unknown keys), no
-//! `pagelen` in the envelope but `size` and `page`, a repository without
+//! `size` or `pagelen` in the envelope but `page`, a repository without
 //! `slug`, one without the `mainbranch` key, one without `updated_on`, a branch with `/`, dates in `Z`,
 //! with fractions, with offsets and without any, authors without accounts
 //! and commits without committers, a `mainbranch` whose commits answer 404
@@ -275,7 +275,6 @@ async fn handle(State(fake): State<Shared>, req: Request) -> Response {
             let all: Vec<Value> = f.repos.iter().map(|r| f.repo_json(r, &origin)).collect();
             let start = (page - 1) * REPO_PAGE;
             let mut body = json!({
-                "size": all.len(),
                 "page": page,
                 "values": all.iter().skip(start).take(REPO_PAGE).collect::<Vec<_>>(),
             });
@@ -457,6 +456,24 @@ async fn another_fake_with_its_own_quirks_is_crawled_exactly() {
             f.log
         );
     }
+
+    // `verify` reads the same listing (paging it: no `size` to count by,
+    // relative links) and one page of commits.
+    let v = bbcrawl(
+        store.parent().unwrap(),
+        &["verify", "--format", "json"],
+        &[
+            ("BBCRAWL_API_URL", api.as_str()),
+            ("BBCRAWL_WORKSPACES", WS),
+            ("BITBUCKET_ACCESS_TOKEN", TOKEN),
+            ("BBCRAWL_REQUESTS_PER_HOUR", "1000000"),
+        ],
+    )
+    .await;
+    assert_eq!(v.status.code(), Some(0), "{}{}", stdout(&v), stderr(&v));
+    let v: Value = serde_json::from_str(stdout(&v).trim()).unwrap();
+    assert_eq!(v["ok"], json!(true));
+    assert_eq!(v["workspaces"][0]["repositories"], json!(7));
 
     // Pushes: only the new commits are fetched, by `exclude`. eta's listing
     // has no `updated_on`, so nothing announces its push: it is checked on
