@@ -38,17 +38,6 @@ use bbcrawl::demo::{minimum_requests, BackgroundSimulator};
 use bbcrawl::simulator::{SimOptions, Simulator};
 use common::*;
 
-const UNLIMITED: u32 = 1_000_000_000;
-/// Rare audits: an unchanged pass must not audit by chance.
-const RARE_AUDITS: (&str, &str) = ("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000");
-
-fn total_commits(sim: &Simulator) -> u64 {
-    sim.repos(WS)
-        .iter()
-        .map(|r| sim.branch_commits(WS, &r.slug).len() as u64)
-        .sum()
-}
-
 /// `http://host:port` of an API base URL (what the crawler's `Host` names).
 fn origin(api_url: &str) -> String {
     api_url.trim_end_matches("/2.0").to_owned()

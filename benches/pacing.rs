@@ -60,7 +60,7 @@ fn crawl(
         cred,
         config_rph,
         4,
-        &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")],
+        &[RARE_AUDITS],
     );
     assert_eq!(run.exit, 0, "sync failed: {}", run.stderr);
     let reqs = sim.requests();
@@ -73,11 +73,7 @@ fn crawl(
         .iter()
         .map(|r| r.commits_stored)
         .sum();
-    let truth: u64 = sim
-        .repos(WS)
-        .iter()
-        .map(|r| sim.branch_commits(WS, &r.slug).len() as u64)
-        .sum();
+    let truth = total_commits(&sim);
     drop(store);
     let _ = std::fs::remove_dir_all(&store_dir);
     (

@@ -180,10 +180,36 @@ pub fn sync(
     }
 }
 
+/// One HTTP client for every set-up fetch (a client per request would load
+/// the system's root certificates and open a connection each time).
+static CLIENT: std::sync::LazyLock<reqwest::Client> =
+    std::sync::LazyLock::new(reqwest::Client::new);
+
+/// `…/commits/main?pagelen=100&fields=COMMIT_FIELDS` of `repo-NNNN`.
+fn trimmed_commits_url(api_url: &str, slug: &str) -> String {
+    format!(
+        "{api_url}/repositories/{WS}/{slug}/commits/main?pagelen=100&fields={}",
+        url::form_urlencoded::byte_serialize(COMMIT_FIELDS.as_bytes()).collect::<String>()
+    )
+}
+
+/// Sums the simulator's default-branch commits over the workspace.
+pub fn total_commits(sim: &Simulator) -> u64 {
+    sim.repos(WS)
+        .iter()
+        .map(|r| sim.branch_commits(WS, &r.slug).len() as u64)
+        .sum()
+}
+
+/// No rate limit worth the name for the crawler's budget.
+pub const UNLIMITED: u32 = 1_000_000_000;
+/// Rare audits: an unchanged pass must not audit by chance.
+pub const RARE_AUDITS: (&str, &str) = ("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000");
+
 /// A blocking GET of one page body from the simulator (bearer token).
 pub fn get_body(rt: &tokio::runtime::Runtime, url: &str) -> bytes::Bytes {
     rt.block_on(async {
-        reqwest::Client::new()
+        CLIENT
             .get(url)
             .bearer_auth(ACCESS_TOKEN)
             .send()
@@ -203,15 +229,11 @@ pub fn page_bodies(
     api_url: &str,
     slug: &str,
 ) -> (bytes::Bytes, bytes::Bytes) {
-    let base = format!("{api_url}/repositories/{WS}/{slug}/commits/main?pagelen=100");
-    let full = get_body(rt, &base);
-    let trimmed = get_body(
+    let full = get_body(
         rt,
-        &format!(
-            "{base}&fields={}",
-            url::form_urlencoded::byte_serialize(COMMIT_FIELDS.as_bytes()).collect::<String>()
-        ),
+        &format!("{api_url}/repositories/{WS}/{slug}/commits/main?pagelen=100"),
     );
+    let trimmed = get_body(rt, &trimmed_commits_url(api_url, slug));
     (full, trimmed)
 }
 
@@ -227,11 +249,7 @@ pub fn record_pages(
     let sim_repos = sim.repos(WS);
     let mut out = Vec::new();
     for r in sim_repos.iter().take(repos) {
-        let mut url = Some(format!(
-            "{api_url}/repositories/{WS}/{}/commits/main?pagelen=100&fields={}",
-            r.slug,
-            url::form_urlencoded::byte_serialize(COMMIT_FIELDS.as_bytes()).collect::<String>()
-        ));
+        let mut url = Some(trimmed_commits_url(api_url, &r.slug));
         let mut pages = Vec::new();
         while let Some(u) = url.take() {
             let body = get_body(rt, &u);

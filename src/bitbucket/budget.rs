@@ -179,8 +179,7 @@ impl RateBudget {
                         // The gate closed while this caller waited for its
                         // slot: wait for the gate like everybody else. The
                         // slot was not used: it does not count in the window.
-                        self.unreserve(slot);
-                        drop(permit);
+                        permit.cancel();
                         continue;
                     }
                     return permit;
@@ -399,6 +398,12 @@ impl Permit {
         self.probe
     }
 
+    /// The request was not sent after all (the gate closed while it
+    /// waited): its slot does not count in the window.
+    pub fn cancel(self) {
+        self.finish(Outcome::NotSent);
+    }
+
     /// Whether the gate closed after this permit was handed out (a 429 came
     /// back meanwhile): the request must not be sent; acquire a new permit.
     /// Never true for the probe.
@@ -449,6 +454,14 @@ mod tests {
         }
         // And the pace is steady, not a burst followed by an hour's wait.
         assert!(times[10] >= Duration::from_secs(60 * 8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_permit_does_not_count_in_the_window() {
+        let b = RateBudget::new(1000, RateLimitBackoff::default());
+        b.acquire().await.finish(Outcome::Answered);
+        b.acquire().await.cancel();
+        assert_eq!(b.snapshot().used_in_window, 1);
     }
 
     #[tokio::test(start_paused = true)]

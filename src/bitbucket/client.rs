@@ -415,9 +415,9 @@ impl BitbucketClient {
             let slot = self.inner.in_flight.acquire().await;
             if permit.is_stale() {
                 // A 429 closed the gate while this request queued for a
-                // slot: it must not go out now.
+                // slot: it must not go out now, and its slot is given back.
                 drop(slot);
-                drop(permit);
+                permit.cancel();
                 continue;
             }
             attempt += 1;
