@@ -211,7 +211,7 @@ pub fn commits<'a>(
                     return None;
                 }
             }
-            Some(Ok(c.to_record(repo)))
+            Some(Ok(c.into_record(repo)))
         });
     Ok(match f.limit {
         Some(n) => Box::new(iter.take(n)),
@@ -230,7 +230,7 @@ pub fn export<'a>(
     Ok(repos.into_iter().flat_map(move |repo| {
         let id = repo.id;
         store.commits_of(id).filter_map(move |c| match c {
-            Ok(c) if all || c.reachable => Some(Ok(c.to_record(&repo))),
+            Ok(c) if all || c.reachable => Some(Ok(c.into_record(&repo))),
             Ok(_) => None,
             Err(e) => Some(Err(e.into())),
         })
@@ -260,7 +260,7 @@ pub fn show(store: &Store, hash: &str) -> Result<Vec<CommitRecord>, QueryError> 
     let mut out = Vec::new();
     for (hash, id) in found {
         if let (Some(repo), Some(c)) = (repos.get(&id), store.commit_by_id(id, &hash)?) {
-            out.push(c.to_record(repo));
+            out.push(c.into_record(repo));
         }
     }
     out.sort_by(|a, b| (&a.workspace, &a.repo).cmp(&(&b.workspace, &b.repo)));

@@ -447,12 +447,7 @@ impl Simulator {
     /// `GET …/commits` (all branches) differ from the default branch.
     pub fn add_branch(&self, ws: &str, slug: &str, name: &str, n: usize) -> Vec<String> {
         self.change(ws, slug, |repo| {
-            let base = repo
-                .mainbranch
-                .as_ref()
-                .and_then(|b| repo.branches.get(b))
-                .copied()
-                .flatten();
+            let base = repo.main_tip();
             let before = repo.graph.nodes.len();
             let tip = repo.grow(base, n, false);
             repo.branches.insert(name.to_owned(), tip);
@@ -523,26 +518,10 @@ impl Simulator {
     /// `updated_on` where it was. Bitbucket does not document that pushes
     /// move `updated_on`; this is the case bbcrawl's audit exists for.
     pub fn push_quietly(&self, ws: &str, slug: &str, n: usize) -> Vec<String> {
-        let before = {
-            let world = self.world();
-            world
-                .workspaces
-                .iter()
-                .find(|w| w.name == ws)
-                .and_then(|w| w.repos.iter().find(|r| r.slug == slug))
-                .map(|r| r.updated_on)
-        };
+        let before = self.world().repo_mut(ws, slug).map(|r| r.updated_on);
         let pushed = self.push(ws, slug, n);
-        if let Some(t) = before {
-            let mut world = self.world();
-            if let Some(r) = world
-                .workspaces
-                .iter_mut()
-                .find(|w| w.name == ws)
-                .and_then(|w| w.repos.iter_mut().find(|r| r.slug == slug))
-            {
-                r.updated_on = t;
-            }
+        if let (Some(t), Some(r)) = (before, self.world().repo_mut(ws, slug)) {
+            r.updated_on = t;
         }
         pushed
     }
@@ -639,12 +618,7 @@ impl Simulator {
         let Some(repo) = world.repo_mut(ws, slug) else {
             return Vec::new();
         };
-        let tip = repo
-            .mainbranch
-            .as_ref()
-            .and_then(|b| repo.branches.get(b))
-            .copied()
-            .flatten();
+        let tip = repo.main_tip();
         let walk = repo.walk(tip.into_iter().collect(), Vec::new());
         walk.iter().map(|&i| sim_commit(&repo.graph, i)).collect()
     }

@@ -58,7 +58,8 @@ impl RenderCache {
         spec: Option<&str>,
     ) -> Vec<Arc<str>> {
         let key = context_key(ctx, spec);
-        let want = want_fn(spec);
+        // Parsed only if some item is not cached yet.
+        let mut want = None;
         let mut out = Vec::with_capacity(idxs.len());
         let mut added = 0usize;
         {
@@ -67,7 +68,8 @@ impl RenderCache {
                 let item = per
                     .entry(i)
                     .or_insert_with(|| {
-                        let text: Arc<str> = render_item(ctx, g, i, spec, &want).into();
+                        let want = want.get_or_insert_with(|| want_fn(spec));
+                        let text: Arc<str> = render_item(ctx, g, i, spec, want).into();
                         added += text.len() + 48;
                         text
                     })

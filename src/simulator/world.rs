@@ -60,26 +60,8 @@ pub(crate) struct Graph {
     pub alive: Vec<bool>,
 }
 
-/// Lowercase hex of a hash.
-pub(crate) fn hex(hash: &[u8; 20]) -> String {
-    let mut s = String::with_capacity(40);
-    for b in hash {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-/// Parses 40 hex digits (either case).
-pub(crate) fn parse_hash(s: &str) -> Option<[u8; 20]> {
-    if s.len() != 40 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 20];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
+/// Hashes as text: the store's helpers (lowercase out, either case in).
+pub(crate) use crate::store::keys::{hash_hex as hex, parse_hash};
 
 /// What a revision string names.
 pub(crate) enum Resolved {
@@ -217,6 +199,15 @@ impl Repo {
         tip
     }
 
+    /// The default branch's tip (`None`: no default branch, or no commits).
+    pub(crate) fn main_tip(&self) -> Option<u32> {
+        self.mainbranch
+            .as_ref()
+            .and_then(|b| self.branches.get(b))
+            .copied()
+            .flatten()
+    }
+
     /// Resolves a branch name, a 40-hex hash or a unique hex prefix (7+ digits)
     /// of a commit still reachable from some branch.
     pub(crate) fn resolve(&self, rev: &str) -> Resolved {
@@ -224,7 +215,7 @@ impl Repo {
             return Resolved::Branch(*tip);
         }
         let g = &self.graph;
-        if let Some(h) = parse_hash(&rev.to_ascii_lowercase()) {
+        if let Some(h) = parse_hash(rev) {
             return match g.index.get(&h) {
                 Some(&i) if g.alive[i as usize] => Resolved::Commit(i),
                 _ => Resolved::Unknown,

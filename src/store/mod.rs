@@ -312,17 +312,23 @@ impl StoredCommit {
 
     /// The full record, given the repository it belongs to.
     pub fn to_record(&self, repo: &RepoState) -> CommitRecord {
+        self.clone().into_record(repo)
+    }
+
+    /// The full record, moving this commit's fields into it (queries and
+    /// export drop the stored form right after).
+    pub fn into_record(self, repo: &RepoState) -> CommitRecord {
         CommitRecord {
             workspace: repo.workspace.clone(),
             repo: repo.slug.clone(),
             repo_uuid: repo.uuid.clone(),
-            branch: self.branch.clone(),
-            hash: self.hash.clone(),
+            branch: self.branch,
+            hash: self.hash,
             date: self.date,
-            author: self.author.clone(),
-            committer: self.committer.clone(),
-            message: self.message.clone(),
-            parents: self.parents.clone(),
+            author: self.author,
+            committer: self.committer,
+            message: self.message,
+            parents: self.parents,
             reachable: self.reachable,
         }
     }
@@ -382,24 +388,23 @@ impl AuthorRecord {
                 changed = true;
             }
         }
-        let latest = (
-            a.raw.clone(),
-            a.name.clone(),
-            a.email.clone(),
-            a.display_name.clone(),
+        let current = (
+            self.raw.as_deref(),
+            self.name.as_deref(),
+            self.email.as_deref(),
+            self.display_name.as_deref(),
         );
-        if a.raw.is_some()
-            && (
-                self.raw.clone(),
-                self.name.clone(),
-                self.email.clone(),
-                self.display_name.clone(),
-            ) != latest
-        {
-            self.raw = latest.0;
-            self.name = latest.1;
-            self.email = latest.2;
-            self.display_name = latest.3.or(self.display_name.take());
+        let latest = (
+            a.raw.as_deref(),
+            a.name.as_deref(),
+            a.email.as_deref(),
+            a.display_name.as_deref(),
+        );
+        if a.raw.is_some() && current != latest {
+            self.raw = a.raw.clone();
+            self.name = a.name.clone();
+            self.email = a.email.clone();
+            self.display_name = a.display_name.clone().or(self.display_name.take());
             changed = true;
         }
         if self.uuid.is_none() && a.uuid.is_some() {
@@ -863,26 +868,23 @@ impl Store {
     /// Commits whose hash starts with `prefix` (hex), across repositories:
     /// (hash, repository id) pairs. One short range scan per repository.
     pub fn find_hash_prefix(&self, prefix: &str) -> Result<Vec<(Hash, u32)>, StoreError> {
-        let prefix = prefix.to_ascii_lowercase();
-        let even = &prefix[..prefix.len() - prefix.len() % 2];
-        let Some(bytes) = (0..even.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&even[i..i + 2], 16).ok())
-            .collect::<Option<Vec<u8>>>()
-        else {
+        // The hashes it can name: from the prefix padded with 0s to it
+        // padded with fs (nothing when it is not hex, or too long).
+        let (Some(lo), Some(hi)) = (
+            keys::parse_hash(&format!("{prefix:0<40}")),
+            keys::parse_hash(&format!("{prefix:f<40}")),
+        ) else {
             return Ok(vec![]);
         };
         let mut out = Vec::new();
         for repo in self.repos()? {
-            let mut scan = keys::commit_prefix(repo.id);
-            let skip = scan.len();
-            scan.extend(&bytes);
-            for kv in self.db.scan_prefix(scan) {
+            let skip = keys::commit_prefix(repo.id).len();
+            for kv in self
+                .db
+                .range(keys::commit(repo.id, &lo)..=keys::commit(repo.id, &hi))
+            {
                 let (k, _) = kv.map_err(|e| self.err(e))?;
-                let Ok(hash) = Hash::try_from(&k[skip..]) else {
-                    continue;
-                };
-                if hash_hex(&hash).starts_with(&prefix) {
+                if let Ok(hash) = Hash::try_from(&k[skip..]) {
                     out.push((hash, repo.id));
                 }
             }
