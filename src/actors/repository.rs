@@ -299,7 +299,6 @@ async fn walk(
             new_walk(&branch, if full { None } else { repo.head.clone() }, repo)
         }
     };
-    let first_crawl = repo.head.is_none() && repo.commits_stored == 0;
     let mut restarted = false;
     loop {
         if job.stop.load(Ordering::Relaxed) {
@@ -386,7 +385,7 @@ async fn walk(
             .iter()
             .map(|c| c.to_record(&job.workspace, &repo.slug, &repo.uuid, &branch))
             .collect();
-        if first_crawl {
+        if walk.is_first_crawl() {
             if let Some(since) = job.since {
                 let before = records.len();
                 records.retain(|r| r.date >= since);
@@ -471,5 +470,87 @@ fn new_walk(branch: &str, since_head: Option<String>, repo: &RepoState) -> Walk 
         full,
         pages: 0,
         started_at: Utc::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::actors::{run_pass, PassOptions, Quiet};
+    use crate::bitbucket::{BitbucketClient, ClientOptions};
+    use crate::config::{Credential, Secret};
+    use crate::simulator::{RepoSpec, SimCredential, SimOptions, Simulator};
+    use crate::store::Store;
+
+    /// A first crawl that the budget spreads over several passes stays a
+    /// first crawl: `since` keeps older commits out of every part of it.
+    #[test]
+    fn since_applies_to_a_first_crawl_resumed_in_later_passes() {
+        let system = actix::System::with_tokio_rt(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        });
+        system.block_on(async {
+            let sim = Simulator::new(SimOptions {
+                requests_per_hour: 0,
+                ..SimOptions::default()
+            });
+            sim.add_workspace("acme");
+            sim.add_credential(SimCredential::AccessToken {
+                token: "t".into(),
+                scopes: vec!["repository".into()],
+                workspaces: vec!["acme".into()],
+            });
+            sim.add_repo("acme", RepoSpec::new("old", 1200));
+            let all = sim.branch_commits("acme", "old");
+            let since = all[400].date.with_timezone(&chrono::Utc);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let server = sim.serve(listener).await.unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let mut backfilled = 0;
+            for _ in 0..4 {
+                let mut opts = ClientOptions::new(
+                    url::Url::parse(&server.api_url()).unwrap(),
+                    vec![Credential::AccessToken {
+                        token: Secret::new("t"),
+                    }],
+                );
+                // 4 requests an hour: a pass gets a listing and a few pages.
+                opts.requests_per_hour = 4;
+                opts.request_timeout = Duration::from_secs(86_400);
+                let pass = run_pass(
+                    BitbucketClient::new(opts).unwrap(),
+                    Arc::clone(&store),
+                    PassOptions {
+                        workspaces: vec!["acme".into()],
+                        concurrency: 4,
+                        since: Some(since),
+                        audit_interval: Duration::from_secs(86_400),
+                        ..PassOptions::default()
+                    },
+                    Arc::new(Quiet),
+                    Arc::new(AtomicBool::new(false)),
+                )
+                .await
+                .unwrap();
+                backfilled += pass.backfilling;
+            }
+            assert!(backfilled > 0, "the crawl never spanned passes");
+            let repo = store.repos().unwrap().remove(0);
+            let dates: Vec<_> = store
+                .repo_commits("acme", &repo.uuid)
+                .map(|c| c.unwrap().date)
+                .collect();
+            assert!(dates.len() >= 401, "{} stored", dates.len());
+            let older = dates.iter().filter(|d| **d < since).count();
+            assert_eq!(older, 0, "commits older than since were stored");
+        });
     }
 }

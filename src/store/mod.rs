@@ -173,6 +173,16 @@ pub struct Walk {
     pub started_at: DateTime<Utc>,
 }
 
+impl Walk {
+    /// Whether this walk is the repository's first crawl (no head yet):
+    /// neither an incremental walk (`exclude`) nor a re-walk after a rewrite
+    /// (`full`). Kept with the saved walk, so a first crawl that resumes in a
+    /// later pass is still one (`since` applies to all of it).
+    pub fn is_first_crawl(&self) -> bool {
+        self.exclude.is_empty() && !self.full
+    }
+}
+
 /// Everything the store keeps about one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoState {
