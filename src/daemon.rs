@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::actors::{run_pass, PassError, PassObserver, PassOptions, PassSummary, StopFlag};
-use crate::bitbucket::{ApiError, BitbucketClient};
+use crate::bitbucket::BitbucketClient;
 use crate::output::{self, Format, OutputError, ShowFormat};
 use crate::query::{self, CommitFilter, QueryError};
 use crate::store::Store;
@@ -186,13 +186,9 @@ struct PassFailure {
 /// A short, stable code for a pass failure (the `verify` codes for API errors).
 fn failure_code(e: &PassError) -> &'static str {
     match e {
-        PassError::Api { source, .. } => match source {
-            ApiError::InvalidCredentials { .. } => "invalid_credentials",
-            ApiError::InvalidPermissions { .. } => "invalid_permissions",
-            ApiError::NotFound { .. } | ApiError::Rejected { status: 410, .. } => "no_resources",
-            ApiError::Connection { .. } => "connection_failed",
-            _ => "api_error",
-        },
+        PassError::Api { source, .. } => {
+            crate::verify::VerifyCode::of(source).map_or("api_error", |c| c.as_str())
+        }
         PassError::Store(_) => "store_error",
         PassError::Glob { .. } => "invalid_glob",
         PassError::Internal(_) => "internal",

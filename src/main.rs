@@ -30,13 +30,11 @@ use bbcrawl::verify::{self, VerifyReport};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use std::io::Write as _;
 
-/// Exit codes of SPEC section 9.
+/// Exit codes of SPEC section 9; 3, 4 and 5 (`invalid_credentials`,
+/// `invalid_permissions`, `no_resources`) are `VerifyCode::exit_code`.
 mod exit {
     pub const RUNTIME: u8 = 1;
     pub const USAGE: u8 = 2;
-    pub const INVALID_CREDENTIALS: u8 = 3;
-    pub const INVALID_PERMISSIONS: u8 = 4;
-    pub const NO_RESOURCES: u8 = 5;
     pub const SOME_FAILED: u8 = 6;
     pub const LOCKED: u8 = 7;
 }
@@ -358,14 +356,8 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
         Some(PassError::Glob { .. }) => return exit::USAGE,
         _ => err.downcast_ref::<ApiError>(),
     };
-    match api {
-        Some(ApiError::InvalidCredentials { .. }) => exit::INVALID_CREDENTIALS,
-        Some(ApiError::InvalidPermissions { .. }) => exit::INVALID_PERMISSIONS,
-        Some(ApiError::NotFound { .. }) | Some(ApiError::Rejected { status: 410, .. }) => {
-            exit::NO_RESOURCES
-        }
-        _ => exit::RUNTIME,
-    }
+    api.and_then(verify::VerifyCode::of)
+        .map_or(exit::RUNTIME, verify::VerifyCode::exit_code)
 }
 
 /// A command line that parses but cannot be acted on (exit 2).

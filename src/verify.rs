@@ -34,6 +34,21 @@ pub enum VerifyCode {
 }
 
 impl VerifyCode {
+    /// The DX code an API error stands for: 401, 403, 404 or 410 (a
+    /// workspace marked as spam), or a connection that failed. `None` for
+    /// anything else (a 5xx that outlived its retries, a refused link, …).
+    pub fn of(e: &ApiError) -> Option<VerifyCode> {
+        match e {
+            ApiError::InvalidCredentials { .. } => Some(VerifyCode::InvalidCredentials),
+            ApiError::InvalidPermissions { .. } => Some(VerifyCode::InvalidPermissions),
+            ApiError::NotFound { .. } | ApiError::Rejected { status: 410, .. } => {
+                Some(VerifyCode::NoResources)
+            }
+            ApiError::Connection { .. } => Some(VerifyCode::ConnectionFailed),
+            _ => None,
+        }
+    }
+
     /// The code as printed.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -296,18 +311,13 @@ fn credential_label(c: &Credential, index: usize, total: usize) -> String {
 
 fn failure(e: &ApiError, ws: &str, cred: &Credential, label: &str, url: &Url) -> VerifyFailure {
     let kind = cred.kind();
-    let (code, granted, required) = match e {
-        ApiError::InvalidCredentials { .. } => (VerifyCode::InvalidCredentials, None, None),
+    // Whatever is not one of the others: the server could not be used.
+    let code = VerifyCode::of(e).unwrap_or(VerifyCode::ConnectionFailed);
+    let (granted, required) = match e {
         ApiError::InvalidPermissions {
             granted, required, ..
-        } => (
-            VerifyCode::InvalidPermissions,
-            granted.clone(),
-            required.clone(),
-        ),
-        ApiError::NotFound { .. } => (VerifyCode::NoResources, None, None),
-        ApiError::Rejected { status: 410, .. } => (VerifyCode::NoResources, None, None),
-        _ => (VerifyCode::ConnectionFailed, None, None),
+        } => (granted.clone(), required.clone()),
+        _ => (None, None),
     };
     let required = required.or_else(|| {
         (code == VerifyCode::InvalidPermissions).then(|| vec![required_scope(kind).to_owned()])
