@@ -1044,17 +1044,24 @@ fn resolve_since(
 
 /// RFC 3339 (`2024-05-01T12:00:00Z`) or a date (`2024-05-01`, midnight UTC).
 fn parse_since(raw: &str) -> Result<DateTime<Utc>, String> {
+    parse_instant(raw).ok_or_else(|| {
+        format!(
+            "must be a date (YYYY-MM-DD, midnight UTC) or an RFC 3339 date-time with offset like 2024-05-01T12:00:00Z (got {:?})",
+            raw.trim()
+        )
+    })
+}
+
+/// A moment as users give one (`since`, `--since`, `--until`): RFC 3339 with
+/// any offset, or `YYYY-MM-DD` meaning midnight UTC.
+pub fn parse_instant(raw: &str) -> Option<DateTime<Utc>> {
     let raw = raw.trim();
     if let Ok(date) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+        return Some(date.and_time(chrono::NaiveTime::MIN).and_utc());
     }
     DateTime::parse_from_rfc3339(raw)
+        .ok()
         .map(|dt| dt.with_timezone(&Utc))
-        .map_err(|_| {
-            format!(
-                "must be a date (YYYY-MM-DD, midnight UTC) or an RFC 3339 date-time with offset like 2024-05-01T12:00:00Z (got {raw:?})"
-            )
-        })
 }
 
 /// Description of an integer key: its names in each source and its range.

@@ -702,63 +702,65 @@ fn content_type(format: Format) -> &'static str {
     }
 }
 
+/// The filter and format of `commits` and `authors`.
+fn filter_query(raw: Option<&str>) -> Result<(query::CommitFilter, Format), ApiFailure> {
+    let p = Params::parse(raw, &FILTER_PARAMS)?;
+    Ok((p.filter()?, p.format(&QUERY_FORMATS)?))
+}
+
 /// `GET /api/v1/commits`: `query commits`.
-async fn api_commits(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let parsed = Params::parse(raw.as_deref(), &FILTER_PARAMS)
-        .and_then(|p| Ok((p.filter()?, p.format(&QUERY_FORMATS)?)));
-    let (filter, format) = match parsed {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    stream(s.store, content_type(format), move |store, out| {
+async fn api_commits(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiFailure> {
+    let (filter, format) = filter_query(raw.as_deref())?;
+    Ok(stream(s.store, content_type(format), move |store, out| {
         let rows = query::commits(store, &filter)?;
         output::write_rows(out, format, usize::MAX, rows)
     })
-    .await
+    .await)
 }
 
 /// `GET /api/v1/repos`: `query repos`.
-async fn api_repos(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+async fn api_repos(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiFailure> {
     let parsed = Params::parse(raw.as_deref(), &["workspace", "format"])
         .and_then(|p| Ok((p.one("workspace")?, p.format(&QUERY_FORMATS)?)));
-    let (workspace, format) = match parsed {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    stream(s.store, content_type(format), move |store, out| {
+    let (workspace, format) = parsed?;
+    Ok(stream(s.store, content_type(format), move |store, out| {
         let rows = query::repos(store, workspace.as_deref())?;
         output::write_rows(out, format, usize::MAX, rows.into_iter().map(Ok))
     })
-    .await
+    .await)
 }
 
 /// `GET /api/v1/authors`: `query authors`.
-async fn api_authors(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let parsed = Params::parse(raw.as_deref(), &FILTER_PARAMS)
-        .and_then(|p| Ok((p.filter()?, p.format(&QUERY_FORMATS)?)));
-    let (filter, format) = match parsed {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    stream(s.store, content_type(format), move |store, out| {
+async fn api_authors(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiFailure> {
+    let (filter, format) = filter_query(raw.as_deref())?;
+    Ok(stream(s.store, content_type(format), move |store, out| {
         let rows = query::authors(store, &filter)?;
         output::write_rows(out, format, usize::MAX, rows.into_iter().map(Ok))
     })
-    .await
+    .await)
 }
 
 /// `GET /api/v1/stats`: `query stats`.
-async fn api_stats(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+async fn api_stats(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiFailure> {
     let format =
-        match Params::parse(raw.as_deref(), &["format"]).and_then(|p| p.format(&QUERY_FORMATS)) {
-            Ok(v) => v,
-            Err(e) => return e.into_response(),
-        };
-    stream(s.store, content_type(format), move |store, out| {
+        Params::parse(raw.as_deref(), &["format"]).and_then(|p| p.format(&QUERY_FORMATS))?;
+    Ok(stream(s.store, content_type(format), move |store, out| {
         let stats = query::stats(store)?;
         output::write_stats(out, format, usize::MAX, stats)
     })
-    .await
+    .await)
 }
 
 /// `GET /api/v1/show/{hash}?format=json|text` (default json): `show`.
@@ -766,7 +768,7 @@ async fn api_show(
     State(s): State<AppState>,
     UrlPath(hash): UrlPath<String>,
     RawQuery(raw): RawQuery,
-) -> Response {
+) -> Result<Response, ApiFailure> {
     let parsed = Params::parse(raw.as_deref(), &["format"]).and_then(|p| {
         Ok(match p.one("format")?.as_deref() {
             None | Some("json") => ShowFormat::Json,
@@ -774,35 +776,32 @@ async fn api_show(
             Some(v) => return Err(ApiFailure::bad(format!("format={v:?}: give json or text"))),
         })
     });
-    let format = match parsed {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
+    let format = parsed?;
     let ct = match format {
         ShowFormat::Json => "application/json",
         ShowFormat::Text => "text/plain; charset=utf-8",
     };
-    stream(s.store, ct, move |store, out| {
+    Ok(stream(s.store, ct, move |store, out| {
         let records = query::show(store, &hash)?;
         output::write_show(out, format, &records)
     })
-    .await
+    .await)
 }
 
 /// `GET /api/v1/export?all=&format=ndjson|csv` (default ndjson): `export`,
 /// streamed.
-async fn api_export(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+async fn api_export(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiFailure> {
     let parsed = Params::parse(raw.as_deref(), &["all", "format"])
         .and_then(|p| Ok((p.flag("all")?, p.format(&EXPORT_FORMATS)?)));
-    let (all, format) = match parsed {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    stream(s.store, content_type(format), move |store, out| {
+    let (all, format) = parsed?;
+    Ok(stream(s.store, content_type(format), move |store, out| {
         let rows = query::export(store, all)?;
         output::write_rows(out, format, usize::MAX, rows)
     })
-    .await
+    .await)
 }
 
 /// What the blocking writer sends to the response body.

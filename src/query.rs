@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::record::CommitRecord;
@@ -152,18 +152,11 @@ fn candidates<'a>(
 /// `--since` / `--until`: RFC 3339 with any offset, or `YYYY-MM-DD`
 /// (midnight UTC).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    let t = s.trim();
-    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        return Ok(dt.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        if let Some(dt) = d.and_hms_opt(0, 0, 0) {
-            return Ok(dt.and_utc());
-        }
-    }
-    Err(format!(
-        "{s:?} is not a date: give RFC 3339 (2024-05-01T12:00:00+02:00) or YYYY-MM-DD (midnight UTC)"
-    ))
+    crate::config::parse_instant(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a date: give RFC 3339 (2024-05-01T12:00:00+02:00) or YYYY-MM-DD (midnight UTC)"
+        )
+    })
 }
 
 /// Commits matching `f`, newest first (by instant, then hash, then

@@ -80,6 +80,34 @@ pub struct RepoOutcome {
     pub audit_found: bool,
 }
 
+impl RepoOutcome {
+    /// A repository that failed before (or without) crawling: nothing done.
+    pub fn failed(
+        workspace: String,
+        full_name: String,
+        uuid: String,
+        reason: Reason,
+        error: String,
+    ) -> RepoOutcome {
+        RepoOutcome {
+            workspace,
+            full_name,
+            uuid,
+            status: RepoStatus::Failed,
+            new_commits: 0,
+            pages: 0,
+            orphaned: 0,
+            events: vec![],
+            error: Some(error),
+            fatal: None,
+            interrupted: false,
+            reason,
+            paused: false,
+            audit_found: false,
+        }
+    }
+}
+
 /// Asks the repository actor to crawl; answered when it is done.
 #[derive(Message)]
 #[rtype(result = "RepoOutcome")]
@@ -109,22 +137,13 @@ impl Handler<Crawl> for RepoActor {
             Some(job) => Box::pin(crawl(job)),
             None => Box::pin(async {
                 // One actor, one crawl: a second message is a supervisor bug.
-                RepoOutcome {
-                    workspace: String::new(),
-                    full_name: String::new(),
-                    uuid: String::new(),
-                    status: RepoStatus::Failed,
-                    new_commits: 0,
-                    pages: 0,
-                    orphaned: 0,
-                    events: vec![],
-                    error: Some("repository actor asked to crawl twice".into()),
-                    fatal: None,
-                    interrupted: false,
-                    reason: Reason::Forced,
-                    paused: false,
-                    audit_found: false,
-                }
+                RepoOutcome::failed(
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    Reason::Forced,
+                    "repository actor asked to crawl twice".into(),
+                )
             }),
         }
     }

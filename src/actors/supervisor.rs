@@ -68,6 +68,12 @@ pub enum PassError {
     Internal(String),
 }
 
+impl From<actix::MailboxError> for PassError {
+    fn from(e: actix::MailboxError) -> PassError {
+        PassError::Internal(e.to_string())
+    }
+}
+
 /// Runs one pass: starts the writer and the supervisor, crawls, flushes,
 /// and returns the summary. Must be called inside an actix `System`.
 pub async fn run_pass(
@@ -87,15 +93,9 @@ pub async fn run_pass(
         stop,
     }
     .start();
-    let result = supervisor
-        .send(RunPass(opts))
-        .await
-        .map_err(|e| PassError::Internal(e.to_string()))?;
+    let result = supervisor.send(RunPass(opts)).await?;
     // Whatever happened, what was stored is flushed before reporting.
-    writer
-        .send(Flush)
-        .await
-        .map_err(|e| PassError::Internal(e.to_string()))??;
+    writer.send(Flush).await??;
     result
 }
 
@@ -206,10 +206,7 @@ impl Pass {
                     repo.status = RepoStatus::Deleted;
                     repo.record_event(Utc::now(), RepoEventKind::Deleted);
                     tracing::info!(repo = %repo.full_name, "repository no longer listed: marked deleted");
-                    self.writer
-                        .send(PutRepo(repo))
-                        .await
-                        .map_err(|e| PassError::Internal(e.to_string()))??;
+                    self.writer.send(PutRepo(repo)).await??;
                     summary.deleted += 1;
                 }
             }
@@ -268,10 +265,7 @@ impl Pass {
                 if let Some(mut repo) = stored {
                     if repo.last_decision.as_deref() != Some(p.reason.as_str()) {
                         repo.last_decision = Some(p.reason.as_str().to_owned());
-                        self.writer
-                            .send(PutRepo(repo))
-                            .await
-                            .map_err(|e| PassError::Internal(e.to_string()))??;
+                        self.writer.send(PutRepo(repo)).await??;
                     }
                 }
                 continue;
@@ -367,8 +361,7 @@ impl Pass {
                 key: keys::META_LAST_PASS,
                 value,
             })
-            .await
-            .map_err(|e| PassError::Internal(e.to_string()))??;
+            .await??;
         Ok(summary)
     }
 }
@@ -383,21 +376,12 @@ async fn crawl_one(job: RepoJob) -> RepoOutcome {
     let actor = RepoActor::new(job).start();
     match actor.send(Crawl).await {
         Ok(outcome) => outcome,
-        Err(e) => RepoOutcome {
+        Err(e) => RepoOutcome::failed(
             workspace,
             full_name,
             uuid,
-            status: RepoStatus::Failed,
-            new_commits: 0,
-            pages: 0,
-            orphaned: 0,
-            events: vec![],
-            error: Some(format!("repository actor died: {e}")),
-            fatal: None,
-            interrupted: false,
             reason,
-            paused: false,
-            audit_found: false,
-        },
+            format!("repository actor died: {e}"),
+        ),
     }
 }

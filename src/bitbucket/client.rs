@@ -19,7 +19,7 @@ use url::Url;
 use super::budget::{Outcome, RateBudget, RateLimitBackoff};
 use super::error::ApiError;
 use super::models::{Commit, ErrorBody, Page, Repository, COMMIT_FIELDS, REPOSITORY_FIELDS};
-use crate::config::{Config, Credential};
+use crate::config::{self, Config, Credential};
 use crate::telemetry;
 
 /// Largest response body accepted (a commit page with long messages is a
@@ -100,12 +100,12 @@ impl ClientOptions {
         ClientOptions {
             api_url,
             credentials,
-            requests_per_hour: 1000,
-            max_in_flight: 4,
-            page_size: 100,
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(60),
-            max_retries: 10,
+            requests_per_hour: config::DEFAULT_REQUESTS_PER_HOUR,
+            max_in_flight: config::DEFAULT_MAX_IN_FLIGHT,
+            page_size: config::DEFAULT_PAGE_SIZE,
+            connect_timeout: Duration::from_secs(config::DEFAULT_CONNECT_TIMEOUT_SECONDS),
+            request_timeout: Duration::from_secs(config::DEFAULT_REQUEST_TIMEOUT_SECONDS),
+            max_retries: config::DEFAULT_MAX_RETRIES,
             retry_backoff: RetryBackoff::default(),
             rate_limit_backoff: RateLimitBackoff::default(),
         }
@@ -808,14 +808,7 @@ fn client_error(status: StatusCode, body: &[u8]) -> ApiError {
             message,
             shas: parsed
                 .as_ref()
-                .and_then(|b| b.error.data.as_ref())
-                .and_then(|d| d.get("shas"))
-                .and_then(|s| s.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
+                .and_then(|b| b.error.shas())
                 .unwrap_or_default(),
         },
         s => ApiError::Rejected { status: s, message },

@@ -191,14 +191,24 @@ impl ErrorDetail {
         self.scope_list("required")
     }
 
-    fn scope_list(&self, key: &str) -> Option<Vec<String>> {
-        let list = self.detail.as_ref()?.get(key)?.as_array()?;
-        Some(
-            list.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-        )
+    /// Unknown revisions Bitbucket names in `data.shas` (404s).
+    pub fn shas(&self) -> Option<Vec<String>> {
+        str_list(self.data.as_ref(), "shas")
     }
+
+    fn scope_list(&self, key: &str) -> Option<Vec<String>> {
+        str_list(self.detail.as_ref(), key)
+    }
+}
+
+/// The strings of the array under `key` of a JSON object, if there is one.
+fn str_list(v: Option<&serde_json::Value>, key: &str) -> Option<Vec<String>> {
+    let list = v?.get(key)?.as_array()?;
+    Some(
+        list.iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+    )
 }
 
 impl Actor {
