@@ -106,10 +106,7 @@ async fn a_world_readable_config_with_an_inline_secret_is_refused() {
 #[tokio::test]
 async fn simulate_prints_how_to_use_it_and_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"))
         .current_dir(dir.path())

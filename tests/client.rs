@@ -8,13 +8,6 @@ use bbcrawl::simulator::{Fault, RepoSpec};
 
 use crate::util::*;
 
-fn hashes(sim: &bbcrawl::simulator::Simulator, slug: &str) -> Vec<String> {
-    sim.branch_commits(WS, slug)
-        .into_iter()
-        .map(|c| c.hash)
-        .collect()
-}
-
 #[tokio::test]
 async fn repository_pager_returns_every_repository_over_three_pages() {
     let sim = world(0);
@@ -64,7 +57,7 @@ async fn commit_pager_returns_the_default_branch_exactly_in_order() {
         .await
         .unwrap();
     let got: Vec<String> = commits.iter().map(|c| c.hash.clone()).collect();
-    assert_eq!(got, hashes(&sim, "payments-api"));
+    assert_eq!(got, branch_hashes(&sim, WS, "payments-api"));
     assert!(
         commits.iter().any(|c| c.parents.len() == 2),
         "merges present"
@@ -173,7 +166,7 @@ async fn transient_faults_are_retried_and_the_result_is_still_exact() {
         .await
         .unwrap();
     let got: Vec<String> = got.into_iter().map(|c| c.hash).collect();
-    assert_eq!(got, hashes(&sim, "svc"));
+    assert_eq!(got, branch_hashes(&sim, WS, "svc"));
     let commit_requests = sim
         .requests()
         .iter()
@@ -238,7 +231,7 @@ async fn unknown_excluded_head_is_a_not_found_with_the_hash() {
     let sim = world(0);
     sim.add_repo(WS, RepoSpec::new("svc", 20));
     let server = serve(&sim).await;
-    let head = hashes(&sim, "svc")[0].clone();
+    let head = branch_hashes(&sim, WS, "svc")[0].clone();
     sim.force_push(WS, "svc", 3, 2);
     let err = client(&server)
         .commits(WS, "svc", "main", std::slice::from_ref(&head))

@@ -9,11 +9,11 @@ use bbcrawl::record::CommitRecord;
 use bbcrawl::simulator::{
     Fault, RepoSpec, RequestRecord, SimCommit, SimCredential, SimOptions, Simulator,
 };
-use bbcrawl::store::{RepoState, RepoStatus, Store};
+use bbcrawl::store::{RepoState, RepoStatus};
 
 use crate::util::{
-    bbcrawl, serve, stderr, stdout, store_records, store_repos, sync, world, API_TOKEN, EMAIL,
-    TOKEN, WS,
+    bbcrawl, branch_truth, fresh_store, open_store, serve, stderr, stdout, store_records,
+    store_repos, sync, world, API_TOKEN, EMAIL, TOKEN, WS,
 };
 
 /// Page size bbcrawl asks for by default (and the simulator's maximum).
@@ -103,17 +103,6 @@ fn summary_number(out: &str, label: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no number before {label:?} in {line:?}"))
 }
 
-/// The truth: every repository's default-branch commits, by slug.
-fn truth(sim: &Simulator) -> BTreeMap<String, Vec<SimCommit>> {
-    sim.repos(WS)
-        .into_iter()
-        .map(|r| {
-            let commits = sim.branch_commits(WS, &r.slug);
-            (r.slug, commits)
-        })
-        .collect()
-}
-
 /// The store holds exactly the simulator's default-branch commits of every
 /// repository: same hashes, no duplicates, and each record's date, author,
 /// message and parents as served.
@@ -172,28 +161,10 @@ enum Before {
     Done,
 }
 
-/// Opens the store a killed or finished child left behind. A `Locked`
-/// answer is retried briefly (and reported): the child has exited, so only
-/// a lingering lock could cause it; any other error fails the test.
-fn open_after_child(store: &Path) -> Store {
-    for attempt in 0.. {
-        match Store::open(store) {
-            Ok(s) => return s,
-            Err(bbcrawl::store::StoreError::Locked { .. }) if attempt < 40 => {
-                eprintln!("store still locked after the child exited (attempt {attempt})");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("cannot open the store after a run: {e}"),
-        }
-    }
-    unreachable!()
-}
-
+/// The repository `slug` in the store a killed or finished child left
+/// behind, if it got that far.
 fn repo_by_slug(store: &Path, slug: &str) -> Option<RepoState> {
-    let repos = open_after_child(store)
-        .repos()
-        .expect("readable repositories");
-    repos.into_iter().find(|r| r.slug == slug)
+    store_repos(store).into_iter().find(|r| r.slug == slug)
 }
 
 fn before_of(state: Option<RepoState>) -> Before {
@@ -211,7 +182,7 @@ fn before_of(state: Option<RepoState>) -> Before {
 /// the stored data, the stored count matches the stored commits, and nothing
 /// foreign is stored. Returns the saved walk pages of `big` (0 if none).
 fn assert_cursor_not_ahead(store: &Path, truth: &BTreeMap<String, Vec<SimCommit>>) -> u64 {
-    let s = open_after_child(store);
+    let s = open_store(store);
     let mut big_pages = 0;
     for repo in s.repos().unwrap() {
         let truth = &truth[&repo.slug];
@@ -322,7 +293,7 @@ async fn resumes_from_saved_cursor_after_sigkill() {
     let mut store = dir.path().join("store-0");
     let log = dir.path().join("bbcrawl.log");
     let mut env = sync_env(&api, &store);
-    let truth = truth(&sim);
+    let truth = branch_truth(&sim, WS);
     let big_path = format!("/2.0/repositories/{WS}/big/commits/main");
 
     // Requests of each run: (state of big before it, range in the log).
@@ -473,8 +444,7 @@ async fn survives_a_429_storm_with_faults() {
     sim.set_latency(LATENCY);
     let server = serve(&sim).await;
     let api = server.api_url();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (dir, store) = fresh_store();
     let store_s = store.to_string_lossy().into_owned();
     // Stalls (2 s) are cut off by the 1 s timeout; 429s and faults never
     // exhaust 50 retries.
@@ -585,10 +555,10 @@ async fn full_sync_twice_gives_identical_store_contents() {
             merges: false,
         },
     );
-    let total: usize = truth(&sim).values().map(Vec::len).sum();
+    let total: usize = branch_truth(&sim, WS).values().map(Vec::len).sum();
     let server = serve(&sim).await;
     let api = server.api_url();
-    let (_dir, store) = crate::util::fresh_store();
+    let (_dir, store) = fresh_store();
 
     let mut new_commits = Vec::new();
     let mut contents = Vec::new();
@@ -644,8 +614,7 @@ async fn a_repository_that_keeps_failing_is_failed_and_the_others_complete() {
     sim.inject(Some(&bad_path), vec![Fault::Status(500); MAX_RETRIES + 1]);
     let server = serve(&sim).await;
     let api = server.api_url();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (dir, store) = fresh_store();
     let config = config_file(dir.path(), &format!("max_retries = {MAX_RETRIES}\n"));
     let config_s = config.to_string_lossy().into_owned();
 

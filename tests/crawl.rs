@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use bbcrawl::record::CommitRecord;
-use bbcrawl::simulator::{RepoSpec, SimCommit, Simulator};
+use bbcrawl::simulator::{RepoSpec, Simulator};
 use bbcrawl::store::{RepoEventKind, RepoStatus, Store};
 
 use crate::util::*;
@@ -31,37 +31,6 @@ fn workspace() -> Simulator {
     sim
 }
 
-/// Serves `sim` and runs a first `sync` into a fresh store (exit 0); the
-/// temporary directory lives as long as the returned guard.
-async fn synced(
-    sim: &Simulator,
-) -> (
-    bbcrawl::simulator::SimServer,
-    tempfile::TempDir,
-    std::path::PathBuf,
-) {
-    let server = serve(sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let o = sync(&store, &server.api_url(), &[], &[]).await;
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    (server, dir, store)
-}
-
-fn truth(sim: &Simulator) -> HashMap<String, Vec<SimCommit>> {
-    sim.repos(WS)
-        .into_iter()
-        .map(|r| {
-            let commits = if r.mainbranch.is_some() {
-                sim.branch_commits(WS, &r.slug)
-            } else {
-                vec![]
-            };
-            (r.slug, commits)
-        })
-        .collect()
-}
-
 fn by_repo(records: &[CommitRecord]) -> HashMap<String, Vec<&CommitRecord>> {
     let mut m: HashMap<String, Vec<&CommitRecord>> = HashMap::new();
     for r in records {
@@ -79,10 +48,7 @@ fn reachable_hashes(records: &[CommitRecord], repo: &str) -> BTreeSet<String> {
 }
 
 fn truth_hashes(sim: &Simulator, repo: &str) -> BTreeSet<String> {
-    sim.branch_commits(WS, repo)
-        .into_iter()
-        .map(|c| c.hash)
-        .collect()
+    branch_hashes(sim, WS, repo).into_iter().collect()
 }
 
 /// Commits requests in the log, by repository slug.
@@ -98,13 +64,6 @@ fn commit_requests(sim: &Simulator) -> HashMap<String, usize> {
     m
 }
 
-fn listing_requests(sim: &Simulator) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.path == "/2.0/repositories/acme")
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_stores_every_default_branch_exactly() {
     let sim = workspace();
@@ -116,7 +75,7 @@ async fn sync_stores_every_default_branch_exactly() {
 
     let records = store_records(&store);
     let stored = by_repo(&records);
-    let truth = truth(&sim);
+    let truth = branch_truth(&sim, WS);
     let mut total = 0;
     for (slug, want) in &truth {
         let got = stored.get(slug).cloned().unwrap_or_default();
@@ -207,27 +166,16 @@ async fn an_unchanged_sync_costs_only_the_listing() {
     let server = serve(&sim).await;
     let (_dir, store) = fresh_store();
     assert_eq!(
-        sync(
-            &store,
-            &server.api_url(),
-            &[],
-            &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")]
-        )
-        .await
-        .status
-        .code(),
+        sync(&store, &server.api_url(), &[], RARE_AUDITS)
+            .await
+            .status
+            .code(),
         Some(0)
     );
     let before = store_records(&store);
     sim.clear_requests();
 
-    let o = sync(
-        &store,
-        &server.api_url(),
-        &[],
-        &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")],
-    )
-    .await;
+    let o = sync(&store, &server.api_url(), &[], RARE_AUDITS).await;
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains(" 0 new commits"), "{}", stdout(&o));
     assert!(stdout(&o).contains("6 skipped unchanged"), "{}", stdout(&o));
@@ -294,10 +242,7 @@ async fn an_audit_checks_each_repository_with_one_incremental_request() {
     let after = store_records(&store);
     assert_eq!(after.len(), before.len() + 4);
     assert!(quiet.iter().all(|h| after.iter().any(|r| &r.hash == h)));
-    let mobile = store_repos(&store)
-        .into_iter()
-        .find(|r| r.slug == "mobile")
-        .unwrap();
+    let mobile = stored_repo(&store, "mobile");
     assert!(
         mobile
             .events
@@ -332,11 +277,7 @@ async fn pushed_commits_are_fetched_with_one_request_per_hundred() {
         reachable_hashes(&records, "mobile"),
         truth_hashes(&sim, "mobile")
     );
-    let head = store_repos(&store)
-        .into_iter()
-        .find(|r| r.slug == "payments-api")
-        .unwrap()
-        .head;
+    let head = stored_repo(&store, "payments-api").head;
     assert_eq!(head.as_deref(), Some(pushed[0].as_str()));
 }
 
@@ -362,12 +303,7 @@ async fn a_force_push_marks_orphans_unreachable_and_records_the_event() {
         .collect();
     assert_eq!(unreachable, orphaned, "orphans kept and marked");
     let s = open_store(&store);
-    let repo = s
-        .repos()
-        .unwrap()
-        .into_iter()
-        .find(|r| r.slug == "payments-api")
-        .unwrap();
+    let repo = repo_named(&s, "payments-api");
     let c = s
         .commit(WS, &repo.uuid, orphaned.iter().next().unwrap())
         .unwrap()

@@ -562,8 +562,7 @@ async fn query_api_answers_what_the_cli_prints() {
     sim.add_repo(WS, RepoSpec::new("payments-api", 230));
     sim.add_repo(WS, RepoSpec::new("tools", 40));
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (dir, store) = fresh_store();
     // One pass only, so the store does not move under the comparison.
     let daemon = Daemon::start(&store, &server.api_url(), "3600").await;
     daemon.wait_health(200, "ok", Duration::from_secs(15)).await;
@@ -722,11 +721,7 @@ async fn sigterm_mid_crawl_exits_cleanly_and_sync_resumes() {
         "sync started over instead of resuming: {first:?}"
     );
     let stored: BTreeSet<String> = store_records(&store).into_iter().map(|r| r.hash).collect();
-    let truth: BTreeSet<String> = sim
-        .branch_commits(WS, "monorepo")
-        .into_iter()
-        .map(|c| c.hash)
-        .collect();
+    let truth: BTreeSet<String> = branch_hashes(&sim, WS, "monorepo").into_iter().collect();
     assert_eq!(stored.len(), 20_000);
     assert_eq!(stored, truth);
 }
@@ -766,8 +761,7 @@ async fn cli_queries_during_a_running_daemon_equal_those_after_it_stopped() {
     sim.add_repo(WS, RepoSpec::new("payments-api", 230));
     sim.add_repo(WS, RepoSpec::new("tools", 40));
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (dir, store) = fresh_store();
     let daemon = Daemon::start(&store, &server.api_url(), "3600").await;
     daemon.wait_health(200, "ok", Duration::from_secs(15)).await;
     let hash = sim.branch_commits(WS, "tools")[3].hash.clone();
@@ -846,8 +840,7 @@ async fn a_locked_store_whose_holder_does_not_answer_is_exit_7() {
     let sim = world(0);
     sim.add_repo(WS, RepoSpec::new("tools", 10));
     let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (dir, store) = fresh_store();
     assert_eq!(
         sync(&store, &server.api_url(), &[], &[])
             .await
@@ -862,11 +855,7 @@ async fn a_locked_store_whose_holder_does_not_answer_is_exit_7() {
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert!(stderr(&o).contains("locked"), "{}", stderr(&o));
     // An address file left by a daemon that is gone.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     std::fs::write(
         store.join("daemon.json"),
         format!("{{\"addr\":\"127.0.0.1:{port}\",\"pid\":999999}}"),

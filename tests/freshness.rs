@@ -14,16 +14,6 @@ use bbcrawl::store::{RepoEventKind, Store};
 
 use crate::util::*;
 
-/// Audits so rare that none falls between two passes of a test.
-const RARE_AUDITS: [(&str, &str); 1] = [("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")];
-
-fn listing_requests(sim: &Simulator) -> usize {
-    sim.requests()
-        .iter()
-        .filter(|r| r.path == "/2.0/repositories/acme")
-        .count()
-}
-
 /// Commits requests by slug, in arrival order.
 fn commit_requests(sim: &Simulator) -> Vec<String> {
     sim.requests()
@@ -44,17 +34,9 @@ fn stored_hashes(store: &std::path::Path) -> BTreeMap<String, BTreeSet<String>> 
 }
 
 fn truth(sim: &Simulator) -> BTreeMap<String, BTreeSet<String>> {
-    sim.repos(WS)
+    branch_truth(sim, WS)
         .into_iter()
-        .map(|r| {
-            (
-                r.slug.clone(),
-                sim.branch_commits(WS, &r.slug)
-                    .into_iter()
-                    .map(|c| c.hash)
-                    .collect(),
-            )
-        })
+        .map(|(slug, commits)| (slug, commits.into_iter().map(|c| c.hash).collect()))
         .collect()
 }
 
@@ -71,7 +53,7 @@ async fn an_unchanged_pass_over_2000_repositories_costs_only_the_listing() {
     }
     let server = serve(&sim).await;
     let (_dir, store) = fresh_store();
-    let o = sync(&store, &server.api_url(), &[], &RARE_AUDITS).await;
+    let o = sync(&store, &server.api_url(), &[], RARE_AUDITS).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(listing_requests(&sim), 20);
     assert_eq!(
@@ -81,7 +63,7 @@ async fn an_unchanged_pass_over_2000_repositories_costs_only_the_listing() {
     );
 
     sim.clear_requests();
-    let o = sync(&store, &server.api_url(), &[], &RARE_AUDITS).await;
+    let o = sync(&store, &server.api_url(), &[], RARE_AUDITS).await;
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
         sim.requests().len(),
@@ -99,7 +81,7 @@ async fn an_unchanged_pass_over_2000_repositories_costs_only_the_listing() {
         .map(|s| sim.push(WS, s, 2))
         .collect();
     sim.clear_requests();
-    let o = sync(&store, &server.api_url(), &[], &RARE_AUDITS).await;
+    let o = sync(&store, &server.api_url(), &[], RARE_AUDITS).await;
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains(" 6 new commits"), "{}", stdout(&o));
     assert_eq!(listing_requests(&sim), 20);
@@ -183,10 +165,7 @@ async fn audits_find_quiet_pushes_within_the_interval_and_changes_go_first() {
     // Every repository was checked within the interval, never all in one pass.
     assert_eq!(checked.len(), 40, "{checked:?}");
     assert!(per_pass.iter().all(|n| *n < 30), "{per_pass:?}");
-    let r17 = store_repos(&store)
-        .into_iter()
-        .find(|r| r.slug == "r17")
-        .unwrap();
+    let r17 = stored_repo(&store, "r17");
     assert!(
         r17.events
             .iter()
@@ -251,24 +230,14 @@ fn a_big_backfill_does_not_delay_a_small_push_by_more_than_one_pass() {
         sim.add_repo(WS, RepoSpec::new("monorepo", 100_000));
         let second = paced_pass(&sim, &server.api_url(), &store, 300).await;
         assert_eq!(second.backfilling, 1, "{second:?}");
-        let big = store
-            .repos()
-            .unwrap()
-            .into_iter()
-            .find(|r| r.slug == "monorepo")
-            .unwrap();
+        let big = repo_named(&store, "monorepo");
         assert!(big.walk.is_some() && big.commits_stored > 0 && big.commits_stored < 100_000);
 
         // A small push elsewhere is in the store after the next pass.
         let pushed = sim.push(WS, "small-3", 3);
         sim.clear_requests();
         let third = paced_pass(&sim, &server.api_url(), &store, 300).await;
-        let small = store
-            .repos()
-            .unwrap()
-            .into_iter()
-            .find(|r| r.slug == "small-3")
-            .unwrap();
+        let small = repo_named(&store, "small-3");
         for h in &pushed {
             assert!(
                 store.commit(WS, &small.uuid, h).unwrap().is_some(),
@@ -287,12 +256,7 @@ fn a_big_backfill_does_not_delay_a_small_push_by_more_than_one_pass() {
             first_commits.path
         );
         assert!(third.new_commits >= 3);
-        let after = store
-            .repos()
-            .unwrap()
-            .into_iter()
-            .find(|r| r.slug == "monorepo")
-            .unwrap();
+        let after = repo_named(&store, "monorepo");
         assert!(
             after.commits_stored > big.commits_stored,
             "the backfill went on"

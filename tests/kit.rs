@@ -762,14 +762,6 @@ struct Prometheus {
     http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Prometheus {
     /// Starts `prometheus` scraping `target` (if any) every second as job
     /// `bbcrawl`, and waits until it is ready.
@@ -785,7 +777,7 @@ impl Prometheus {
         }
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
-        let port = free_port();
+        let port = util::free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = tokio::process::Command::new(binary)
             .arg(format!("--config.file={}", config_file.display()))
@@ -942,8 +934,7 @@ async fn prometheus_scrapes_commits_stored_from_the_daemon() {
     assert!(expected >= 306, "the simulator holds {expected} commits");
     let server = util::serve(&sim).await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (dir, store) = util::fresh_store();
     let log = dir.path().join("bbcrawl.log");
     let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"))
         .arg("run")

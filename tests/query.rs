@@ -43,16 +43,6 @@ struct Fixture {
 
 static FIXTURE: OnceCell<Fixture> = OnceCell::const_new();
 
-fn branch_truth(sim: &bbcrawl::simulator::Simulator, ws: &str) -> HashMap<String, Vec<SimCommit>> {
-    sim.repos(ws)
-        .into_iter()
-        .map(|r| {
-            let c = sim.branch_commits(ws, &r.slug);
-            (r.slug, c)
-        })
-        .collect()
-}
-
 async fn build() -> Fixture {
     let sim = world(0);
     sim.add_repo(WS, RepoSpec::new("svc", 300));
@@ -68,11 +58,7 @@ async fn build() -> Fixture {
         workspaces: vec![WS2.into()],
     });
     sim.add_repo(WS2, RepoSpec::new("svc", 200));
-    let server = serve(&sim).await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let o = sync(&store, &server.api_url(), &[], &[]).await;
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let (server, dir, store) = synced(&sim).await;
     let o = sync(
         &store,
         &server.api_url(),
@@ -148,8 +134,7 @@ struct Copy {
 
 async fn copy() -> (Copy, &'static [Truth]) {
     let f = fixture().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
+    let (dir, store) = fresh_store();
     copy_dir(&f.store, &store);
     (Copy { dir, store }, &f.truth)
 }
@@ -179,12 +164,6 @@ impl Copy {
         all.extend_from_slice(&["--format", "ndjson"]);
         parse_ndjson(&self.ok(&all).await)
     }
-}
-
-fn parse_ndjson<T: serde::de::DeserializeOwned>(s: &str) -> Vec<T> {
-    s.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
 }
 
 /// The filters of `query commits`, applied to the truth.
@@ -865,8 +844,7 @@ async fn show_finds_full_hashes_prefixes_and_forks() {
 /// the simulator's data: this store is written directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ambiguous_prefix_is_refused_with_its_matches() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
+    let (dir, path) = fresh_store();
     {
         let store = open_store(&path);
         let repo = RepoState::new("acme", "{r1}", "svc", "acme/svc", Utc::now());

@@ -21,10 +21,6 @@ use serde_json::{json, Value};
 
 use crate::util::*;
 
-/// Audits so rare that none falls between the test's passes (an unchanged
-/// repository must be skipped).
-const RARE_AUDITS: &[(&str, &str)] = &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")];
-
 /// Items per page, whatever the client asks for.
 const REPO_PAGE: usize = 2;
 const COMMIT_PAGE: usize = 7;
@@ -539,10 +535,7 @@ async fn another_fake_with_its_own_quirks_is_crawled_exactly() {
     )
     .await;
     assert_eq!(q.status.code(), Some(0), "{}", stderr(&q));
-    let lines: Vec<Value> = stdout(&q)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = parse_ndjson(&stdout(&q));
     let reachable = want.values().filter(|(_, r)| *r).count();
     assert_eq!(
         lines.len(),

@@ -6,6 +6,8 @@ use bbcrawl::simulator::*;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use crate::util::{branch_hashes, serve};
+
 const TOKEN: &str = "t-access";
 const WS: &str = "acme";
 
@@ -26,11 +28,6 @@ fn sim() -> Simulator {
         requests_per_hour: 0,
         ..SimOptions::default()
     })
-}
-
-async fn start(sim: &Simulator) -> SimServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    sim.serve(listener).await.unwrap()
 }
 
 struct Reply {
@@ -84,20 +81,13 @@ fn hashes(pages: &[Value]) -> Vec<String> {
         .collect()
 }
 
-fn truth(sim: &Simulator, slug: &str) -> Vec<String> {
-    sim.branch_commits(WS, slug)
-        .into_iter()
-        .map(|c| c.hash)
-        .collect()
-}
-
 #[tokio::test]
 async fn listing_250_repos_over_three_pages() {
     let sim = sim();
     for i in 0..250 {
         sim.add_repo(WS, RepoSpec::new(&format!("repo-{i:03}"), 1));
     }
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let pages = pages(&format!("{}/repositories/{WS}?pagelen=100", srv.api_url())).await;
     assert_eq!(pages.len(), 3);
     let sizes: Vec<usize> = pages
@@ -140,7 +130,7 @@ async fn listing_250_repos_over_three_pages() {
 async fn commit_paging_returns_branch_commits_in_order() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("big", 1000));
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let pages = pages(&format!(
         "{}/repositories/{WS}/big/commits/main?pagelen=100",
         srv.api_url()
@@ -231,11 +221,11 @@ async fn commit_paging_returns_branch_commits_in_order() {
 async fn exclude_old_head_returns_exactly_the_pushed_commits() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("r", 200));
-    let srv = start(&sim).await;
-    let old = truth(&sim, "r")[0].clone();
+    let srv = serve(&sim).await;
+    let old = branch_hashes(&sim, WS, "r")[0].clone();
     let pushed = sim.push(WS, "r", 5);
     assert_eq!(pushed.len(), 5);
-    assert_eq!(truth(&sim, "r")[..5], pushed[..]);
+    assert_eq!(branch_hashes(&sim, WS, "r")[..5], pushed[..]);
     let url = format!(
         "{}/repositories/{WS}/r/commits/main?exclude={old}",
         srv.api_url()
@@ -267,7 +257,7 @@ async fn exclude_old_head_returns_exactly_the_pushed_commits() {
 async fn unknown_exclude_and_revision_answer_404() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("r", 10));
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let bogus = "0123456789abcdef0123456789abcdef01234567";
     let r = get(&format!(
         "{}/repositories/{WS}/r/commits/main?exclude={bogus}",
@@ -339,7 +329,7 @@ async fn unknown_exclude_and_revision_answer_404() {
 async fn fields_keep_only_remove_and_add() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("r", 50));
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let base = format!(
         "{}/repositories/{WS}/r/commits/main?pagelen=10",
         srv.api_url()
@@ -420,7 +410,7 @@ async fn authentication_scopes_and_visibility() {
         workspaces: all,
     });
     sim.add_repo(WS, RepoSpec::new("r", 3));
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let url = format!("{}/repositories/{WS}", srv.api_url());
     let c = reqwest::Client::new();
 
@@ -515,7 +505,7 @@ async fn rate_limit_answers_429_in_text() {
         scopes: vec!["read:repository:bitbucket".into()],
         workspaces: vec![WS.into()],
     });
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let url = format!("{}/repositories/{WS}", srv.api_url());
     for i in 0..3 {
         let r = get(&url).await;
@@ -547,7 +537,7 @@ async fn rate_limit_answers_429_in_text() {
         retry_after: Some(7),
         ..SimOptions::default()
     });
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let url = format!("{}/repositories/{WS}", srv.api_url());
     assert_eq!(get(&url).await.status, 200);
     let r = get(&url).await;
@@ -562,7 +552,7 @@ async fn injected_faults_are_seen_by_the_client() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("r", 100));
     sim.add_repo(WS, RepoSpec::new("r2", 1));
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let url = format!("{}/repositories/{WS}/r/commits/main", srv.api_url());
     let c = reqwest::Client::new();
 
@@ -638,7 +628,7 @@ async fn random_faults_follow_the_rate() {
         fault_rate: 1.0,
         ..SimOptions::default()
     });
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let url = format!("{}/repositories/{WS}", srv.api_url());
     let c = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
@@ -662,8 +652,8 @@ async fn random_faults_follow_the_rate() {
 async fn walk_in_progress_survives_pushes_and_force_pushes() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("r", 95));
-    let srv = start(&sim).await;
-    let before = truth(&sim, "r");
+    let srv = serve(&sim).await;
+    let before = branch_hashes(&sim, WS, "r");
     let first = get(&format!(
         "{}/repositories/{WS}/r/commits/main?pagelen=30",
         srv.api_url()
@@ -682,7 +672,7 @@ async fn walk_in_progress_survives_pushes_and_force_pushes() {
     ))
     .await
     .json();
-    let before = truth(&sim, "r");
+    let before = branch_hashes(&sim, WS, "r");
     let old_head = before[0].clone();
     let added = sim.force_push(WS, "r", 4, 2);
     let mut rest = pages(first["next"].as_str().unwrap()).await;
@@ -690,7 +680,7 @@ async fn walk_in_progress_survives_pushes_and_force_pushes() {
     assert_eq!(hashes(&rest), before);
 
     // But the old head is gone for new requests.
-    let after = truth(&sim, "r");
+    let after = branch_hashes(&sim, WS, "r");
     assert_eq!(after[..2], added[..]);
     assert_eq!(after[2..], before[4..]);
     let r = get(&format!(
@@ -716,7 +706,7 @@ async fn renames_and_deletions() {
     let sim = sim();
     let uuid = sim.add_repo(WS, RepoSpec::new("r", 20));
     sim.add_repo(WS, RepoSpec::new("gone", 5));
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let api = srv.api_url();
     let updated = sim.repos(WS)[0].updated_on;
 
@@ -732,7 +722,7 @@ async fn renames_and_deletions() {
     ))
     .await
     .json();
-    assert_eq!(hashes(&[v]), truth(&sim, "r"));
+    assert_eq!(hashes(&[v]), branch_hashes(&sim, WS, "r"));
     let listed = get(&format!("{api}/repositories/{WS}")).await.json();
     assert_eq!(listed["values"][0]["mainbranch"]["name"], "release/2024");
     let repo = &sim.repos(WS)[0];
@@ -791,7 +781,7 @@ async fn request_log_records_what_arrived() {
     let sim = sim();
     sim.add_repo(WS, RepoSpec::new("web-app", 3));
     sim.add_branch(WS, "web-app", "feature/x", 2);
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     sim.clear_requests();
     let api = srv.api_url();
     let r = get(&format!(
@@ -824,7 +814,7 @@ async fn demo_world_special_repositories() {
         ..SimOptions::default()
     };
     let sim = Simulator::demo(opts);
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let api = srv.api_url();
     let c = reqwest::Client::new();
     let get = |u: String| send(c.get(u).bearer_auth("sim-access-token"));
@@ -877,7 +867,7 @@ async fn demo_world_special_repositories() {
     // The fork shares its history with its source.
     let src = &repos[0].slug;
     let fork = sim.branch_commits("acme", &format!("{src}-fork"));
-    let upstream = truth_in(&sim, "acme", src);
+    let upstream = branch_hashes(&sim, "acme", src);
     assert_eq!(fork.len(), upstream.len() + 2);
     assert_eq!(fork[2].hash, upstream[0]);
     // Default credentials.
@@ -908,13 +898,6 @@ async fn demo_world_special_repositories() {
         .send()
         .await
         .is_err());
-}
-
-fn truth_in(sim: &Simulator, ws: &str, slug: &str) -> Vec<String> {
-    sim.branch_commits(ws, slug)
-        .into_iter()
-        .map(|c| c.hash)
-        .collect()
 }
 
 #[test]
@@ -974,7 +957,7 @@ async fn scale_1000_repos_of_1000_commits() {
         ..SimOptions::default()
     });
     println!("generated in {:?}", t.elapsed());
-    let srv = start(&sim).await;
+    let srv = serve(&sim).await;
     let t = std::time::Instant::now();
     let mut total = 0;
     for r in sim.repos("acme").iter().take(100) {

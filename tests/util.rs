@@ -1,13 +1,15 @@
 //! Small helpers so tests read like use: a simulator world, a client for
 //! it, and the real `bbcrawl` binary run as a user would.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
 use bbcrawl::bitbucket::{BitbucketClient, ClientOptions, RateLimitBackoff, RetryBackoff};
 use bbcrawl::config::{Credential, Secret};
-use bbcrawl::simulator::{SimCredential, SimOptions, SimServer, Simulator};
+use bbcrawl::simulator::{SimCommit, SimCredential, SimOptions, SimServer, Simulator};
+use bbcrawl::store::{RepoState, Store};
 
 pub const WS: &str = "acme";
 pub const TOKEN: &str = "tok-3c1f9a-very-secret";
@@ -15,6 +17,10 @@ pub const EMAIL: &str = "jane@example.com";
 pub const API_TOKEN: &str = "ATATT-api-9f8e7d-secret";
 pub const USERNAME: &str = "jane-bb";
 pub const APP_PASSWORD: &str = "app-pw-5b6c-secret";
+
+/// Audits so rare that none falls between two passes of a test (an
+/// unchanged repository must be skipped).
+pub const RARE_AUDITS: &[(&str, &str)] = &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")];
 
 /// An empty world with workspace `acme`, one credential of each kind with
 /// the right scopes, and no rate limit unless `requests_per_hour` is set.
@@ -54,6 +60,15 @@ pub fn access_token() -> Credential {
 pub async fn serve(sim: &Simulator) -> SimServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     sim.serve(listener).await.unwrap()
+}
+
+/// A port nobody listens on (bound, noted, closed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Client options for tests: short backoffs so retries take milliseconds.
@@ -125,6 +140,50 @@ pub async fn sync(
     bbcrawl(cwd, &all, &env).await
 }
 
+/// Serves `sim` and runs a first `sync` into a fresh store (exit 0); the
+/// temporary directory lives as long as the returned guard.
+pub async fn synced(sim: &Simulator) -> (SimServer, tempfile::TempDir, PathBuf) {
+    let server = serve(sim).await;
+    let (dir, store) = fresh_store();
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    (server, dir, store)
+}
+
+/// One value per line of NDJSON output.
+pub fn parse_ndjson<T: serde::de::DeserializeOwned>(s: &str) -> Vec<T> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The simulator's truth: the default-branch commit hashes of `ws/slug`,
+/// in the order the API serves them.
+pub fn branch_hashes(sim: &Simulator, ws: &str, slug: &str) -> Vec<String> {
+    sim.branch_commits(ws, slug)
+        .into_iter()
+        .map(|c| c.hash)
+        .collect()
+}
+
+/// The simulator's truth: every repository's default-branch commits in
+/// `ws`, by slug (empty for a repository without a default branch).
+pub fn branch_truth(sim: &Simulator, ws: &str) -> BTreeMap<String, Vec<SimCommit>> {
+    sim.repos(ws)
+        .into_iter()
+        .map(|r| {
+            let commits = sim.branch_commits(ws, &r.slug);
+            (r.slug, commits)
+        })
+        .collect()
+}
+
+/// Repository listing requests for workspace `acme` in the log.
+pub fn listing_requests(sim: &Simulator) -> usize {
+    let path = format!("/2.0/repositories/{WS}");
+    sim.requests().iter().filter(|r| r.path == path).count()
+}
+
 /// Every stored commit of every repository, as full records, sorted by
 /// (workspace, repository uuid, hash): a store's contents for comparison.
 pub fn store_records(store: &Path) -> Vec<bbcrawl::record::CommitRecord> {
@@ -142,18 +201,34 @@ pub fn store_records(store: &Path) -> Vec<bbcrawl::record::CommitRecord> {
 }
 
 /// The stored repository records.
-pub fn store_repos(store: &Path) -> Vec<bbcrawl::store::RepoState> {
+pub fn store_repos(store: &Path) -> Vec<RepoState> {
     open_store(store).repos().unwrap()
+}
+
+/// The stored repository `slug`; panics naming it if there is none.
+pub fn repo_named(store: &Store, slug: &str) -> RepoState {
+    store
+        .repos()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.slug == slug)
+        .unwrap_or_else(|| panic!("no repository {slug:?} in the store"))
+}
+
+/// The repository `slug` in the store at `path`; panics naming it if there
+/// is none.
+pub fn stored_repo(path: &Path, slug: &str) -> RepoState {
+    repo_named(&open_store(path), slug)
 }
 
 /// Opens a store a moment after another opener let go of it. sled releases
 /// its file lock when the last of its internal threads drops the database,
 /// which can be a few milliseconds after the owner dropped it (or after a
 /// child process exited), so a `Locked` right then is retried briefly.
-pub fn open_store(path: &Path) -> bbcrawl::store::Store {
+pub fn open_store(path: &Path) -> Store {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match bbcrawl::store::Store::open(path) {
+        match Store::open(path) {
             Ok(s) => return s,
             Err(bbcrawl::store::StoreError::Locked { .. })
                 if std::time::Instant::now() < deadline =>
@@ -167,7 +242,7 @@ pub fn open_store(path: &Path) -> bbcrawl::store::Store {
 
 /// A temporary directory and the (not yet existing) store path inside it;
 /// the directory lives as long as the returned guard.
-pub fn fresh_store() -> (tempfile::TempDir, std::path::PathBuf) {
+pub fn fresh_store() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     (dir, store)

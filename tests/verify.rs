@@ -290,10 +290,7 @@ async fn verify_reports_no_resources_with_exit_5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_connection_failed_with_exit_1() {
     // A port nobody listens on: bind, note the port, close.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let api = format!("http://127.0.0.1:{port}/2.0");
     for kind in KINDS {
         let o = verify(&api, WS, env_for(kind, good_secret(kind)), true).await;
