@@ -27,6 +27,9 @@ struct Fixture {
     template: Vec<CommitRecord>,
 }
 
+/// Built once for every benchmark group of the run.
+static FIXTURE: std::sync::LazyLock<Fixture> = std::sync::LazyLock::new(fixture);
+
 fn fixture() -> Fixture {
     let sim = simulator(
         SimOptions {
@@ -79,7 +82,7 @@ fn fresh_page(template: &[CommitRecord], repo: &RepoState, n: u64) -> Vec<Commit
 }
 
 fn decode(c: &mut Criterion) {
-    let f = fixture();
+    let f = &*FIXTURE;
     let mut g = c.benchmark_group("decode_100_commit_page");
     g.throughput(Throughput::Elements(100));
     g.bench_function("full_shape", |b| {
@@ -92,7 +95,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn store_write(c: &mut Criterion) {
-    let f = fixture();
+    let f = &*FIXTURE;
     let dir = fresh_dir("micro-write");
     let store = Store::open(&dir).expect("open");
     let mut repo = RepoState::new(
@@ -130,7 +133,7 @@ fn store_write(c: &mut Criterion) {
 }
 
 fn queries(c: &mut Criterion) {
-    let f = fixture();
+    let f = &*FIXTURE;
     let total = env_num("BBCRAWL_BENCH_QUERY_COMMITS", 100_000u64);
     let repos = 100u64;
     let dir = fresh_dir("micro-query");

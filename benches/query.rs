@@ -18,6 +18,7 @@ use bbcrawl::query::{self, CommitFilter};
 use bbcrawl::record::{Author, CommitRecord, Committer};
 use bbcrawl::store::{RepoState, Store};
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use common::{env_num, WS};
 
 const REPOS: usize = 1000;
 const AUTHORS: usize = 300;
@@ -49,10 +50,10 @@ fn build(dir: &Path, total: usize) {
     let offsets = [0, 19800, -25200, 3600];
     for r in 0..REPOS {
         let mut repo = RepoState::new(
-            "acme",
+            WS,
             &format!("{{repo-{r:04}}}"),
             &format!("repo-{r:04}"),
-            &format!("acme/repo-{r:04}"),
+            &format!("{WS}/repo-{r:04}"),
             Utc::now(),
         );
         repo.default_branch = Some("main".into());
@@ -63,7 +64,7 @@ fn build(dir: &Path, total: usize) {
                     let tz = FixedOffset::east_opt(offsets[(i + r) % offsets.len()]).unwrap();
                     let a = author((i * 7 + r * 13) % AUTHORS);
                     CommitRecord {
-                        workspace: "acme".into(),
+                        workspace: WS.into(),
                         repo: repo.slug.clone(),
                         repo_uuid: repo.uuid.clone(),
                         branch: "main".into(),
@@ -127,10 +128,7 @@ fn time_process(bin: &str, store: &Path, args: &[&str]) -> (Duration, usize) {
 }
 
 fn main() {
-    let total: usize = std::env::var("BBCRAWL_BENCH_COMMITS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let total = env_num("BBCRAWL_BENCH_COMMITS", 1_000_000usize);
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
     let dir = target.join(format!("bench-store-{total}"));
     if !dir.join("db").exists() || std::env::var_os("BBCRAWL_BENCH_REBUILD").is_some() {
