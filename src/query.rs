@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::CommitRecord;
 use crate::store::{
-    keys, Entries, IndexEntry, RepoEvent, RepoState, RepoStatus, Store, StoreError,
+    keys, Entries, IndexEntry, RepoEvent, RepoState, RepoStatus, Store, StoreError, StoredCommit,
 };
 
 /// Why a query could not be answered.
@@ -167,6 +167,27 @@ pub fn commits<'a>(
 ) -> Result<Box<dyn Iterator<Item = Result<CommitRecord, QueryError>> + 'a>, QueryError> {
     let repos = store.repos_by_id()?;
     let selected = selected_repos(&repos, f);
+    let iter = matching(store, f, selected)?.filter_map(move |m| match m {
+        // Every selected repository is one of `repos`.
+        Ok((e, c)) => repos.get(&e.repo).map(|repo| Ok(c.into_record(repo))),
+        Err(err) => Some(Err(err)),
+    });
+    Ok(match f.limit {
+        Some(n) => Box::new(iter.take(n)),
+        None => Box::new(iter),
+    })
+}
+
+/// What [`matching`] yields.
+type Matches<'a> = Box<dyn Iterator<Item = Result<(IndexEntry, StoredCommit), QueryError>> + 'a>;
+
+/// The index entries and stored commits of the `selected` repositories
+/// that pass every check of `f` but its limit, newest first.
+fn matching<'a>(
+    store: &'a Store,
+    f: &CommitFilter,
+    selected: HashSet<u32>,
+) -> Result<Matches<'a>, QueryError> {
     if selected.is_empty() {
         return Ok(Box::new(std::iter::empty()));
     }
@@ -174,42 +195,39 @@ pub fn commits<'a>(
     let author = f.author.as_ref().map(|a| a.to_lowercase());
     let grep = f.grep.as_ref().map(|g| g.to_lowercase());
     let all = f.all;
-    let iter = entries
-        .filter(move |e| match e {
-            Ok(e) => (all || e.reachable) && selected.contains(&e.repo),
-            Err(_) => true,
-        })
-        .filter_map(move |e| {
-            let e = match e {
-                Ok(e) => e,
-                Err(err) => return Some(Err(QueryError::from(err))),
-            };
-            let repo = repos.get(&e.repo)?;
-            let c = match store.commit_by_id(e.repo, &e.hash) {
-                Ok(Some(c)) => c,
-                Ok(None) => return None,
-                Err(err) => return Some(Err(err.into())),
-            };
-            if let Some(needle) = &author {
-                let hit = |s: &Option<String>| {
-                    s.as_ref()
-                        .is_some_and(|s| s.to_lowercase().contains(needle))
+    Ok(Box::new(
+        entries
+            .filter(move |e| match e {
+                Ok(e) => (all || e.reachable) && selected.contains(&e.repo),
+                Err(_) => true,
+            })
+            .filter_map(move |e| {
+                let e = match e {
+                    Ok(e) => e,
+                    Err(err) => return Some(Err(QueryError::from(err))),
                 };
-                if !hit(&c.author.raw) && !hit(&c.author.display_name) {
-                    return None;
+                let c = match store.commit_by_id(e.repo, &e.hash) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return None,
+                    Err(err) => return Some(Err(err.into())),
+                };
+                if let Some(needle) = &author {
+                    let hit = |s: &Option<String>| {
+                        s.as_ref()
+                            .is_some_and(|s| s.to_lowercase().contains(needle))
+                    };
+                    if !hit(&c.author.raw) && !hit(&c.author.display_name) {
+                        return None;
+                    }
                 }
-            }
-            if let Some(needle) = &grep {
-                if !c.message.to_lowercase().contains(needle) {
-                    return None;
+                if let Some(needle) = &grep {
+                    if !c.message.to_lowercase().contains(needle) {
+                        return None;
+                    }
                 }
-            }
-            Some(Ok(c.into_record(repo)))
-        });
-    Ok(match f.limit {
-        Some(n) => Box::new(iter.take(n)),
-        None => Box::new(iter),
-    })
+                Some(Ok((e, c)))
+            }),
+    ))
 }
 
 /// Every stored commit (reachable ones unless `all`), repository by
@@ -366,29 +384,9 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
     let repos = store.repos_by_id()?;
     let selected = selected_repos(&repos, f);
     if f.author.is_some() || f.grep.is_some() {
-        // Per-commit checks: go through the commit query without a limit.
-        let unlimited = CommitFilter {
-            limit: None,
-            ..f.clone()
-        };
-        let ids: HashMap<(String, String), u32> = repos
-            .values()
-            .map(|r| ((r.workspace.clone(), r.uuid.clone()), r.id))
-            .collect();
-        for c in commits(store, &unlimited)? {
-            let c = c?;
-            let Some(id) = ids.get(&(c.workspace.clone(), c.repo_uuid.clone())) else {
-                continue;
-            };
-            let Some(hash) = keys::parse_hash(&c.hash) else {
-                continue;
-            };
-            let e = IndexEntry {
-                at: c.date.with_timezone(&Utc),
-                hash,
-                repo: *id,
-                reachable: c.reachable,
-            };
+        // Per-commit checks: the commit query's matching, without a limit.
+        for m in matching(store, f, selected)? {
+            let (e, c) = m?;
             add(c.author.identity(), &e);
         }
     } else {
