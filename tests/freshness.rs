@@ -11,6 +11,7 @@ use bbcrawl::actors::{run_pass, PassOptions, PassSummary, Quiet};
 use bbcrawl::bitbucket::BitbucketClient;
 use bbcrawl::simulator::{RepoSpec, Simulator};
 use bbcrawl::store::{RepoEventKind, Store};
+use chrono::{DateTime, Utc};
 
 use crate::util::*;
 
@@ -176,25 +177,37 @@ async fn audits_find_quiet_pushes_within_the_interval_and_changes_go_first() {
     assert_eq!(stored_hashes(&store), truth(&sim));
 }
 
+/// An actor system whose tokio clock is paused (time jumps to the next
+/// timer), so hour-long budgets pass in milliseconds.
+fn paused_system() -> actix::SystemRunner {
+    actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    })
+}
+
 /// Runs one pass on a paused clock, the simulator served on the same runtime.
 async fn paced_pass(
-    sim: &Simulator,
     api: &str,
     store: &Arc<Store>,
     requests_per_hour: u32,
+    since: Option<DateTime<Utc>>,
 ) -> PassSummary {
     let mut opts =
         bbcrawl::bitbucket::ClientOptions::new(url::Url::parse(api).unwrap(), vec![access_token()]);
     opts.requests_per_hour = requests_per_hour;
     opts.request_timeout = Duration::from_secs(86_400);
     let client = BitbucketClient::new(opts).unwrap();
-    let _ = sim;
     run_pass(
         client,
         Arc::clone(store),
         PassOptions {
             workspaces: vec![WS.into()],
             concurrency: 4,
+            since,
             audit_interval: Duration::from_secs(86_400),
             ..PassOptions::default()
         },
@@ -205,16 +218,39 @@ async fn paced_pass(
     .unwrap()
 }
 
+/// A first crawl that the budget spreads over several passes stays a
+/// first crawl: `since` keeps older commits out of every part of it.
+#[test]
+fn since_applies_to_a_first_crawl_resumed_in_later_passes() {
+    paused_system().block_on(async {
+        let sim = world(0);
+        sim.add_repo(WS, RepoSpec::new("old", 1200));
+        let all = sim.branch_commits(WS, "old");
+        let since = all[400].date.with_timezone(&Utc);
+        let server = serve(&sim).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut backfilled = 0;
+        for _ in 0..4 {
+            // 4 requests an hour: a pass gets a listing and a few pages.
+            let pass = paced_pass(&server.api_url(), &store, 4, Some(since)).await;
+            backfilled += pass.backfilling;
+        }
+        assert!(backfilled > 0, "the crawl never spanned passes");
+        let repo = repo_named(&store, "old");
+        let dates: Vec<_> = store
+            .repo_commits(WS, &repo.uuid)
+            .map(|c| c.unwrap().date)
+            .collect();
+        assert!(dates.len() >= 401, "{} stored", dates.len());
+        let older = dates.iter().filter(|d| **d < since).count();
+        assert_eq!(older, 0, "commits older than since were stored");
+    });
+}
+
 #[test]
 fn a_big_backfill_does_not_delay_a_small_push_by_more_than_one_pass() {
-    let system = actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    });
-    system.block_on(async {
+    paused_system().block_on(async {
         let sim = world(0);
         for i in 0..5 {
             sim.add_repo(WS, RepoSpec::new(&format!("small-{i}"), 20));
@@ -223,12 +259,12 @@ fn a_big_backfill_does_not_delay_a_small_push_by_more_than_one_pass() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         // A tight budget: 300 requests an hour.
-        let first = paced_pass(&sim, &server.api_url(), &store, 300).await;
+        let first = paced_pass(&server.api_url(), &store, 300, None).await;
         assert_eq!(first.ok, 5);
 
         // A new 100,000-commit repository (1,000 pages) arrives.
         sim.add_repo(WS, RepoSpec::new("monorepo", 100_000));
-        let second = paced_pass(&sim, &server.api_url(), &store, 300).await;
+        let second = paced_pass(&server.api_url(), &store, 300, None).await;
         assert_eq!(second.backfilling, 1, "{second:?}");
         let big = repo_named(&store, "monorepo");
         assert!(big.walk.is_some() && big.commits_stored > 0 && big.commits_stored < 100_000);
@@ -236,7 +272,7 @@ fn a_big_backfill_does_not_delay_a_small_push_by_more_than_one_pass() {
         // A small push elsewhere is in the store after the next pass.
         let pushed = sim.push(WS, "small-3", 3);
         sim.clear_requests();
-        let third = paced_pass(&sim, &server.api_url(), &store, 300).await;
+        let third = paced_pass(&server.api_url(), &store, 300, None).await;
         let small = repo_named(&store, "small-3");
         for h in &pushed {
             assert!(
