@@ -144,17 +144,39 @@ fn write_address(store_dir: &Path, addr: SocketAddr) -> Result<PathBuf, DaemonEr
     Ok(path)
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send, DaemonError> {
+/// The signal that asked a command to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGTERM (systemd, `kill`).
+    Term,
+    /// SIGINT (Ctrl-C).
+    Int,
+}
+
+impl StopSignal {
+    /// The exit code of a command it stopped (SPEC section 9: 128 + the
+    /// signal's number, as a shell reports a process the signal killed).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Term => 143,
+            StopSignal::Int => 130,
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives, with which one.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = StopSignal> + Send, DaemonError>
+{
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     Ok(async move {
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let (which, name) = tokio::select! {
+            _ = term.recv() => (StopSignal::Term, "SIGTERM"),
+            _ = int.recv() => (StopSignal::Int, "SIGINT"),
         };
-        tracing::info!(signal = which, "stopping");
+        tracing::info!(signal = name, "stopping");
+        which
     })
 }
 
@@ -220,7 +242,7 @@ pub async fn run(
     store: Arc<Store>,
     opts: DaemonOptions,
     metrics: PrometheusHandle,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = StopSignal> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {

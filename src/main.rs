@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use std::io::IsTerminal;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bbcrawl::actors::{run_pass, PassError, PassObserver, PassOptions};
@@ -513,7 +513,38 @@ async fn sync(
     let observer: Arc<dyn PassObserver> = progress.clone();
     let opts = pass_options(&cfg, repos, full);
     let stop = Arc::new(AtomicBool::new(false));
-    let result = run_pass(client, store, opts, observer, stop).await;
+    // SIGTERM / SIGINT stop the pass the way they stop the daemon's: no new
+    // pages, pages in flight are stored, the writer flushes; the exit code
+    // says which signal (SPEC section 9) and the next sync resumes.
+    let signal = daemon::shutdown_signal()?;
+    let pass = run_pass(
+        client,
+        Arc::clone(&store),
+        opts,
+        observer,
+        Arc::clone(&stop),
+    );
+    tokio::pin!(pass);
+    let (result, stopped_by) = tokio::select! {
+        r = &mut pass => (r, None),
+        which = signal => {
+            stop.store(true, Ordering::Relaxed);
+            match tokio::time::timeout(daemon::DRAIN_DEADLINE, &mut pass).await {
+                Ok(r) => (r, Some(which)),
+                Err(_) => {
+                    // A request stuck behind a 429 pause or a stall: every
+                    // stored page is atomic, so flush and leave.
+                    tracing::warn!("the pass did not stop within {:?}; flushing what was stored and leaving", daemon::DRAIN_DEADLINE);
+                    progress.finish();
+                    let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+                    if let Ok(Err(e)) = flushed {
+                        return Err(e.into());
+                    }
+                    return Ok(which.exit_code());
+                }
+            }
+        }
+    };
     progress.finish();
     let summary = result?;
     if !g.quiet {
@@ -522,10 +553,10 @@ async fn sync(
             println!("  failed: {f}");
         }
     }
-    Ok(if summary.failed > 0 {
-        exit::SOME_FAILED
-    } else {
-        0
+    Ok(match stopped_by {
+        Some(which) => which.exit_code(),
+        None if summary.failed > 0 => exit::SOME_FAILED,
+        None => 0,
     })
 }
 

@@ -1,19 +1,17 @@
 //! Crash safety and hostile conditions through the real binary: SIGKILL at random moments, 429 storms with faults, repeatable full walks, a repository that keeps failing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bbcrawl::record::CommitRecord;
 use bbcrawl::simulator::{
     Fault, RepoSpec, RequestRecord, SimCommit, SimCredential, SimOptions, Simulator,
 };
 use bbcrawl::store::{RepoState, RepoStatus};
 
 use crate::util::{
-    bbcrawl, branch_truth, fresh_store, open_store, serve, stderr, stdout, store_records,
-    store_repos, sync, world, API_TOKEN, EMAIL, TOKEN, WS,
+    assert_store_is_truth, bbcrawl, branch_truth, fresh_store, open_store, serve, spawn_sync,
+    stderr, stdout, store_records, store_repos, sync, sync_env, world, API_TOKEN, EMAIL, WS,
 };
 
 /// Page size bbcrawl asks for by default (and the simulator's maximum).
@@ -35,42 +33,6 @@ impl SplitMix {
     fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
     }
-}
-
-/// The environment of a `bbcrawl sync` run against the simulator with the
-/// access token (like `util::sync`), for runs this module spawns itself.
-fn sync_env(api_url: &str, store: &Path) -> Vec<(String, String)> {
-    vec![
-        ("BBCRAWL_API_URL".into(), api_url.into()),
-        ("BBCRAWL_WORKSPACES".into(), WS.into()),
-        ("BITBUCKET_ACCESS_TOKEN".into(), TOKEN.into()),
-        ("BBCRAWL_STORE".into(), store.to_string_lossy().into_owned()),
-        ("BBCRAWL_REQUESTS_PER_HOUR".into(), "1000000".into()),
-    ]
-}
-
-/// `bbcrawl sync` as a child process this test controls (to SIGKILL it);
-/// its output goes to `log` so a failure can be investigated.
-fn spawn_sync(env: &[(String, String)], log: &Path) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
-    cmd.arg("sync").env_clear();
-    if let Ok(path) = std::env::var("PATH") {
-        cmd.env("PATH", path);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("open child log");
-    let err = out.try_clone().expect("clone child log");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .kill_on_drop(true);
-    cmd.spawn().expect("cannot start bbcrawl")
 }
 
 /// Writes a config file (no secrets in it) and returns its path.
@@ -101,53 +63,6 @@ fn summary_number(out: &str, label: &str) -> u64 {
     digits
         .parse()
         .unwrap_or_else(|_| panic!("no number before {label:?} in {line:?}"))
-}
-
-/// The store holds exactly the simulator's default-branch commits of every
-/// repository: same hashes, no duplicates, and each record's date, author,
-/// message and parents as served.
-fn assert_store_is_truth(store: &Path, sim: &Simulator) {
-    let records = store_records(store);
-    let mut by_repo: HashMap<String, Vec<CommitRecord>> = HashMap::new();
-    for r in records {
-        by_repo.entry(r.repo_uuid.clone()).or_default().push(r);
-    }
-    for repo in sim.repos(WS) {
-        let truth = sim.branch_commits(WS, &repo.slug);
-        let got = by_repo.remove(&repo.uuid).unwrap_or_default();
-        assert_eq!(
-            got.len(),
-            truth.len(),
-            "{}: {} records stored, {} commits on the default branch",
-            repo.slug,
-            got.len(),
-            truth.len()
-        );
-        let by_hash: HashMap<&str, &CommitRecord> =
-            got.iter().map(|r| (r.hash.as_str(), r)).collect();
-        assert_eq!(by_hash.len(), got.len(), "{}: duplicate records", repo.slug);
-        for c in &truth {
-            let r = by_hash
-                .get(c.hash.as_str())
-                .unwrap_or_else(|| panic!("{}: commit {} not stored", repo.slug, c.hash));
-            assert_eq!(r.repo, repo.slug, "{}", c.hash);
-            assert_eq!(r.date, c.date, "{}: date", c.hash);
-            assert_eq!(
-                r.author.raw.as_deref(),
-                Some(c.author_raw.as_str()),
-                "{}: author",
-                c.hash
-            );
-            assert_eq!(r.message, c.message, "{}: message", c.hash);
-            assert_eq!(r.parents, c.parents, "{}: parents", c.hash);
-            assert!(r.reachable, "{}: reachable", c.hash);
-        }
-    }
-    assert!(
-        by_repo.values().all(Vec::is_empty),
-        "commits stored for repositories the simulator does not have: {:?}",
-        by_repo.keys().collect::<Vec<_>>()
-    );
 }
 
 /// Where `big` stood when a run started.

@@ -1,13 +1,14 @@
 //! Small helpers so tests read like use: a simulator world, a client for
 //! it, and the real `bbcrawl` binary run as a user would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use bbcrawl::bitbucket::{BitbucketClient, ClientOptions, RateLimitBackoff, RetryBackoff};
 use bbcrawl::config::{Credential, Secret};
+use bbcrawl::record::CommitRecord;
 use bbcrawl::simulator::{SimCommit, SimCredential, SimOptions, SimServer, Simulator};
 use bbcrawl::store::{RepoState, Store};
 
@@ -246,4 +247,93 @@ pub fn fresh_store() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     (dir, store)
+}
+
+/// The environment of a `bbcrawl sync` run against the simulator with the
+/// access token (like `util::sync`), for runs this module spawns itself.
+pub fn sync_env(api_url: &str, store: &Path) -> Vec<(String, String)> {
+    vec![
+        ("BBCRAWL_API_URL".into(), api_url.into()),
+        ("BBCRAWL_WORKSPACES".into(), WS.into()),
+        ("BITBUCKET_ACCESS_TOKEN".into(), TOKEN.into()),
+        ("BBCRAWL_STORE".into(), store.to_string_lossy().into_owned()),
+        ("BBCRAWL_REQUESTS_PER_HOUR".into(), "1000000".into()),
+    ]
+}
+
+/// `bbcrawl sync` as a child process this test controls (to SIGKILL it);
+/// its output goes to `log` so a failure can be investigated.
+pub fn spawn_sync(env: &[(String, String)], log: &Path) -> tokio::process::Child {
+    spawn_bbcrawl(&["sync"], env, log)
+}
+
+/// `bbcrawl ARGS` as a child process this test controls (to signal it),
+/// with only `env` and PATH; stdout and stderr go to `log`.
+pub fn spawn_bbcrawl(args: &[&str], env: &[(String, String)], log: &Path) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
+    cmd.args(args).env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        cmd.env("PATH", path);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open child log");
+    let err = out.try_clone().expect("clone child log");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    cmd.spawn().expect("cannot start bbcrawl")
+}
+
+/// The store holds exactly the simulator's default-branch commits of every
+/// repository: same hashes, no duplicates, and each record's date, author,
+/// message and parents as served.
+pub fn assert_store_is_truth(store: &Path, sim: &Simulator) {
+    let records = store_records(store);
+    let mut by_repo: HashMap<String, Vec<CommitRecord>> = HashMap::new();
+    for r in records {
+        by_repo.entry(r.repo_uuid.clone()).or_default().push(r);
+    }
+    for repo in sim.repos(WS) {
+        let truth = sim.branch_commits(WS, &repo.slug);
+        let got = by_repo.remove(&repo.uuid).unwrap_or_default();
+        assert_eq!(
+            got.len(),
+            truth.len(),
+            "{}: {} records stored, {} commits on the default branch",
+            repo.slug,
+            got.len(),
+            truth.len()
+        );
+        let by_hash: HashMap<&str, &CommitRecord> =
+            got.iter().map(|r| (r.hash.as_str(), r)).collect();
+        assert_eq!(by_hash.len(), got.len(), "{}: duplicate records", repo.slug);
+        for c in &truth {
+            let r = by_hash
+                .get(c.hash.as_str())
+                .unwrap_or_else(|| panic!("{}: commit {} not stored", repo.slug, c.hash));
+            assert_eq!(r.repo, repo.slug, "{}", c.hash);
+            assert_eq!(r.date, c.date, "{}: date", c.hash);
+            assert_eq!(
+                r.author.raw.as_deref(),
+                Some(c.author_raw.as_str()),
+                "{}: author",
+                c.hash
+            );
+            assert_eq!(r.message, c.message, "{}: message", c.hash);
+            assert_eq!(r.parents, c.parents, "{}: parents", c.hash);
+            assert!(r.reachable, "{}: reachable", c.hash);
+        }
+    }
+    assert!(
+        by_repo.values().all(Vec::is_empty),
+        "commits stored for repositories the simulator does not have: {:?}",
+        by_repo.keys().collect::<Vec<_>>()
+    );
 }

@@ -309,25 +309,74 @@ async fn walk(
         return Ok(WalkEnd::Done(RepoStatus::Empty));
     };
     let branch_changed = repo.head_branch.as_deref().is_some_and(|b| b != branch);
+    // What this pass's listing says; a walk begun now is complete up to it.
+    let listed = job.listing.updated_on.map(|d| d.to_rfc3339());
+    let mut resumed = false;
     let mut walk = match repo.walk.take() {
         // Resume a saved walk of the same branch (a full one even under
         // --full: it is already what --full asks for).
-        Some(w) if w.branch == branch && (!job.full || w.exclude.is_empty()) => w,
+        Some(w) if w.branch == branch && (!job.full || w.exclude.is_empty()) => {
+            resumed = true;
+            w
+        }
         _ => {
             let full = job.full || repo.head.is_none() || branch_changed;
-            new_walk(&branch, if full { None } else { repo.head.clone() }, repo)
+            let since_head = if full { None } else { repo.head.clone() };
+            new_walk(&branch, since_head, repo, listed.clone())
         }
     };
+    loop {
+        if let Some(end) = walk_pages(job, repo, tally, &branch, &listed, &mut walk).await? {
+            return Ok(end);
+        }
+        finish_walk(job, repo, tally, &branch, &walk).await?;
+        // A walk begun in an earlier pass (killed, or a backfill spread over
+        // passes) read its tip then: commits pushed since are not in it,
+        // although this pass's listing already announces them. Fetch them
+        // now, before the repository counts as up to date with this listing
+        // — otherwise the gate would find it unchanged from then on.
+        // (Unknown for a walk saved by an older bbcrawl: followed up too.)
+        let behind =
+            resumed && (walk.listed_updated_on.is_none() || walk.listed_updated_on != listed);
+        match repo.head.clone() {
+            Some(head) if behind => {
+                tracing::info!(repo = %repo.full_name, "walk from an earlier pass finished; fetching what was pushed since it began");
+                resumed = false;
+                walk = new_walk(&branch, Some(head), repo, listed.clone());
+            }
+            _ => break,
+        }
+    }
+    Ok(WalkEnd::Done(if repo.head.is_some() {
+        RepoStatus::Ok
+    } else {
+        RepoStatus::Empty
+    }))
+}
+
+/// Fetches and stores the pages of `walk` until it has none left (`None`:
+/// the walk is complete) or the crawl ends here: the walk used this pass's
+/// page share (its position is saved), or the branch turned out empty or
+/// gone. Restarts the walk as the API requires (a rewritten branch, a
+/// rejected saved link).
+async fn walk_pages(
+    job: &RepoJob,
+    repo: &mut RepoState,
+    tally: &mut Tally,
+    branch: &str,
+    listed: &Option<String>,
+    walk: &mut Walk,
+) -> Result<Option<WalkEnd>, CrawlError> {
     let mut restarted = false;
     loop {
         if job.stop.load(Ordering::Relaxed) {
-            repo.walk = Some(walk);
+            repo.walk = Some(walk.clone());
             return Err(CrawlError::Stopped);
         }
         let fetched = if walk.pages == 0 {
             match job
                 .client
-                .commits_url(&job.workspace, &repo.slug, &branch, &walk.exclude)
+                .commits_url(&job.workspace, &repo.slug, branch, &walk.exclude)
             {
                 Ok(url) => job.client.get_page::<Commit>(url).await,
                 Err(e) => Err(e),
@@ -348,7 +397,7 @@ async fn walk(
                 let old_head = walk.exclude.first().cloned().unwrap_or_default();
                 tracing::info!(repo = %repo.full_name, %old_head, "stored head no longer on the default branch (force push); walking it again");
                 note(repo, tally, RepoEventKind::ForcePush { old_head });
-                walk = new_walk(&branch, None, repo);
+                *walk = new_walk(branch, None, repo, listed.clone());
                 continue;
             }
             Err(ApiError::NotFound { shas, .. }) if walk.pages == 0 && !shas.is_empty() => {
@@ -358,13 +407,13 @@ async fn walk(
                 // `mainbranch` at all: empty, stored commits stay.
                 tracing::info!(repo = %repo.full_name, %branch, "default branch has no commits (404 naming the revision)");
                 repo.walk = None;
-                return Ok(WalkEnd::Done(RepoStatus::Empty));
+                return Ok(Some(WalkEnd::Done(RepoStatus::Empty)));
             }
             Err(ApiError::NotFound { .. }) if walk.pages == 0 => {
                 // The listed branch (or the repository) vanished since the
                 // listing: the next listing tells which.
                 note(repo, tally, RepoEventKind::Deleted);
-                return Ok(WalkEnd::Done(RepoStatus::Deleted));
+                return Ok(Some(WalkEnd::Done(RepoStatus::Deleted)));
             }
             Err(
                 e @ (ApiError::NotFound { .. }
@@ -376,11 +425,11 @@ async fn walk(
                 // idempotent.
                 tracing::warn!(repo = %repo.full_name, error = %e, "saved position rejected; restarting the walk from the top");
                 restarted = true;
-                walk = new_walk(&branch, walk.exclude.first().cloned(), repo);
+                *walk = new_walk(branch, walk.exclude.first().cloned(), repo, listed.clone());
                 continue;
             }
             Err(e) => {
-                repo.walk = Some(walk);
+                repo.walk = Some(walk.clone());
                 return Err(e.into());
             }
         };
@@ -392,7 +441,7 @@ async fn walk(
         let mut next = match &page.next {
             Some(n) => {
                 if let Err(e) = job.client.check_link(n) {
-                    repo.walk = Some(walk);
+                    repo.walk = Some(walk.clone());
                     return Err(e.into());
                 }
                 Some(n.clone())
@@ -402,7 +451,7 @@ async fn walk(
         let mut records: Vec<CommitRecord> = page
             .values
             .iter()
-            .map(|c| c.to_record(&job.workspace, &repo.slug, &repo.uuid, &branch))
+            .map(|c| c.to_record(&job.workspace, &repo.slug, &repo.uuid, branch))
             .collect();
         if walk.is_first_crawl() {
             if let Some(since) = job.since {
@@ -442,11 +491,22 @@ async fn walk(
         if job.max_pages.is_some_and(|max| tally.pages >= max) {
             // This backfill used its share of the pass's budget; the saved
             // walk continues next pass.
-            return Ok(WalkEnd::Paused);
+            return Ok(Some(WalkEnd::Paused));
         }
     }
 
-    // The walk is complete: its tip becomes the head.
+    Ok(None)
+}
+
+/// A walk with every page stored: its tip becomes the head, and a full
+/// walk re-marks reachability.
+async fn finish_walk(
+    job: &RepoJob,
+    repo: &mut RepoState,
+    tally: &mut Tally,
+    branch: &str,
+    walk: &Walk,
+) -> Result<(), CrawlError> {
     repo.walk = None;
     if let Some(tip) = walk.tip.clone() {
         repo.head = Some(tip);
@@ -454,7 +514,7 @@ async fn walk(
         // A full walk that found no commit: the branch is empty.
         repo.head = None;
     }
-    repo.head_branch = Some(branch);
+    repo.head_branch = Some(branch.to_owned());
     if walk.full {
         if let Some(head) = repo.head.clone() {
             let (saved, orphaned) = job
@@ -468,18 +528,19 @@ async fn walk(
             tally.orphaned += orphaned;
         }
     }
-    Ok(WalkEnd::Done(if repo.head.is_some() {
-        RepoStatus::Ok
-    } else {
-        RepoStatus::Empty
-    }))
+    Ok(())
 }
 
 /// A fresh walk of `branch`: incremental from `since_head`, or full. A full
 /// walk of a repository that had a head re-marks reachability at its end
 /// (on a first crawl there is nothing to orphan, and a `since` cutoff would
 /// leave gaps in the parent chains the marking follows).
-fn new_walk(branch: &str, since_head: Option<String>, repo: &RepoState) -> Walk {
+fn new_walk(
+    branch: &str,
+    since_head: Option<String>,
+    repo: &RepoState,
+    listed_updated_on: Option<String>,
+) -> Walk {
     let full = since_head.is_none() && repo.head.is_some();
     Walk {
         branch: branch.to_owned(),
@@ -489,5 +550,6 @@ fn new_walk(branch: &str, since_head: Option<String>, repo: &RepoState) -> Walk 
         full,
         pages: 0,
         started_at: Utc::now(),
+        listed_updated_on,
     }
 }

@@ -171,6 +171,14 @@ pub struct Walk {
     pub pages: u64,
     /// When the walk began.
     pub started_at: DateTime<Utc>,
+    /// The listing's `updated_on` in the pass that began the walk (and so
+    /// read its tip): the state the walk's commits are complete up to. A
+    /// walk finished in a later pass records this, not that pass's
+    /// `updated_on`, so pushes made while it was interrupted still show as
+    /// a change. `None` when the listing gave none, or for a walk saved by
+    /// an older bbcrawl (then unknown: the finished walk is followed up).
+    #[serde(default)]
+    pub listed_updated_on: Option<String>,
 }
 
 impl Walk {
