@@ -129,3 +129,175 @@ async fn commits_pushed_while_a_first_crawl_was_interrupted_are_fetched_by_the_n
         assert_store_is_truth(&store, &sim);
     }
 }
+
+/// A broken caching proxy in front of the simulator: it forwards every
+/// request, but on a collection page after the first whose path matches
+/// `loop_path`, it points `next` back at that collection's first page
+/// (A → B → A). Counts the requests it forwards for `loop_path`.
+struct LoopingProxy {
+    url: String,
+    looped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn looping_proxy(sim_api: &str, loop_path: &str) -> LoopingProxy {
+    use axum::extract::{Request, State};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone)]
+    struct Proxy {
+        sim_origin: String,
+        origin: Arc<Mutex<String>>,
+        loop_path: String,
+        first_page: Arc<Mutex<HashMap<String, String>>>,
+        looped: Arc<AtomicUsize>,
+        http: reqwest::Client,
+    }
+
+    async fn forward(State(p): State<Proxy>, req: Request) -> axum::response::Response {
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        let origin = p.origin.lock().unwrap().clone();
+        let target = match &query {
+            Some(q) => format!("{}{path}?{q}", p.sim_origin),
+            None => format!("{}{path}", p.sim_origin),
+        };
+        let mut fwd = p.http.get(&target);
+        if let Some(auth) = req.headers().get("authorization") {
+            fwd = fwd.header("authorization", auth.clone());
+        }
+        let resp = fwd.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap().replace(&p.sim_origin, &origin);
+        let mut body = body;
+        if path == p.loop_path && status == 200 {
+            p.looped.fetch_add(1, Ordering::Relaxed);
+            let here = format!("{origin}{path}?{}", query.clone().unwrap_or_default());
+            let mut first = p.first_page.lock().unwrap();
+            let is_first = query.as_deref().is_none_or(|q| !q.contains("page="));
+            if is_first {
+                first.insert(path.clone(), here);
+            } else if let Some(start) = first.get(&path) {
+                let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                v["next"] = serde_json::Value::String(start.clone());
+                body = v.to_string();
+            }
+        }
+        axum::response::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    }
+
+    let sim = url::Url::parse(sim_api).unwrap();
+    let sim_origin = sim.origin().ascii_serialization();
+    let looped = Arc::new(AtomicUsize::new(0));
+    let state = Proxy {
+        sim_origin,
+        origin: Arc::new(Mutex::new(String::new())),
+        loop_path: loop_path.to_owned(),
+        first_page: Arc::default(),
+        looped: Arc::clone(&looped),
+        http: reqwest::Client::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    *state.origin.lock().unwrap() = origin.clone();
+    let app = axum::Router::new().fallback(forward).with_state(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service()).await;
+    });
+    LoopingProxy {
+        url: format!("{origin}{}", sim.path()),
+        looped,
+    }
+}
+
+/// `bbcrawl sync` with `extra` config lines that must end within 20 s.
+async fn sync_within_20_s(store: &Path, api: &str, config: &str) -> std::process::Output {
+    let dir = store.parent().unwrap();
+    let path = dir.join("bbcrawl.toml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        sync(store, api, &["--config", &path], &[]),
+    )
+    .await
+    .expect("sync still running after 20 s: it is following the cycle")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commits_next_link_leading_back_fails_that_repository_only() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("looping", 450));
+    sim.add_repo(WS, RepoSpec::new("fine", 120));
+    let server = serve(&sim).await;
+    let proxy = looping_proxy(
+        &server.api_url(),
+        &format!("/2.0/repositories/{WS}/looping/commits/main"),
+    )
+    .await;
+    let (_dir, store) = fresh_store();
+    let out = sync_within_20_s(&store, &proxy.url, "").await;
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(6), "{text}{err}");
+    assert!(
+        text.contains("acme/looping") && text.contains("go round in a circle"),
+        "{text}"
+    );
+    // Page 1, page 2 (whose next leads back to page 1), and nothing more.
+    let looped = proxy.looped.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(looped, 2, "requests for the looping branch");
+    assert_eq!(stored_repo(&store, "fine").commits_stored, 120);
+    assert_eq!(stored_repo(&store, "looping").commits_stored, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_next_link_leading_back_fails_the_pass_with_a_clear_error() {
+    let sim = world(0);
+    for i in 0..25 {
+        sim.add_repo(WS, RepoSpec::new(&format!("svc-{i:02}"), 3));
+    }
+    let server = serve(&sim).await;
+    let proxy = looping_proxy(&server.api_url(), &format!("/2.0/repositories/{WS}")).await;
+    let (_dir, store) = fresh_store();
+    let out = sync_within_20_s(&store, &proxy.url, "page_size = 10\n").await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}{err}", stdout(&out));
+    assert!(
+        err.contains("go round in a circle") && err.contains("/2.0/repositories/acme"),
+        "{err}"
+    );
+    let looped = proxy.looped.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(looped, 2, "listing requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_without_a_web_origin_are_refused_by_their_scheme_not_as_null() {
+    for (scheme, named) in [
+        ("javascript:", "a javascript: URL"),
+        ("file://", "a file: URL"),
+    ] {
+        let sim = world(0);
+        sim.add_repo(WS, RepoSpec::new("web", 250));
+        sim.inject(
+            Some("/web/commits"),
+            vec![bbcrawl::simulator::Fault::ForeignNext(scheme.into())],
+        );
+        let server = serve(&sim).await;
+        let (_dir, store) = fresh_store();
+        let out = sync(&store, &server.api_url(), &[], &[]).await;
+        let text = stdout(&out);
+        assert_eq!(out.status.code(), Some(6), "{text}{}", stderr(&out));
+        assert!(
+            text.contains(&format!("refused to follow a link to {named}")),
+            "{scheme}: {text}"
+        );
+        assert!(!text.contains("null"), "{text}");
+        // Nothing was sent anywhere but the API: one page of `web`.
+        assert_eq!(commits_requests(&sim, "web"), 1);
+    }
+}

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::writer::{MarkReachable, PutRepo, WritePage, Writer};
 use super::{PassEvent, PassObserver, StopFlag, WriterQueue};
 use crate::bitbucket::models::{Commit, Repository};
-use crate::bitbucket::{ApiError, BitbucketClient};
+use crate::bitbucket::{ApiError, BitbucketClient, VisitedPages};
 use crate::record::CommitRecord;
 use crate::schedule::Reason;
 use crate::store::{RepoEventKind, RepoState, RepoStatus, StoreError, Walk};
@@ -368,26 +368,23 @@ async fn walk_pages(
     walk: &mut Walk,
 ) -> Result<Option<WalkEnd>, CrawlError> {
     let mut restarted = false;
+    let mut visited = VisitedPages::default();
     loop {
         if job.stop.load(Ordering::Relaxed) {
             repo.walk = Some(walk.clone());
             return Err(CrawlError::Stopped);
         }
-        let fetched = if walk.pages == 0 {
-            match job
-                .client
+        let url = if walk.pages == 0 {
+            job.client
                 .commits_url(&job.workspace, &repo.slug, branch, &walk.exclude)
-            {
-                Ok(url) => job.client.get_page::<Commit>(url).await,
-                Err(e) => Err(e),
-            }
         } else if let Some(next) = walk.next.clone() {
-            match job.client.check_link(&next) {
-                Ok(url) => job.client.get_page::<Commit>(url).await,
-                Err(e) => Err(e),
-            }
+            job.client.check_link(&next)
         } else {
             break;
+        };
+        let fetched = match url.and_then(|url| visited.visit(&url).map(|()| url)) {
+            Ok(url) => job.client.get_page::<Commit>(url).await,
+            Err(e) => Err(e),
         };
         let page = match fetched {
             Ok(page) => page,
@@ -398,6 +395,7 @@ async fn walk_pages(
                 tracing::info!(repo = %repo.full_name, %old_head, "stored head no longer on the default branch (force push); walking it again");
                 note(repo, tally, RepoEventKind::ForcePush { old_head });
                 *walk = new_walk(branch, None, repo, listed.clone());
+                visited.clear();
                 continue;
             }
             Err(ApiError::NotFound { shas, .. }) if walk.pages == 0 && !shas.is_empty() => {
@@ -426,6 +424,7 @@ async fn walk_pages(
                 tracing::warn!(repo = %repo.full_name, error = %e, "saved position rejected; restarting the walk from the top");
                 restarted = true;
                 *walk = new_walk(branch, walk.exclude.first().cloned(), repo, listed.clone());
+                visited.clear();
                 continue;
             }
             Err(e) => {

@@ -2,6 +2,7 @@
 //! error classification and retries. Every request goes through one
 //! [`RateBudget`] per credential and one concurrency limit.
 
+use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -617,11 +618,42 @@ impl BitbucketClient {
     }
 }
 
+/// The pages one walk through a paged collection has fetched. A `next`
+/// link only ever leads forward; one that leads back to any page already
+/// fetched (A → B → A, from a broken proxy or cache) would be followed for
+/// ever, burning the hourly budget, so it is refused before it is sent.
+/// Memory grows with the walk's pages (one URL each), which a walk holds
+/// for one pass.
+#[derive(Debug, Default)]
+pub struct VisitedPages {
+    seen: HashSet<String>,
+}
+
+impl VisitedPages {
+    /// Records `url` as fetched by this walk; refuses it if it already was.
+    pub fn visit(&mut self, url: &Url) -> Result<(), ApiError> {
+        if self.seen.insert(url.as_str().to_owned()) {
+            Ok(())
+        } else {
+            Err(ApiError::LinkCycle {
+                path: url.path().to_owned(),
+                pages: self.seen.len(),
+            })
+        }
+    }
+
+    /// Forgets every page (the walk starts again from the top).
+    pub fn clear(&mut self) {
+        self.seen.clear();
+    }
+}
+
 /// A paged collection, followed through its `next` links. Each page is
 /// returned whole, with its `next` link, so a caller can checkpoint it.
 pub struct Pager<T> {
     client: BitbucketClient,
     next: Option<String>,
+    visited: VisitedPages,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -630,6 +662,7 @@ impl<T: DeserializeOwned> Pager<T> {
         Pager {
             client,
             next: Some(url.into()),
+            visited: VisitedPages::default(),
             _item: PhantomData,
         }
     }
@@ -647,7 +680,15 @@ impl<T: DeserializeOwned> Pager<T> {
             return Ok(None);
         };
         let url = self.client.check_link(&link)?;
-        let page: Page<T> = self.client.get_page(url).await?;
+        self.visited.visit(&url)?;
+        let page: Page<T> = match self.client.get_page(url.clone()).await {
+            Ok(page) => page,
+            Err(e) => {
+                // Not fetched after all: repeating the call may fetch it.
+                self.visited.seen.remove(url.as_str());
+                return Err(e);
+            }
+        };
         self.next = page.next.clone();
         Ok(Some(page))
     }
@@ -687,8 +728,15 @@ fn normalise_base(api: &Url) -> Url {
 }
 
 /// `scheme://host:port` of a URL, for messages (never a path or query).
+/// A URL without a web origin (`javascript:`, `file:`, `data:`) is named
+/// by its scheme: its origin would print as `null`.
 pub fn origin_string(url: &Url) -> String {
-    url.origin().ascii_serialization()
+    let origin = url.origin();
+    if origin.is_tuple() {
+        origin.ascii_serialization()
+    } else {
+        format!("a {}: URL", url.scheme())
+    }
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {

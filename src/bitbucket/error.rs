@@ -85,6 +85,15 @@ pub enum ApiError {
     /// A link that is not a valid URL.
     #[error("invalid URL in response: {0}")]
     InvalidUrl(String),
+    /// A `next` link led back to a page this walk already fetched (a broken
+    /// proxy or cache): following it would never end. Nothing was sent.
+    #[error("`next` links go round in a circle: {path} was already fetched in this walk ({pages} pages fetched); stopping this walk")]
+    LinkCycle {
+        /// Path of the page linked to again (no query: it may be long).
+        path: String,
+        /// Pages the walk had fetched.
+        pages: usize,
+    },
 }
 
 impl ApiError {

@@ -8,5 +8,5 @@ pub mod error;
 pub mod models;
 
 pub use budget::{RateBudget, RateLimitBackoff};
-pub use client::{BitbucketClient, ClientOptions, ClientStats, Pager, RetryBackoff};
+pub use client::{BitbucketClient, ClientOptions, ClientStats, Pager, RetryBackoff, VisitedPages};
 pub use error::ApiError;
