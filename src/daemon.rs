@@ -486,6 +486,32 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The credentials' rate-limit pauses now.
+struct RateLimitWait {
+    /// Credentials paused after a 429.
+    paused: usize,
+    /// Credentials in all.
+    credentials: usize,
+    /// The longest pause left.
+    longest: Option<Duration>,
+    /// When the first paused credential reopens.
+    shortest: Option<Duration>,
+}
+
+fn rate_limit_wait(client: &BitbucketClient) -> RateLimitWait {
+    let pauses: Vec<Duration> = client
+        .budgets()
+        .iter()
+        .filter_map(|b| b.snapshot().resume_in)
+        .collect();
+    RateLimitWait {
+        paused: pauses.len(),
+        credentials: client.budgets().len(),
+        longest: pauses.iter().max().copied(),
+        shortest: pauses.iter().min().copied(),
+    }
+}
+
 /// `GET /metrics`: refreshes the budget gauges, then renders.
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let (limit, remaining) =
@@ -497,6 +523,8 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
                 let left = u64::from(snap.limit).saturating_sub(snap.used_in_window as u64);
                 (l + u64::from(snap.limit), r + left)
             });
+    let wait = rate_limit_wait(&s.client).longest.unwrap_or_default();
+    metrics::gauge!(telemetry::RATELIMIT_WAIT).set(wait.as_secs_f64());
     metrics::gauge!(telemetry::RATELIMIT_LIMIT).set(limit as f64);
     let pages = telemetry::BACKFILL_PAGES_ESTIMATE.load(std::sync::atomic::Ordering::Relaxed);
     let eta = if limit > 0 {
@@ -513,10 +541,24 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`. While every credential is paused after a 429 the
+/// status is `rate_limited` (still 200: waiting is what the limit needs,
+/// not a failure) and `rate_limit` says until when; a paused credential
+/// among others that can send is shown without changing the status.
 async fn healthz(State(s): State<AppState>) -> Response {
+    let wait = rate_limit_wait(&s.client);
+    let rate_limit = (wait.paused > 0).then(|| {
+        let resume_in = wait.shortest.unwrap_or_default();
+        let until = Utc::now() + chrono::Duration::from_std(resume_in).unwrap_or_default();
+        serde_json::json!({
+            "credentials_paused": wait.paused,
+            "credentials": wait.credentials,
+            "resume_in_seconds": resume_in.as_secs(),
+            "resume_at": until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+    });
     let h = s.health();
-    let (status, body) = match &h.failure {
+    let (status, mut body) = match &h.failure {
         Some(f) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({
@@ -526,15 +568,27 @@ async fn healthz(State(s): State<AppState>) -> Response {
                 "last_success": h.last_success,
             }),
         ),
-        None => (
-            StatusCode::OK,
-            serde_json::json!({
-                "status": if h.passes == 0 { "starting" } else { "ok" },
-                "last_pass": h.last_pass,
-                "last_success": h.last_success,
-            }),
-        ),
+        None => {
+            let word = if wait.paused > 0 && wait.paused == wait.credentials {
+                "rate_limited"
+            } else if h.passes == 0 {
+                "starting"
+            } else {
+                "ok"
+            };
+            (
+                StatusCode::OK,
+                serde_json::json!({
+                    "status": word,
+                    "last_pass": h.last_pass,
+                    "last_success": h.last_success,
+                }),
+            )
+        }
     };
+    if let (Some(r), Some(obj)) = (rate_limit, body.as_object_mut()) {
+        obj.insert("rate_limit".into(), r);
+    }
     json_response(status, &body)
 }
 

@@ -4,6 +4,7 @@
 //! Module map (arrows point down, never back up):
 //! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
 //! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
+//! - [`human`]     durations as people read them (summaries, progress, log lines).
 //! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
 //! - [`output`]    how `query`, `show` and `export` print: table, json, ndjson, csv.
 //! - [`query`]     questions about the stored commits, shared by the CLI and the daemon.
@@ -24,6 +25,7 @@ pub mod bitbucket;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod human;
 pub mod output;
 pub mod progress;
 pub mod query;

@@ -509,7 +509,7 @@ async fn sync(
     require_api_config(&cfg)?;
     let store = Arc::new(Store::open(&cfg.store)?);
     let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
-    let progress = Arc::new(SyncProgress::new(progress_mode(g), client.clone()));
+    let progress = SyncProgress::start(progress_mode(g), client.clone());
     let observer: Arc<dyn PassObserver> = progress.clone();
     let opts = pass_options(&cfg, repos, full);
     let stop = Arc::new(AtomicBool::new(false));
@@ -600,7 +600,7 @@ async fn run_daemon(
     } else {
         ProgressMode::Lines
     };
-    let observer: Arc<dyn PassObserver> = Arc::new(SyncProgress::new(mode, client.clone()));
+    let observer: Arc<dyn PassObserver> = SyncProgress::start(mode, client.clone());
     let opts = daemon::DaemonOptions {
         listen: cfg.listen,
         interval: cfg.interval,

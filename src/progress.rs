@@ -4,13 +4,14 @@
 //! with `-q`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::actors::{PassEvent, PassObserver};
 use crate::bitbucket::BitbucketClient;
+use crate::human;
 use crate::store::RepoStatus;
 
 /// How progress is shown.
@@ -63,19 +64,58 @@ impl SyncProgress {
         }
     }
 
-    /// The status text: commits, requests and budget, rate, time left.
+    /// An observer drawing with `mode`, shared; a live bar is also redrawn
+    /// every second, so a wait (a 429 pause, a retry) shows while nothing
+    /// else happens.
+    pub fn start(mode: ProgressMode, client: BitbucketClient) -> Arc<SyncProgress> {
+        let progress = Arc::new(SyncProgress::new(mode, client));
+        if mode == ProgressMode::Bar {
+            let weak = Arc::downgrade(&progress);
+            // A plain thread: the bar must move even while the runtime's
+            // one thread waits on the crawl. It ends with the observer.
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(1));
+                match weak.upgrade() {
+                    Some(p) if !p.bar.as_ref().is_some_and(ProgressBar::is_finished) => {
+                        p.redraw(true)
+                    }
+                    _ => break,
+                }
+            });
+        }
+        progress
+    }
+
+    /// The status text: commits, requests and budget, rate, time left, and
+    /// what the crawl waits for (a rate-limit pause, a retried request).
     pub fn status(&self) -> String {
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
         let commits = self.commits.load(Ordering::Relaxed);
         let stats = self.client.stats();
-        let (used, limit) = self
-            .client
-            .budgets()
+        let snapshots: Vec<_> = self.client.budgets().iter().map(|b| b.snapshot()).collect();
+        let (used, limit) = snapshots.iter().fold((0usize, 0u64), |(u, l), s| {
+            (u + s.used_in_window, l + u64::from(s.limit))
+        });
+        let mut waits = String::new();
+        // Every credential paused: nothing goes out until the first reopens.
+        if let Some(resume) = snapshots
             .iter()
-            .map(|b| b.snapshot())
-            .fold((0usize, 0u64), |(u, l), s| {
-                (u + s.used_in_window, l + u64::from(s.limit))
-            });
+            .map(|s| s.resume_in)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|all| all.into_iter().min())
+        {
+            waits.push_str(&format!(
+                ", rate limited: resuming in {}",
+                human::duration(resume)
+            ));
+        }
+        if let Some(n) = self.client.retrying() {
+            let message: String = n.message.chars().take(80).collect();
+            waits.push_str(&format!(
+                ", retrying {} (attempt {} of {} failed: {message})",
+                n.subject, n.attempt, n.attempts
+            ));
+        }
         let done = self.done.load(Ordering::Relaxed);
         let total = self.total.load(Ordering::Relaxed);
         let eta = if done > 0 && total > done {
@@ -92,8 +132,8 @@ impl SyncProgress {
                 format!(", {} rate limited", stats.rate_limited)
             } else {
                 String::new()
-            }
-        )
+            },
+        ) + &waits
     }
 
     /// Clears the bar before the summary is printed.
@@ -160,5 +200,81 @@ impl PassObserver for SyncProgress {
                 self.redraw(true);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitbucket::budget::Outcome;
+    use crate::bitbucket::{ClientOptions, RetryBackoff};
+    use crate::config::{Credential, Secret};
+
+    fn client(api: &str) -> BitbucketClient {
+        let mut opts = ClientOptions::new(
+            url::Url::parse(api).unwrap(),
+            vec![Credential::AccessToken {
+                token: Secret::new("t"),
+            }],
+        );
+        opts.max_retries = 1;
+        opts.retry_backoff = RetryBackoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_millis(500),
+        };
+        BitbucketClient::new(opts).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_progress_line_shows_a_rate_limit_pause_and_when_it_ends() {
+        let c = client("https://api.bitbucket.org/2.0");
+        let p = SyncProgress::new(ProgressMode::Silent, c.clone());
+        assert!(!p.status().contains("rate limited"), "{}", p.status());
+        let budget = &c.budgets()[0];
+        let pause = budget
+            .acquire()
+            .await
+            .finish(Outcome::RateLimited(Some(Duration::from_secs(3600))));
+        assert_eq!(pause, Some(Duration::from_secs(3600)));
+        assert!(
+            p.status().ends_with(", rate limited: resuming in 1h00m"),
+            "{}",
+            p.status()
+        );
+        tokio::time::advance(Duration::from_secs(1800)).await;
+        assert!(
+            p.status().ends_with(", rate limited: resuming in 30m00s"),
+            "{}",
+            p.status()
+        );
+        tokio::time::advance(Duration::from_secs(1800)).await;
+        assert!(!p.status().contains("resuming"), "{}", p.status());
+    }
+
+    #[tokio::test]
+    async fn the_progress_line_shows_a_request_being_retried_until_it_ends() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = client(&format!("http://127.0.0.1:{port}/2.0"));
+        let p = SyncProgress::new(ProgressMode::Silent, c.clone());
+        let listing = c.repositories("acme").unwrap();
+        let task = tokio::spawn(listing.collect_all());
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while c.retrying().is_none() {
+            assert!(Instant::now() < deadline, "no retry notice");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let status = p.status();
+        assert!(
+            status.contains(", retrying acme (attempt 1 of 2 failed: connection failed"),
+            "{status}"
+        );
+        // The request gives up after its retry: the notice goes with it.
+        assert!(task.await.unwrap().is_err());
+        assert_eq!(c.retrying(), None);
+        assert!(!p.status().contains("retrying"), "{}", p.status());
     }
 }

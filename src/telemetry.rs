@@ -57,6 +57,8 @@ pub const LAST_SYNC_FAILED: &str = "bbcrawl_last_sync_failed";
 pub const RATELIMIT_LIMIT: &str = "bbcrawl_ratelimit_limit";
 /// Requests left in the rolling hour, summed over credentials.
 pub const RATELIMIT_REMAINING: &str = "bbcrawl_ratelimit_remaining_estimate";
+/// Seconds until the longest 429 pause in force ends (0 when none).
+pub const RATELIMIT_WAIT: &str = "bbcrawl_ratelimit_wait_seconds";
 /// Pages handed to the writer and not yet acknowledged.
 pub const WRITER_QUEUE_DEPTH: &str = "bbcrawl_writer_queue_depth";
 /// `{version}`: always 1.
@@ -130,7 +132,7 @@ pub struct MetricDef {
 }
 
 /// Every metric bbcrawl exports.
-pub const METRICS: [MetricDef; 25] = [
+pub const METRICS: [MetricDef; 26] = [
     MetricDef { name: HTTP_REQUESTS, kind: Kind::Counter, unit: Unit::Count, labels: &["endpoint", "code"],
         help: "HTTP attempts sent to Bitbucket, every retry included, by endpoint and status code (`error` when no answer came)." },
     MetricDef { name: HTTP_REQUEST_DURATION, kind: Kind::Histogram, unit: Unit::Seconds, labels: &["endpoint"],
@@ -167,6 +169,8 @@ pub const METRICS: [MetricDef; 25] = [
         help: "Requests allowed per rolling hour, summed over credentials." },
     MetricDef { name: RATELIMIT_REMAINING, kind: Kind::Gauge, unit: Unit::Count, labels: &[],
         help: "Estimated requests left in the rolling hour (limit minus used), summed over credentials." },
+    MetricDef { name: RATELIMIT_WAIT, kind: Kind::Gauge, unit: Unit::Seconds, labels: &[],
+        help: "Seconds until the longest rate-limit pause in force ends (after a 429: Retry-After, capped at one hour, or backoff); 0 when no credential is paused." },
     MetricDef { name: WRITER_QUEUE_DEPTH, kind: Kind::Gauge, unit: Unit::Count, labels: &[],
         help: "Pages handed to the writer and not yet acknowledged." },
     MetricDef { name: BUILD_INFO, kind: Kind::Gauge, unit: Unit::Count, labels: &["version"],
@@ -254,6 +258,7 @@ pub fn describe_and_register() {
     for name in [
         RATELIMIT_LIMIT,
         RATELIMIT_REMAINING,
+        RATELIMIT_WAIT,
         WRITER_QUEUE_DEPTH,
         BACKFILL_REPOS,
         BACKFILL_ETA,

@@ -301,3 +301,232 @@ async fn links_without_a_web_origin_are_refused_by_their_scheme_not_as_null() {
         assert_eq!(commits_requests(&sim, "web"), 1);
     }
 }
+
+/// The daemon's address from its address file, once written.
+async fn daemon_addr(store: &Path, log: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(a) = bbcrawl::daemon::read_address(store) {
+            return a.addr.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no daemon.json after 15 s\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One sample of `/metrics`.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_a_billion_seconds_is_capped_at_an_hour_logged_and_shown() {
+    use bbcrawl::simulator::{Fault, RetryAfter};
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 50));
+    sim.inject(
+        Some("/web/commits"),
+        vec![Fault::RateLimited(Some(RetryAfter::Seconds(1_000_000_000)))],
+    );
+    let server = serve(&sim).await;
+    let (dir, store) = fresh_store();
+    let log = dir.path().join("run.log");
+    let mut env = sync_env(&server.api_url(), &store);
+    env.push(("BBCRAWL_LISTEN".into(), "127.0.0.1:0".into()));
+    let child = spawn_bbcrawl(&["run", "--log-format", "json"], &env, &log);
+    let addr = daemon_addr(&store, &log).await;
+    let http = reqwest::Client::new();
+
+    // /healthz: 200, the pass waits on the rate limit, for an hour at most.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        let resp = http
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        if body["status"] == "rate_limited" {
+            assert_eq!(status, 200, "{body}");
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never said rate_limited: {status} {body}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let resume_in = health["rate_limit"]["resume_in_seconds"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&resume_in), "{health}");
+    assert!(health["rate_limit"]["resume_at"].is_string(), "{health}");
+
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let wait = metric(&text, "bbcrawl_ratelimit_wait_seconds").expect("the wait gauge");
+    assert!((3500.0..=3600.0).contains(&wait), "{wait}");
+
+    // One WARN line says how long and until when, and that it was capped.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("rate limited (429)"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{logs}");
+    assert!(
+        warned[0].contains("waits 1h00m")
+            && warned[0].contains("capped")
+            && warned[0].contains("until 20"),
+        "{}",
+        warned[0]
+    );
+    let line: serde_json::Value = serde_json::from_str(warned[0]).unwrap();
+    assert_eq!(
+        line["fields"]["wait_seconds"].as_f64(),
+        Some(3600.0),
+        "{line}"
+    );
+
+    // And it still stops on SIGTERM within the promised 10 s.
+    let sent = Instant::now();
+    signal(&child, "-TERM");
+    let mut child = child;
+    let status = tokio::time::timeout(Duration::from_secs(12), child.wait())
+        .await
+        .expect("bbcrawl run did not stop within 12 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_date_in_2099_stops_sync_for_an_hour_at_most_and_says_so() {
+    use bbcrawl::simulator::{Fault, RetryAfter};
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 50));
+    sim.inject(
+        Some("/repositories/acme"),
+        vec![Fault::RateLimited(Some(RetryAfter::HttpDate(
+            "Thu, 01 Jan 2099 00:00:00 GMT".into(),
+        )))],
+    );
+    let server = serve(&sim).await;
+    let (dir, store) = fresh_store();
+    let log = dir.path().join("sync.log");
+    let mut child = spawn_sync(&sync_env(&server.api_url(), &store), &log);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("rate limited (429)")
+    {
+        assert!(Instant::now() < deadline, "no rate-limit line after 15 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("waits 1h00m") && logs.contains("capped"),
+        "{logs}"
+    );
+    signal(&child, "-INT");
+    let status = tokio::time::timeout(Duration::from_secs(12), child.wait())
+        .await
+        .expect("sync did not stop within 12 s of SIGINT")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_rate_limit_pause_is_logged() {
+    use bbcrawl::simulator::{Fault, RetryAfter};
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 50));
+    sim.inject(
+        Some("/web/commits"),
+        vec![Fault::RateLimited(Some(RetryAfter::Seconds(1)))],
+    );
+    let server = serve(&sim).await;
+    let (_dir, store) = fresh_store();
+    let out = sync(&store, &server.api_url(), &[], &[]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{}{err}", stdout(&out));
+    let waits = err.find("waits 1.0 s (as Retry-After asks)").expect(&err);
+    let over = err.find("rate-limit pause over").expect(&err);
+    assert!(waits < over, "{err}");
+    assert_store_is_truth(&store, &sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_against_an_address_with_nothing_listening_are_said_once_a_minute() {
+    let (dir, store) = fresh_store();
+    std::fs::write(dir.path().join("c.toml"), "max_retries = 3\n").unwrap();
+    let config = dir.path().join("c.toml").to_string_lossy().into_owned();
+    let api = format!("http://127.0.0.1:{}/2.0", free_port());
+    let started = Instant::now();
+    let out = sync(&store, &api, &["--config", &config], &[]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    // Three retries within seconds: said once, with what fails, the attempt
+    // count and the next wait.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("acme: connection failed")
+            && lines[0].contains("attempt 1 of 4 failed, retrying in"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_is_said_to_be_retried_and_the_crawl_completes() {
+    use bbcrawl::simulator::Fault;
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 150));
+    sim.inject(
+        Some("/web/commits"),
+        vec![Fault::Stall(Duration::from_secs(3)); 2],
+    );
+    let server = serve(&sim).await;
+    let (dir, store) = fresh_store();
+    std::fs::write(dir.path().join("c.toml"), "request_timeout_seconds = 1\n").unwrap();
+    let config = dir.path().join("c.toml").to_string_lossy().into_owned();
+    let out = sync(&store, &server.api_url(), &["--config", &config], &[]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{}{err}", stdout(&out));
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "two timeouts within a minute, one line: {err}"
+    );
+    assert!(
+        lines[0].contains("acme/web: timed out") && lines[0].contains("attempt 1 of 11 failed"),
+        "{}",
+        lines[0]
+    );
+    assert_store_is_truth(&store, &sim);
+}

@@ -174,24 +174,7 @@ impl PassSummary {
             self.new_commits,
             self.requests,
             self.rate_limited,
-            humanize(Duration::from_secs_f64(self.duration_seconds.max(0.0)))
-        )
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 1.0 {
-        format!("{:.0} ms", s * 1000.0)
-    } else if s < 60.0 {
-        format!("{s:.1} s")
-    } else if s < 3600.0 {
-        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
-    } else {
-        format!(
-            "{}h{:02}m",
-            (s / 3600.0) as u64,
-            ((s % 3600.0) / 60.0) as u64
+            crate::human::duration(Duration::from_secs_f64(self.duration_seconds.max(0.0)))
         )
     }
 }

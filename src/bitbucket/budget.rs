@@ -61,6 +61,9 @@ pub struct BudgetSnapshot {
     pub paused: bool,
     /// Number of 429 answers seen.
     pub rate_limited: u64,
+    /// While the gate is closed after a 429: how long until it reopens
+    /// (then one probe goes first). `None` when it is open.
+    pub resume_in: Option<Duration>,
 }
 
 /// The per-credential budget. Cheap to share: wrap in an `Arc`.
@@ -264,11 +267,17 @@ impl RateBudget {
             used_in_window: st.sent.len(),
             paused: st.paused_until.is_some_and(|u| now < u) || st.probing,
             rate_limited: st.rate_limited,
+            resume_in: st
+                .paused_until
+                .filter(|u| now < *u)
+                .map(|u| u.saturating_duration_since(now)),
         }
     }
 
-    fn finish(&self, generation: u64, probe: bool, outcome: Outcome) {
+    /// Applies an answer; returns the pause it started, if it closed the gate.
+    fn finish(&self, generation: u64, probe: bool, outcome: Outcome) -> Option<Duration> {
         let mut st = self.lock();
+        let mut closed = None;
         match outcome {
             Outcome::RateLimited(retry_after) => {
                 st.rate_limited += 1;
@@ -290,6 +299,7 @@ impl RateBudget {
                     // goes at its end and the rest one interval apart
                     // (`now + pause` alone would allow a full burst again).
                     st.tat = now + pause + st.interval() * (st.burst() - 1);
+                    closed = Some(pause);
                 }
                 // Otherwise the request was sent before the current closure:
                 // the gate already accounts for it.
@@ -301,6 +311,9 @@ impl RateBudget {
                 st.probing = false;
                 st.paused_until = None;
                 st.backoff.reset();
+                tracing::info!(
+                    "rate-limit pause over: the probe request was answered; requests resume"
+                );
             }
             Outcome::Answered => {
                 if st.paused_until.is_none() {
@@ -316,6 +329,7 @@ impl RateBudget {
         }
         drop(st);
         self.gate_changed.notify_waiters();
+        closed
     }
 }
 
@@ -401,7 +415,7 @@ impl Permit {
     /// The request was not sent after all (the gate closed while it
     /// waited): its slot does not count in the window.
     pub fn cancel(self) {
-        self.finish(Outcome::NotSent);
+        let _ = self.finish(Outcome::NotSent);
     }
 
     /// Whether the gate closed after this permit was handed out (a 429 came
@@ -411,20 +425,23 @@ impl Permit {
         !self.probe && self.budget.closed_since(self.generation)
     }
 
-    /// Reports the answer to the budget.
-    pub fn finish(mut self, outcome: Outcome) {
+    /// Reports the answer to the budget. Returns the pause a 429 started
+    /// when this answer closed the gate (a 429 to a request sent before the
+    /// gate last closed does not close it again).
+    pub fn finish(mut self, outcome: Outcome) -> Option<Duration> {
         self.finished = true;
         if outcome == Outcome::NotSent {
             self.budget.unreserve(self.slot);
         }
-        self.budget.finish(self.generation, self.probe, outcome);
+        self.budget.finish(self.generation, self.probe, outcome)
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.finished {
-            self.budget
+            let _ = self
+                .budget
                 .finish(self.generation, self.probe, Outcome::NoAnswer);
         }
     }

@@ -128,6 +128,77 @@ struct Inner {
     next_credential: AtomicUsize,
     opts: ClientOptions,
     stats: Counters,
+    retries: RetryNotices,
+}
+
+/// A request that failed and is being retried, as the progress line and
+/// the log tell it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryNotice {
+    /// `workspace/slug` of a repository's commits, `workspace` of a listing.
+    pub subject: String,
+    /// What failed (never a secret: URLs carry none).
+    pub message: String,
+    /// The attempt that failed (1 = the first).
+    pub attempt: u32,
+    /// Attempts allowed (`max_retries` + 1).
+    pub attempts: u32,
+    /// The wait before the next attempt.
+    pub retry_in: Duration,
+    /// When the attempt failed.
+    pub at: tokio::time::Instant,
+}
+
+/// How often one subject's retries are logged at WARN.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Retry notices: the ones in progress (shown until the request ends) and
+/// when each subject was last logged. Both maps hold one entry per
+/// repository or workspace at most.
+#[derive(Default)]
+struct RetryNotices {
+    state: std::sync::Mutex<RetryState>,
+}
+
+#[derive(Default)]
+struct RetryState {
+    current: std::collections::HashMap<String, RetryNotice>,
+    logged: std::collections::HashMap<String, tokio::time::Instant>,
+}
+
+impl RetryNotices {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RetryState> {
+        // Plain maps: a panic elsewhere cannot leave them inconsistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a notice; true when it should be logged loudly (its subject
+    /// was not logged within [`RETRY_LOG_EVERY`]).
+    fn note(&self, notice: RetryNotice) -> bool {
+        let mut st = self.lock();
+        let now = notice.at;
+        let loud = st
+            .logged
+            .get(&notice.subject)
+            .is_none_or(|t| now.saturating_duration_since(*t) >= RETRY_LOG_EVERY);
+        if loud {
+            st.logged.insert(notice.subject.clone(), now);
+        }
+        st.current.insert(notice.subject.clone(), notice);
+        loud
+    }
+
+    /// The request for `url` ended (answered, or given up).
+    fn settled(&self, url: &Url) {
+        let mut st = self.lock();
+        if !st.current.is_empty() {
+            st.current.remove(&subject_of(url));
+        }
+    }
+
+    fn latest(&self) -> Option<RetryNotice> {
+        self.lock().current.values().max_by_key(|n| n.at).cloned()
+    }
 }
 
 /// Running totals since the client was built.
@@ -161,7 +232,7 @@ impl std::fmt::Debug for BitbucketClient {
 /// How one attempt failed, before retries are decided.
 enum Failure {
     /// 429: pause the credential, then retry.
-    RateLimited(Option<Duration>),
+    RateLimited(Option<RetryAfter>),
     /// 5xx, timeout, reset, broken body: back off, then retry.
     Transient {
         message: String,
@@ -170,7 +241,7 @@ enum Failure {
         /// The request never reached the server (the connection could not
         /// be made): it cannot have counted against the rate limit.
         unsent: bool,
-        retry_after: Option<Duration>,
+        retry_after: Option<RetryAfter>,
         /// The `reason` label of `bbcrawl_retries_total`.
         reason: &'static str,
     },
@@ -222,6 +293,7 @@ impl BitbucketClient {
                 next_credential: AtomicUsize::new(0),
                 opts,
                 stats: Counters::default(),
+                retries: RetryNotices::default(),
             }),
         })
     }
@@ -382,8 +454,21 @@ impl BitbucketClient {
             .await
     }
 
-    /// Sends one logical request, retrying transient failures.
+    /// Sends one logical request, retrying transient failures; its retry
+    /// notice (if any) ends with it.
     async fn request<T, E: std::fmt::Display>(
+        &self,
+        method: Method,
+        url: Url,
+        decode: impl Fn(&[u8]) -> Result<T, E>,
+    ) -> Result<T, ApiError> {
+        let result = self.attempts(method, url.clone(), decode).await;
+        self.inner.retries.settled(&url);
+        result
+    }
+
+    /// The attempts of one logical request.
+    async fn attempts<T, E: std::fmt::Display>(
         &self,
         method: Method,
         url: Url,
@@ -458,12 +543,36 @@ impl BitbucketClient {
                         .rate_limited
                         .fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(telemetry::RATE_LIMITED).increment(1);
-                    permit.finish(Outcome::RateLimited(retry_after));
-                    tracing::warn!(
-                        path = url.path(),
-                        attempt,
-                        "rate limited (429); pausing this credential"
-                    );
+                    let closed = permit.finish(Outcome::RateLimited(retry_after.map(|r| r.wait)));
+                    match closed {
+                        // This 429 closed the gate: say for how long, once.
+                        Some(pause) => {
+                            let why = match retry_after {
+                                Some(r) if r.capped => format!(
+                                    "Retry-After asked for longer than the {} rolling window; capped",
+                                    crate::human::duration(RETRY_AFTER_CAP)
+                                ),
+                                Some(_) => "as Retry-After asks".to_owned(),
+                                None => "no Retry-After: backing off".to_owned(),
+                            };
+                            let until = chrono::Utc::now()
+                                + chrono::Duration::from_std(pause).unwrap_or_default();
+                            tracing::warn!(
+                                path = url.path(),
+                                attempt,
+                                wait_seconds = pause.as_secs_f64(),
+                                until = %until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                "rate limited (429): every request with this credential waits {} ({why}), until {}",
+                                crate::human::duration(pause),
+                                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            );
+                        }
+                        None => tracing::debug!(
+                            path = url.path(),
+                            attempt,
+                            "rate limited (429) while the credential was already pausing"
+                        ),
+                    }
                     if !retries_left {
                         return Err(ApiError::RetriesExhausted {
                             attempts: attempt,
@@ -502,9 +611,10 @@ impl BitbucketClient {
                         });
                     }
                     let delay = retry_after
+                        .map(|r| r.wait)
                         .or_else(|| backoff.next_backoff())
                         .unwrap_or(opts.retry_backoff.max);
-                    tracing::debug!(path = url.path(), attempt, ?delay, %message, "transient failure; retrying");
+                    self.notice_retry(&url, &message, attempt, delay);
                     metrics::counter!(telemetry::RETRIES, "reason" => reason).increment(1);
                     let sleeping = tokio::time::Instant::now();
                     tokio::time::sleep(delay).await;
@@ -512,6 +622,40 @@ impl BitbucketClient {
                 }
             }
         }
+    }
+
+    /// Says that `url` failed and will be retried: a WARN line (at most one
+    /// per repository or listing per minute, so a long outage does not
+    /// flood the log) and the notice the progress line shows.
+    fn notice_retry(&self, url: &Url, message: &str, attempt: u32, delay: Duration) {
+        let attempts = self.inner.opts.max_retries.saturating_add(1);
+        let subject = subject_of(url);
+        let loud = self.inner.retries.note(RetryNotice {
+            subject: subject.clone(),
+            message: message.to_owned(),
+            attempt,
+            attempts,
+            retry_in: delay,
+            at: tokio::time::Instant::now(),
+        });
+        if loud {
+            tracing::warn!(
+                subject = %subject,
+                path = url.path(),
+                attempt,
+                attempts,
+                retry_in_seconds = delay.as_secs_f64(),
+                "{subject}: {message}; attempt {attempt} of {attempts} failed, retrying in {}",
+                crate::human::duration(delay)
+            );
+        } else {
+            tracing::debug!(subject = %subject, path = url.path(), attempt, ?delay, %message, "transient failure; retrying");
+        }
+    }
+
+    /// The latest request still being retried, if any (for progress).
+    pub fn retrying(&self) -> Option<RetryNotice> {
+        self.inner.retries.latest()
     }
 
     /// Chooses the credential for the next request: spreads requests over
@@ -750,27 +894,67 @@ fn header_u32(h: &HeaderMap, name: &str) -> Option<u32> {
 /// Longest `Retry-After` honoured: the rolling window is an hour.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
-/// `Retry-After` in seconds or as an HTTP date.
+/// `Retry-After` in seconds or as an HTTP date, capped at
+/// [`RETRY_AFTER_CAP`]: waiting longer than the rolling window cannot be
+/// what the limit needs, and a broken server must not stall bbcrawl for
+/// ever.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    asked_retry_after(value, now).map(|d| d.min(RETRY_AFTER_CAP))
+}
+
+/// `Retry-After` as asked, before the cap (saturating far beyond it).
+fn asked_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    let d = if let Ok(secs) = value.parse::<u64>() {
-        Duration::from_secs(secs)
+    if let Ok(secs) = value.parse::<u64>() {
+        Some(Duration::from_secs(secs))
     } else if let Some(secs) = value
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
     {
         // Not HTTP's form, but some servers send decimal seconds.
-        Duration::from_secs_f64(secs.min(RETRY_AFTER_CAP.as_secs_f64()))
+        Some(Duration::from_secs_f64(secs.min(1e12)))
     } else {
         let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    Some(d.min(RETRY_AFTER_CAP))
+        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    }
 }
 
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    header_str(h, "retry-after").and_then(|v| parse_retry_after(v, SystemTime::now()))
+/// A `Retry-After` header as bbcrawl honours it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RetryAfter {
+    /// The wait honoured (at most [`RETRY_AFTER_CAP`]).
+    wait: Duration,
+    /// Asked for longer than the cap.
+    capped: bool,
+}
+
+fn retry_after(h: &HeaderMap) -> Option<RetryAfter> {
+    let asked =
+        header_str(h, "retry-after").and_then(|v| asked_retry_after(v, SystemTime::now()))?;
+    Some(RetryAfter {
+        wait: asked.min(RETRY_AFTER_CAP),
+        capped: asked > RETRY_AFTER_CAP,
+    })
+}
+
+/// What a request is about, for retry notices: `workspace/slug` for a
+/// repository's commits, `workspace` for a listing (one line per minute
+/// each, whatever page or attempt).
+fn subject_of(url: &Url) -> String {
+    let segs: Vec<&str> = url
+        .path_segments()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    match segs.iter().position(|s| *s == "repositories") {
+        Some(i) => segs[i + 1..]
+            .iter()
+            .take(2)
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+            .collect::<Vec<_>>()
+            .join("/"),
+        None => url.path().to_owned(),
+    }
 }
 
 fn transport_failure(e: &reqwest::Error) -> Failure {
