@@ -122,6 +122,27 @@ pub fn read_address(store_dir: &Path) -> Option<DaemonAddress> {
     serde_json::from_slice(&text).ok()
 }
 
+/// Removes an address file left by a daemon that did not stop gracefully
+/// (`kill -9`, a crash). Call it only while holding the store: then no
+/// daemon of this store is running, and the file can only mislead.
+pub fn clear_stale_address(store_dir: &Path) {
+    let path = store_dir.join(ADDRESS_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed the address file a stopped daemon left behind")
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale address file")
+        }
+    }
+}
+
+/// Response header naming the store a daemon holds (its [`Store::id`]).
+pub const STORE_ID_HEADER: &str = "x-bbcrawl-store-id";
+/// Response header carrying the daemon's process id.
+pub const PID_HEADER: &str = "x-bbcrawl-pid";
+
 /// Writes the address file atomically: readers see no file or a whole one.
 fn write_address(store_dir: &Path, addr: SocketAddr) -> Result<PathBuf, DaemonError> {
     let path = store_dir.join(ADDRESS_FILE);
@@ -396,7 +417,11 @@ async fn record_pass(
                 };
                 tracing::info!(
                     result = outcome,
-                    repositories = summary.repos,
+                    // Every wanted repository, crawled or skipped by the
+                    // gate (a quiet pass crawls none but covers them all).
+                    repositories = summary.repos + summary.skipped + summary.audits_deferred,
+                    crawled = summary.repos,
+                    skipped = summary.skipped + summary.audits_deferred,
                     ok = summary.ok,
                     empty = summary.empty,
                     failed = summary.failed,
@@ -483,7 +508,22 @@ fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            identify,
+        ))
         .with_state(state)
+}
+
+/// Names the store and the process on every answer, so the CLI can tell
+/// this daemon from another that took over a stale address.
+async fn identify(State(s): State<AppState>, mut resp: Response) -> Response {
+    let headers = resp.headers_mut();
+    if let Some(Ok(id)) = s.store.id().map(header::HeaderValue::from_str) {
+        headers.insert(STORE_ID_HEADER, id);
+    }
+    headers.insert(PID_HEADER, header::HeaderValue::from(std::process::id()));
+    resp
 }
 
 /// The credentials' rate-limit pauses now.
@@ -541,16 +581,17 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /healthz`. While every credential is paused after a 429 the
-/// status is `rate_limited` (still 200: waiting is what the limit needs,
-/// not a failure) and `rate_limit` says until when; a paused credential
-/// among others that can send is shown without changing the status.
+/// `GET /healthz`. While a credential is paused after a 429, `rate_limit`
+/// says how many are and when the first resumes; `waiting` is true when
+/// all are, so the pass is waiting on the limit. The status is unchanged
+/// (still 200: waiting is what the limit needs, not a failure).
 async fn healthz(State(s): State<AppState>) -> Response {
     let wait = rate_limit_wait(&s.client);
     let rate_limit = (wait.paused > 0).then(|| {
         let resume_in = wait.shortest.unwrap_or_default();
         let until = Utc::now() + chrono::Duration::from_std(resume_in).unwrap_or_default();
         serde_json::json!({
+            "waiting": wait.paused == wait.credentials,
             "credentials_paused": wait.paused,
             "credentials": wait.credentials,
             "resume_in_seconds": resume_in.as_secs(),
@@ -568,23 +609,14 @@ async fn healthz(State(s): State<AppState>) -> Response {
                 "last_success": h.last_success,
             }),
         ),
-        None => {
-            let word = if wait.paused > 0 && wait.paused == wait.credentials {
-                "rate_limited"
-            } else if h.passes == 0 {
-                "starting"
-            } else {
-                "ok"
-            };
-            (
-                StatusCode::OK,
-                serde_json::json!({
-                    "status": word,
-                    "last_pass": h.last_pass,
-                    "last_success": h.last_success,
-                }),
-            )
-        }
+        None => (
+            StatusCode::OK,
+            serde_json::json!({
+                "status": if h.passes == 0 { "starting" } else { "ok" },
+                "last_pass": h.last_pass,
+                "last_success": h.last_success,
+            }),
+        ),
     };
     if let (Some(r), Some(obj)) = (rate_limit, body.as_object_mut()) {
         obj.insert("rate_limit".into(), r);

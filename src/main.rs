@@ -371,7 +371,9 @@ fn init_logging(g: &Global) {
         "error"
     } else {
         match g.verbose {
-            0 => "bbcrawl=info,warn",
+            // sled logs its own view of damage (versions, CRCs) next to
+            // the store error bbcrawl reports in plain words: -v shows it.
+            0 => "bbcrawl=info,sled=off,warn",
             1 => "bbcrawl=debug,info",
             _ => "trace",
         }
@@ -508,6 +510,8 @@ async fn sync(
     let cfg = load_config(g, workspaces)?;
     require_api_config(&cfg)?;
     let store = Arc::new(Store::open(&cfg.store)?);
+    // This process holds the store: no daemon of it runs.
+    daemon::clear_stale_address(&cfg.store);
     let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
     let progress = SyncProgress::start(progress_mode(g), client.clone());
     let observer: Arc<dyn PassObserver> = progress.clone();
@@ -639,13 +643,7 @@ enum Source {
 /// process holds it, the daemon recorded in it answers instead.
 fn open_source(g: &Global) -> anyhow::Result<Source> {
     let cfg = load_config(g, Vec::new())?;
-    if !cfg.store.is_dir() {
-        anyhow::bail!(
-            "no store at {}: run `bbcrawl sync` first (or pass --store)",
-            cfg.store.display()
-        );
-    }
-    match Store::open(&cfg.store) {
+    match Store::open_existing(&cfg.store) {
         Ok(store) => Ok(Source::Local(store)),
         Err(StoreError::Locked { .. }) => Ok(Source::Remote(Daemon::locate(&cfg.store)?)),
         Err(e) => Err(e.into()),
@@ -825,73 +823,135 @@ async fn export(
     all: bool,
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<u8> {
+    // Decided before anything is read: a bad --output is a usage error.
+    let target = path.map(export_target).transpose()?;
     let source = open_source(g)?;
     let format = match format {
         ExportFormat::Ndjson => Format::Ndjson,
         ExportFormat::Csv => Format::Csv,
     };
-    let daemon_params = vec![
-        ("all".to_owned(), all.to_string()),
-        ("format".to_owned(), api_format(format).to_owned()),
-    ];
-    let Some(path) = path else {
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, stdout.lock());
-        match &source {
-            Source::Local(store) => {
-                let rows = q::export(store, all)?;
-                output::write_rows(&mut out, format, usize::MAX, rows).map_err(output_error)?;
-            }
-            Source::Remote(daemon) => {
-                daemon
-                    .stream_to("/api/v1/export", &daemon_params, &mut out)
-                    .await?
-            }
+    match target {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, stdout.lock());
+            export_rows(&source, all, format, &mut out).await?;
         }
-        return Ok(0);
-    };
-    // A temporary file beside the target, renamed over it when complete:
-    // readers see the old file or the new one, never half of one.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".bbcrawl-export-")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
-    match &source {
-        Source::Local(store) => {
-            let rows = q::export(store, all)?;
-            output::write_rows(&mut out, format, usize::MAX, rows)
-                .map_err(output_error)
+        Some(ExportTarget::Stream(path)) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, file);
+            export_rows(&source, all, format, &mut out)
+                .await
+                .and_then(|()| Ok(out.flush()?))
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        Source::Remote(daemon) => daemon
-            .stream_to("/api/v1/export", &daemon_params, &mut out)
-            .await
-            .with_context(|| format!("cannot write {}", path.display()))?,
+        Some(ExportTarget::Replace { path, mode }) => {
+            // A temporary file beside the target, renamed over it when
+            // complete: readers see the old file or the new one, never half.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let tmp = tempfile::Builder::new()
+                .prefix(".bbcrawl-export-")
+                .tempfile_in(&dir)
+                .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+            let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
+            export_rows(&source, all, format, &mut out)
+                .await
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let tmp = out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tmp.as_file()
+                .sync_all()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            tmp.persist(&path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
-    let tmp = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        // NamedTempFile is private (0600); an export is an ordinary file.
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o644);
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(0)
+}
+
+/// Every stored commit, from the store or the daemon holding it, to `out`.
+async fn export_rows(
+    source: &Source,
+    all: bool,
+    format: Format,
+    mut out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    match source {
+        Source::Local(store) => {
+            let rows = q::export(store, all)?;
+            output::write_rows(&mut out, format, usize::MAX, rows).map_err(output_error)?;
+        }
+        Source::Remote(daemon) => {
+            let params = vec![
+                ("all".to_owned(), all.to_string()),
+                ("format".to_owned(), api_format(format).to_owned()),
+            ];
+            daemon.stream_to("/api/v1/export", &params, out).await?
+        }
+    }
+    Ok(())
+}
+
+/// How `export --output PATH` writes.
+enum ExportTarget {
+    /// A regular file, or a path that does not exist yet: written to a
+    /// temporary file beside it and renamed over it. `path` has symbolic
+    /// links resolved, so a link stays a link and its target is replaced.
+    Replace {
+        /// The file to replace or create.
+        path: PathBuf,
+        /// Its mode: the existing file's, else 0600 (an export holds the
+        /// same data as the store, e-mails included).
+        mode: u32,
+    },
+    /// A FIFO, a character device (`/dev/stdout`, `/dev/null`) or a
+    /// socket: written into as it is, never replaced.
+    Stream(PathBuf),
+}
+
+/// Decides how to write `path`; a directory, a block device or a dangling
+/// symbolic link is a usage error (exit 2).
+fn export_target(path: &std::path::Path) -> anyhow::Result<ExportTarget> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(ExportTarget::Replace {
+            path: std::fs::canonicalize(path).with_context(|| format!("cannot resolve {shown}"))?,
+            mode: m.permissions().mode() & 0o7777,
+        }),
+        Ok(m) if m.is_dir() => {
+            Err(UsageError(format!("--output {shown} is a directory; name a file")).into())
+        }
+        Ok(m) if m.file_type().is_block_device() => Err(UsageError(format!(
+            "--output {shown} is a block device; refusing to write an export over a disk"
+        ))
+        .into()),
+        Ok(_) => Ok(ExportTarget::Stream(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(UsageError(format!(
+                    "--output {shown} is a symbolic link to nothing; name a file"
+                ))
+                .into());
+            }
+            Ok(ExportTarget::Replace {
+                path: path.to_path_buf(),
+                mode: 0o600,
+            })
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot use --output {shown}"))),
+    }
 }

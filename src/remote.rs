@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::daemon::{read_address, DaemonAddress};
+use crate::daemon::{read_address, DaemonAddress, PID_HEADER, STORE_ID_HEADER};
 use crate::query::CommitFilter;
 
 /// Why the daemon could not answer.
@@ -46,6 +46,8 @@ pub struct Daemon {
     address: DaemonAddress,
     http: reqwest::Client,
     store: String,
+    /// The id of the store the CLI means (its `store-id` file).
+    store_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -76,7 +78,33 @@ impl Daemon {
             address,
             http,
             store,
+            store_id: crate::store::read_id(store_dir),
         })
+    }
+
+    /// Whether the answer comes from the daemon of this store: the process
+    /// the address file names, holding the store with this store's id. An
+    /// address file left by a killed daemon may name a port that another
+    /// process — another store's daemon — has since taken.
+    fn is_ours(&self, resp: &reqwest::Response) -> bool {
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let pid_ok =
+            header(PID_HEADER).and_then(|p| p.parse::<u32>().ok()) == Some(self.address.pid);
+        let id_ok = match (&self.store_id, header(STORE_ID_HEADER)) {
+            (Some(ours), Some(theirs)) => ours == theirs,
+            _ => false,
+        };
+        pid_ok && id_ok
+    }
+
+    fn not_ours(&self) -> RemoteError {
+        RemoteError::NoAnswer {
+            store: self.store.clone(),
+            holder: format!(
+                " (its address file names pid {} at {}, but what answers there is not this store's daemon: the file is stale)",
+                self.address.pid, self.address.addr
+            ),
+        }
     }
 
     fn no_answer(&self) -> RemoteError {
@@ -102,6 +130,9 @@ impl Daemon {
             .send()
             .await
             .map_err(|_| self.no_answer())?;
+        if !self.is_ours(&resp) {
+            return Err(self.not_ours());
+        }
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -354,13 +354,14 @@ async fn a_retry_after_of_a_billion_seconds_is_capped_at_an_hour_logged_and_show
             .unwrap();
         let status = resp.status().as_u16();
         let body: serde_json::Value = resp.json().await.unwrap();
-        if body["status"] == "rate_limited" {
+        if body["rate_limit"]["waiting"] == true {
             assert_eq!(status, 200, "{body}");
+            assert_eq!(body["status"], "starting", "{body}");
             break body;
         }
         assert!(
             Instant::now() < deadline,
-            "/healthz never said rate_limited: {status} {body}\n{}",
+            "/healthz never said the pass waits on the rate limit: {status} {body}\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -529,4 +530,317 @@ async fn a_slow_server_is_said_to_be_retried_and_the_crawl_completes() {
         lines[0]
     );
     assert_store_is_truth(&store, &sim);
+}
+
+/// A store synced from a small world: (server, temp dir guard, store path).
+async fn small_store() -> (
+    Simulator,
+    bbcrawl::simulator::SimServer,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 30));
+    let (server, dir, store) = synced(&sim).await;
+    (sim, server, dir, store)
+}
+
+/// `bbcrawl ARGS --store STORE` with a clean environment.
+async fn on_store(store: &Path, args: &[&str]) -> std::process::Output {
+    let store_s = store.to_string_lossy().into_owned();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--store", &store_s]);
+    bbcrawl(store.parent().unwrap(), &all, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_output_writes_into_special_files_and_through_symlinks_without_replacing_them() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let (_sim, _server, dir, store) = small_store().await;
+    let d = dir.path();
+
+    // A symbolic link to a regular file: the link stays, its target is replaced.
+    std::fs::write(d.join("real.ndjson"), "old\n").unwrap();
+    std::os::unix::fs::symlink(d.join("real.ndjson"), d.join("link.ndjson")).unwrap();
+    let out = on_store(
+        &store,
+        &[
+            "export",
+            "--output",
+            &d.join("link.ndjson").to_string_lossy(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let meta = std::fs::symlink_metadata(d.join("link.ndjson")).unwrap();
+    assert!(
+        meta.file_type().is_symlink(),
+        "the link was replaced by a file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("real.ndjson"))
+            .unwrap()
+            .lines()
+            .count(),
+        30
+    );
+
+    // A link to /dev/null: written into, the link and /dev/null stay.
+    std::os::unix::fs::symlink("/dev/null", d.join("null")).unwrap();
+    let out = on_store(
+        &store,
+        &["export", "--output", &d.join("null").to_string_lossy()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(d.join("null"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+
+    // A FIFO: streamed into, still a FIFO afterwards.
+    let fifo = d.join("pipe");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    let out = on_store(&store, &["export", "--output", &fifo.to_string_lossy()]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(reader.join().unwrap().lines().count(), 30);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // A new file is private; an existing one keeps its mode.
+    let out = on_store(
+        &store,
+        &[
+            "export",
+            "--output",
+            &d.join("new.ndjson").to_string_lossy(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mode = std::fs::metadata(d.join("new.ndjson"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    std::fs::set_permissions(d.join("new.ndjson"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = on_store(
+        &store,
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--output",
+            &d.join("new.ndjson").to_string_lossy(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mode = std::fs::metadata(d.join("new.ndjson"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640, "{mode:o}");
+
+    // A directory or a dangling link: exit 2, nothing touched.
+    std::fs::create_dir(d.join("adir")).unwrap();
+    std::os::unix::fs::symlink(d.join("missing"), d.join("dangling")).unwrap();
+    for bad in ["adir", "dangling"] {
+        let out = on_store(
+            &store,
+            &["export", "--output", &d.join(bad).to_string_lossy()],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--output"), "{}", stderr(&out));
+    }
+    assert!(std::fs::metadata(d.join("adir")).unwrap().is_dir());
+    assert!(std::fs::symlink_metadata(d.join("dangling"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_never_turn_a_directory_into_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("photos");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("cat.jpg"), b"not a store").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for target in [&other, &empty, &dir.path().join("missing")] {
+        for args in [
+            &["query", "stats"][..],
+            &["query", "commits"][..],
+            &["export"][..],
+            &["show", "0123456789abcdef"][..],
+        ] {
+            let out = on_store(target, args).await;
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{args:?} on {}: {}{}",
+                target.display(),
+                stdout(&out),
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains("is not a bbcrawl store"),
+                "{}",
+                stderr(&out)
+            );
+            assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+        }
+    }
+    // Nothing was created anywhere.
+    let names: Vec<_> = std::fs::read_dir(&other)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("cat.jpg")]);
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    assert!(!dir.path().join("missing").exists());
+
+    // sync creates a store in a missing or empty directory, never among other files.
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 10));
+    let server = serve(&sim).await;
+    let out = sync(&other, &server.api_url(), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not empty and holds no store"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+    let out = sync(&empty, &server.api_url(), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = on_store(&empty, &["query", "stats", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\"commits\":10"), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_address_file_never_makes_a_query_answer_from_another_store() {
+    let (_sim_a, server_a, dir_a, store_a) = small_store().await;
+    let sim_b = world(0);
+    sim_b.add_repo(WS, RepoSpec::new("other", 77));
+    let (server_b, _dir_b, store_b) = synced(&sim_b).await;
+
+    // Daemon A, killed with -9: its address file stays behind.
+    let log_a = dir_a.path().join("a.log");
+    let mut env_a = sync_env(&server_a.api_url(), &store_a);
+    env_a.push(("BBCRAWL_LISTEN".into(), "127.0.0.1:0".into()));
+    let mut a = spawn_bbcrawl(&["run"], &env_a, &log_a);
+    let addr = daemon_addr(&store_a, &log_a).await;
+    a.kill().await.unwrap();
+    a.wait().await.unwrap();
+    assert!(bbcrawl::daemon::read_address(&store_a).is_some());
+
+    // Daemon B, for store B, takes over A's old port.
+    let log_b = store_b.parent().unwrap().join("b.log");
+    let mut env_b = sync_env(&server_b.api_url(), &store_b);
+    env_b.push(("BBCRAWL_LISTEN".into(), addr.clone()));
+    let _b = spawn_bbcrawl(&["run"], &env_b, &log_b);
+    daemon_addr(&store_b, &log_b).await;
+
+    // Store A is held (here, by this test) while the CLI asks it: the stale
+    // file leads to daemon B, which is not A's. Exit 7, nothing printed.
+    let held = open_store(&store_a);
+    for args in [&["query", "stats"][..], &["export"][..]] {
+        let out = on_store(&store_a, args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).is_empty(),
+            "answered from store B: {}",
+            stdout(&out)
+        );
+        assert!(stderr(&out).contains("stale"), "{}", stderr(&out));
+    }
+    drop(held);
+
+    // sync replaces the stale file (here: removes it; it runs no server).
+    let out = sync(&store_a, &server_a.api_url(), &[], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(bbcrawl::daemon::read_address(&store_a).is_none());
+    // And the store answers for itself again.
+    let out = on_store(&store_a, &["query", "stats", "--format", "json"]).await;
+    assert!(stdout(&out).contains("\"commits\":30"), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_described_in_plain_words() {
+    let (_sim, _server, _dir, store) = small_store().await;
+    std::fs::write(store.join("conf"), b"\xff\xfe\x00garbage").unwrap();
+    let out = on_store(&store, &["query", "stats"]).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("configuration file (conf) is unreadable"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("0.29") && !err.contains("Inline") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_pass_logs_every_repository_it_covered() {
+    let sim = world(0);
+    for s in ["a", "b", "c"] {
+        sim.add_repo(WS, RepoSpec::new(s, 5));
+    }
+    let server = serve(&sim).await;
+    let (dir, store) = fresh_store();
+    let log = dir.path().join("run.log");
+    let mut env = sync_env(&server.api_url(), &store);
+    env.push(("BBCRAWL_LISTEN".into(), "127.0.0.1:0".into()));
+    env.push(("BBCRAWL_INTERVAL_SECONDS".into(), "1".into()));
+    env.push(("BBCRAWL_AUDIT_INTERVAL_SECONDS".into(), "31536000".into()));
+    let child = spawn_bbcrawl(&["run", "--log-format", "json"], &env, &log);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let passes = loop {
+        let passes: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "pass finished")
+            .collect();
+        if passes.len() >= 2 {
+            break passes;
+        }
+        assert!(Instant::now() < deadline, "fewer than two passes in 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    signal(&child, "-TERM");
+    let (first, quiet) = (&passes[0]["fields"], &passes[1]["fields"]);
+    assert_eq!(first["repositories"], 3, "{first}");
+    assert_eq!(first["crawled"], 3, "{first}");
+    assert_eq!(quiet["repositories"], 3, "{quiet}");
+    assert_eq!(quiet["crawled"], 0, "{quiet}");
+    assert_eq!(quiet["skipped"], 3, "{quiet}");
 }

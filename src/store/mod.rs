@@ -53,6 +53,16 @@ pub enum StoreError {
         /// Version this build writes.
         supported: u32,
     },
+    /// The directory holds no bbcrawl store: a read command never creates
+    /// one, and `sync`/`run` create one only in a missing or empty
+    /// directory (never among someone else's files).
+    #[error("{} is not a bbcrawl store: {why}", path.display())]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// What it holds instead.
+        why: String,
+    },
     /// The files are damaged or not a store.
     #[error("the store at {path} is damaged or not a bbcrawl store: {message}")]
     Corrupt {
@@ -434,12 +444,62 @@ impl AuthorRecord {
     }
 }
 
+/// The file beside sled's that names the store: a random id written when
+/// the store is created (or first opened by `sync`/`run` of a bbcrawl that
+/// knows it). It is readable while the store is locked, so the CLI can
+/// check that the daemon it asks holds *this* store.
+pub const ID_FILE: &str = "store-id";
+
 /// The embedded store.
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
     /// The next repository id to give (persisted with the batch using it).
     next_id: Mutex<u32>,
+    /// The store's id ([`ID_FILE`]), when it has one.
+    id: Option<String>,
+}
+
+/// How [`Store::open_with`] treats a directory without a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// Create the store in a missing or empty directory (`sync`, `run`).
+    IfEmpty,
+    /// Never (read commands).
+    Never,
+}
+
+/// Whether sled's files are in `dir` (its configuration and its log).
+fn has_sled_files(dir: &Path) -> bool {
+    dir.join("conf").is_file() && dir.join("db").is_file()
+}
+
+/// The store id recorded in `dir`, if any.
+pub fn read_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(ID_FILE)).ok()?;
+    let id = text.trim();
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+/// Writes a new random id into `dir` (atomically: no reader sees half).
+fn write_id(dir: &Path) -> std::io::Result<String> {
+    use rand::Rng;
+    use std::io::Write;
+    let id = format!("{:032x}", rand::thread_rng().gen::<u128>());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".store-id-")
+        .tempfile_in(dir)?;
+    tmp.write_all(format!("{id}\n").as_bytes())?;
+    tmp.as_file().sync_all()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Not a secret: the CLI of any user who may read the store reads it.
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.persist(dir.join(ID_FILE)).map_err(|e| e.error)?;
+    Ok(id)
 }
 
 impl std::fmt::Debug for Store {
@@ -464,9 +524,60 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, checking its schema version.
+    /// Opens the store in `dir`, or creates it there if the directory is
+    /// missing or empty (`sync`, `run`); a directory holding anything else
+    /// is refused. Checks the schema version.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, Create::IfEmpty)
+    }
+
+    /// Opens the existing store in `dir` for reading commands: a missing
+    /// directory, or one without a bbcrawl store in it, is an error and is
+    /// left as it was.
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, Create::Never)
+    }
+
+    fn open_with(dir: &Path, create: Create) -> Result<Store, StoreError> {
         let path = dir.to_path_buf();
+        let not_a_store = |why: &str| StoreError::NotAStore {
+            path: path.clone(),
+            why: why.to_owned(),
+        };
+        let fresh = match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if create == Create::Never {
+                    return Err(not_a_store(
+                        "there is no such directory (run `bbcrawl sync` first, or pass --store)",
+                    ));
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(not_a_store("it is not a directory"));
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path,
+                    message: e.to_string(),
+                })
+            }
+            Ok(mut entries) => {
+                if has_sled_files(dir) {
+                    false
+                } else if create == Create::Never {
+                    return Err(not_a_store(
+                        "it holds no store files (run `bbcrawl sync` first, or pass --store)",
+                    ));
+                } else if entries.next().is_some() {
+                    return Err(not_a_store(
+                        "the directory is not empty and holds no store; choose a new or empty directory for the store",
+                    ));
+                } else {
+                    true
+                }
+            }
+        };
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
@@ -479,13 +590,24 @@ impl Store {
             db,
             path,
             next_id: Mutex::new(1),
+            id: None,
         };
         match store.db.get(keys::META_SCHEMA).map_err(|e| store.err(e))? {
+            // An empty sled database is what a crash right after creation
+            // leaves: still ours to initialise, but never a reader's.
+            None if create == Create::Never || (!fresh && !store.db.is_empty()) => {
+                return Err(StoreError::NotAStore {
+                    path: store.path.clone(),
+                    why: "it is a sled database without bbcrawl's schema".into(),
+                })
+            }
             None => {
                 store
                     .db
                     .insert(keys::META_SCHEMA, &keys::SCHEMA_VERSION.to_be_bytes())
                     .map_err(|e| store.err(e))?;
+                // The schema on disk before the store says it is one.
+                store.db.flush().map_err(|e| store.err(e))?;
             }
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
@@ -506,7 +628,24 @@ impl Store {
                 .map_err(|_| store.corrupt("repository id counter", "unreadable"))?;
             store.next_id = Mutex::new(n);
         }
+        store.id = match read_id(&store.path) {
+            Some(id) => Some(id),
+            // Only a writer names the store: it holds the lock, so no one
+            // else writes the file at the same time.
+            None if create == Create::IfEmpty => {
+                Some(write_id(&store.path).map_err(|e| StoreError::Io {
+                    path: store.path.clone(),
+                    message: format!("cannot write {ID_FILE}: {e}"),
+                })?)
+            }
+            None => None,
+        };
         Ok(store)
+    }
+
+    /// The store's id (see [`ID_FILE`]), when it has one.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
     }
 
     /// The store directory.
@@ -937,9 +1076,22 @@ impl Store {
 
 fn sled_error(path: &Path, e: sled::Error) -> StoreError {
     match e {
-        sled::Error::Corruption { .. }
-        | sled::Error::Unsupported(_)
-        | sled::Error::ReportableBug(_) => StoreError::Corrupt {
+        // sled prints its internal pointer and an empty backtrace here
+        // ("at file offset Some(Inline(2389340)) backtrace ()").
+        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: match at {
+                Some(at) => format!("sled read corrupted data at file offset {}", at.lid()),
+                None => "sled found corrupted data".to_owned(),
+            },
+        },
+        // sled's only reason for a configuration file it cannot read as
+        // text is an old format; in a store bbcrawl wrote, it is damage.
+        sled::Error::Unsupported(m) if m.contains("earlier than 0.29") => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: "sled's configuration file (conf) is unreadable".to_owned(),
+        },
+        sled::Error::Unsupported(_) | sled::Error::ReportableBug(_) => StoreError::Corrupt {
             path: path.to_path_buf(),
             message: e.to_string(),
         },
@@ -960,4 +1112,32 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
         }
     }
     sled_error(path, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sled_damage_reads_in_plain_words() {
+        let path = Path::new("/var/lib/bbcrawl");
+        let e = sled_error(
+            path,
+            sled::Error::Corruption {
+                at: Some(sled::DiskPtr::Inline(2_389_340)),
+                bt: (),
+            },
+        );
+        let text = e.to_string();
+        assert!(
+            text.ends_with("sled read corrupted data at file offset 2389340"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("Inline") && !text.contains("backtrace"),
+            "{text}"
+        );
+        let e = sled_error(path, sled::Error::Corruption { at: None, bt: () });
+        assert!(e.to_string().ends_with("sled found corrupted data"), "{e}");
+    }
 }
