@@ -11,6 +11,7 @@ mod crash;
 mod crawl;
 mod daemon;
 mod freshness;
+mod hostile_input;
 mod kit;
 mod query;
 mod quirks;

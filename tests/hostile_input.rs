@@ -1,0 +1,192 @@
+//! Hostile input through the real binary (issue 11): stored commit data that
+//! would drive the user's terminal, config and secret files that never end
+//! or never open, and numbers too large for their key.
+//!
+//! The hostile commits are written into the store directly: the simulator
+//! generates every message from its own word lists, and what is under test
+//! is how stored data reaches the user, whichever way it got in.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use bbcrawl::record::{Author, CommitRecord};
+use bbcrawl::store::RepoState;
+use chrono::{DateTime, Utc};
+
+use crate::util::*;
+
+/// Clears the screen, retitles the terminal window and rings the bell; a NUL,
+/// an 8-bit CSI and DEL in the subject; a right-to-left override ("Trojan
+/// Source") and a tab in the body.
+const HOSTILE_MESSAGE: &str = "Fix login \u{1b}[2J\u{1b}]0;pwned\u{7} now\0 \u{9b}31m\u{7f}\n\nBody with \u{202e}evil\u{202c} text\n\tindented line\n";
+
+/// An author name that turns the rest of the line red, and an isolate.
+const HOSTILE_NAME: &str = "Mallory \u{1b}[31m\u{2067}";
+
+/// Bytes and characters that must never reach a terminal from stored data.
+const FORBIDDEN: [char; 9] = [
+    '\u{1b}', '\u{7}', '\0', '\u{9b}', '\u{7f}', '\u{202e}', '\u{202c}', '\u{2067}', '\r',
+];
+
+fn hash(first: &str) -> String {
+    format!("{first:0<40}")
+}
+
+fn record(hash: String, name: &str, email: &str, message: &str) -> CommitRecord {
+    CommitRecord {
+        workspace: WS.into(),
+        repo: "svc".into(),
+        repo_uuid: "{r1}".into(),
+        branch: "main".into(),
+        hash,
+        date: DateTime::parse_from_rfc3339("2024-03-01T12:00:00+00:00").unwrap(),
+        author: Author {
+            raw: Some(format!("{name} <{email}>")),
+            name: Some(name.into()),
+            email: Some(email.into()),
+            uuid: None,
+            account_id: None,
+            display_name: None,
+        },
+        committer: None,
+        message: message.into(),
+        parents: vec![],
+        reachable: true,
+    }
+}
+
+/// A store holding one hostile commit (`deadbeef…`) and one ordinary
+/// one (`cafebabe…`); the directory lives as long as the returned guard.
+fn hostile_store() -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = fresh_store();
+    let store = open_store(&path);
+    let repo = RepoState::new(WS, "{r1}", "svc", "acme/svc", Utc::now());
+    let ordinary = record(
+        hash("cafebabe"),
+        "Zoë Ångström",
+        "zoe@acme.io",
+        "Add Grüße 👋\n\n\tindented with a tab\nSee ISSUE-1234; 详情见工单。\n",
+    );
+    store
+        .apply_page(
+            &repo,
+            &[
+                record(hash("deadbeef"), HOSTILE_NAME, "m@acme.io", HOSTILE_MESSAGE),
+                ordinary,
+            ],
+        )
+        .unwrap();
+    store.flush().unwrap();
+    (dir, path)
+}
+
+/// Runs `bbcrawl --store STORE ARGS`, expecting exit 0.
+async fn run_ok(store: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--store", store.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = bbcrawl(store.parent().unwrap(), &all, &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    o
+}
+
+fn assert_terminal_safe(what: &str, out: &str) {
+    for c in FORBIDDEN {
+        assert!(!out.contains(c), "{what} prints {c:?} raw:\n{out:?}");
+    }
+}
+
+#[tokio::test]
+async fn show_text_neutralises_terminal_escapes_in_messages() {
+    let (_dir, store) = hostile_store();
+    let o = run_ok(&store, &["show", "deadbeef"]).await;
+    let out = stdout(&o);
+    assert_terminal_safe("show", &out);
+    // Visible, in one documented form, instead of acted upon.
+    assert!(
+        out.contains(r"    Fix login \u{1b}[2J\u{1b}]0;pwned\u{7} now\u{0} \u{9b}31m\u{7f}"),
+        "{out}"
+    );
+    assert!(out.contains(r"Mallory \u{1b}[31m\u{2067}"), "{out}");
+    // The body stays a readable block: its lines and its tab are kept.
+    assert!(
+        out.contains("\n\n    Body with \\u{202e}evil\\u{202c} text\n    \tindented line\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn show_text_of_an_ordinary_commit_is_unchanged() {
+    let (_dir, store) = hostile_store();
+    let o = run_ok(&store, &["show", "cafebabe"]).await;
+    let want = format!(
+        "commit:              {}\n\
+         workspace:           acme\n\
+         repo:                svc\n\
+         repo_uuid:           {{r1}}\n\
+         branch:              main\n\
+         reachable:           true\n\
+         date:                2024-03-01T12:00:00+00:00\n\
+         author:              Zoë Ångström <zoe@acme.io>\n\
+         author_name:         Zoë Ångström\n\
+         author_email:        zoe@acme.io\n\
+         author_uuid:         -\n\
+         author_account_id:   -\n\
+         author_display_name: -\n\
+         committer:           -\n\
+         committer_name:      -\n\
+         committer_email:     -\n\
+         parents:             -\n\
+         \n    Add Grüße 👋\n\n    \tindented with a tab\n    See ISSUE-1234; 详情见工单。\n",
+        hash("cafebabe")
+    );
+    assert_eq!(stdout(&o), want);
+}
+
+#[tokio::test]
+async fn tables_neutralise_terminal_escapes_and_bidi_overrides() {
+    let (_dir, store) = hostile_store();
+    for args in [
+        &["query", "commits", "--format", "table"][..],
+        &["query", "authors", "--format", "table"][..],
+    ] {
+        let o = run_ok(&store, args).await;
+        let out = stdout(&o);
+        assert_terminal_safe(&format!("{args:?}"), &out);
+        assert!(
+            out.contains(r"Mallory \u{1b}[31m\u{2067}"),
+            "{args:?}: {out}"
+        );
+    }
+    let o = run_ok(&store, &["query", "commits", "--format", "table"]).await;
+    assert!(
+        stdout(&o).contains(r"Fix login \u{1b}[2J\u{1b}]0;pwned\u{7} now"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[tokio::test]
+async fn json_and_export_keep_hostile_messages_byte_exact() {
+    let (_dir, store) = hostile_store();
+    let o = run_ok(&store, &["show", "deadbeef", "--format", "json"]).await;
+    let shown: Vec<CommitRecord> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].message, HOSTILE_MESSAGE);
+    assert_eq!(shown[0].author.name.as_deref(), Some(HOSTILE_NAME));
+
+    let o = run_ok(&store, &["export"]).await;
+    let exported: Vec<CommitRecord> = parse_ndjson(&stdout(&o));
+    let hostile = exported
+        .iter()
+        .find(|r| r.hash == hash("deadbeef"))
+        .expect("the hostile commit is exported");
+    assert_eq!(hostile.message, HOSTILE_MESSAGE);
+
+    let o = run_ok(&store, &["export", "--format", "csv"]).await;
+    let raw = HOSTILE_MESSAGE.as_bytes();
+    assert!(
+        o.stdout.windows(raw.len()).any(|w| w == raw),
+        "csv carries the exact bytes: {}",
+        stdout(&o)
+    );
+}
