@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 use bbcrawl::record::{Author, CommitRecord};
 use bbcrawl::store::RepoState;
@@ -189,4 +190,132 @@ async fn json_and_export_keep_hostile_messages_byte_exact() {
         "csv carries the exact bytes: {}",
         stdout(&o)
     );
+}
+
+/// Runs the binary, failing (and killing it) after 10 s: a regression in
+/// this module reads a file that never ends or never opens.
+async fn bbcrawl_quickly(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    tokio::time::timeout(Duration::from_secs(10), bbcrawl(dir, args, env))
+        .await
+        .unwrap_or_else(|_| panic!("bbcrawl {args:?} {env:?} did not finish within 10 s"))
+}
+
+/// Exit 2 with a one-line error naming `path` and `key`.
+fn assert_refused(o: &Output, path: &str, key: &str, why: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{path}: {err}");
+    assert!(err.contains(path), "names the file {path}: {err}");
+    assert!(err.contains(key), "names {key}: {err}");
+    assert!(err.contains(why), "says {why:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+const NOT_REGULAR: &str = "not a regular file";
+const TOO_LARGE: &str = "larger than 1 MiB";
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// An API nobody serves: should a regression let `verify` get past the
+/// configuration, it fails on this machine instead of reaching the network.
+const NO_API: (&str, &str) = ("BBCRAWL_API_URL", "http://127.0.0.1:1/2.0");
+
+/// What `verify` needs besides the config file; loading the config fails
+/// before any request.
+const CREDENTIALS: [(&str, &str); 3] = [
+    ("BBCRAWL_WORKSPACES", WS),
+    ("BITBUCKET_ACCESS_TOKEN", TOKEN),
+    NO_API,
+];
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_config_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("bbcrawl.toml");
+    mkfifo(&fifo);
+    let fifo = fifo.to_str().unwrap();
+    let dir_path = dir.path().to_str().unwrap();
+    for path in ["/dev/urandom", "/dev/zero", "/dev/stdin", fifo, dir_path] {
+        let mut env = CREDENTIALS.to_vec();
+        env.push(("BBCRAWL_CONFIG", path));
+        let o = bbcrawl_quickly(dir.path(), &["verify"], &env).await;
+        assert_refused(&o, path, "BBCRAWL_CONFIG", NOT_REGULAR);
+        assert!(stderr(&o).contains("/dev/stdin"), "{}", stderr(&o));
+    }
+    let o = bbcrawl_quickly(dir.path(), &["verify", "--config", fifo], &CREDENTIALS).await;
+    assert_refused(&o, fifo, "--config", NOT_REGULAR);
+}
+
+#[tokio::test]
+async fn a_config_file_over_1_mib_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bbcrawl.toml");
+    // Valid TOML (comments) followed by a valid key: only its size is wrong.
+    let mut text = "# 0123456789abc\n".repeat(2 << 20 >> 4);
+    text.push_str("requests_per_hour = 77\n");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap();
+    let o = bbcrawl_quickly(dir.path(), &["verify", "--config", path], &CREDENTIALS).await;
+    assert_refused(&o, path, "--config", TOO_LARGE);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn secret_files_that_are_endless_or_too_large_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big-token");
+    std::fs::write(&big, "x".repeat(2 << 20)).unwrap();
+    let fifo = dir.path().join("password");
+    mkfifo(&fifo);
+    let (big, fifo) = (big.to_str().unwrap(), fifo.to_str().unwrap());
+
+    // From the environment.
+    for (var, path, why) in [
+        ("BITBUCKET_ACCESS_TOKEN_FILE", "/dev/zero", NOT_REGULAR),
+        ("BITBUCKET_ACCESS_TOKEN_FILE", fifo, NOT_REGULAR),
+        ("BITBUCKET_ACCESS_TOKEN_FILE", big, TOO_LARGE),
+    ] {
+        let env = [("BBCRAWL_WORKSPACES", WS), NO_API, (var, path)];
+        let o = bbcrawl_quickly(dir.path(), &["verify"], &env).await;
+        assert_refused(&o, path, var, why);
+    }
+
+    // From the config file, one key of each kind.
+    let cases = [
+        (
+            "access_token_file = \"/dev/zero\"",
+            "credentials[0].access_token_file",
+            "/dev/zero",
+            NOT_REGULAR,
+        ),
+        (
+            "username = \"dev@example.com\"\napi_token_file = \"big-token\"",
+            "credentials[0].api_token_file",
+            big,
+            TOO_LARGE,
+        ),
+        (
+            "username = \"jane-bb\"\npassword_file = \"password\"",
+            "credentials[0].password_file",
+            fifo,
+            NOT_REGULAR,
+        ),
+    ];
+    let config = dir.path().join("bbcrawl.toml");
+    let config_s = config.to_str().unwrap();
+    for (table, key, path, why) in cases {
+        std::fs::write(
+            &config,
+            format!("workspaces = [\"acme\"]\n[[credentials]]\n{table}\n"),
+        )
+        .unwrap();
+        let o = bbcrawl_quickly(dir.path(), &["verify", "--config", config_s], &[NO_API]).await;
+        assert_refused(&o, path, key, why);
+    }
 }
