@@ -1190,6 +1190,20 @@ impl IntKey {
             max,
         }
     }
+
+    /// What is wrong with `got`, which is above the range when `too_large` and below it
+    /// otherwise. A range chosen for the key is given whole; a key whose maximum is only
+    /// its type's names the bound that was crossed (a message saying "at least 1" about
+    /// 4294967296 would send the user the wrong way).
+    fn out_of_range(&self, too_large: bool, got: &str) -> String {
+        if self.max < i64::from(u32::MAX) {
+            format!("must be between {} and {} (got {got})", self.min, self.max)
+        } else if too_large {
+            format!("must be at most {} (got {got})", self.max)
+        } else {
+            format!("must be at least {} (got {got})", self.min)
+        }
+    }
 }
 
 /// The value of an integer key from the highest-precedence source, range-checked;
@@ -1205,12 +1219,14 @@ fn resolve_int<T: TryFrom<i64>>(
         (Origin::Flag(flag_name), value)
     } else if let Some((name, text)) = spec.env.and_then(|name| env.get(name).map(|t| (name, t))) {
         let origin = Origin::Env(name);
-        let value = text.parse::<i64>().map_err(|_| {
-            invalid(
-                spec.key,
-                &origin,
-                format!("must be a whole number (got {text:?})"),
-            )
+        let value = text.parse::<i64>().map_err(|e| {
+            // Digits beyond i64 are a number too large, not "not a number".
+            let message = match e.kind() {
+                std::num::IntErrorKind::PosOverflow => spec.out_of_range(true, &text),
+                std::num::IntErrorKind::NegOverflow => spec.out_of_range(false, &text),
+                _ => format!("must be a whole number (got {text:?})"),
+            };
+            invalid(spec.key, &origin, message)
         })?;
         (origin, value)
     } else if let (Some(value), Some(f)) = (file_value, file) {
@@ -1218,19 +1234,16 @@ fn resolve_int<T: TryFrom<i64>>(
     } else {
         return Ok(None);
     };
-    let range = if spec.max >= i64::from(u32::MAX) {
-        format!("must be at least {}", spec.min)
-    } else {
-        format!("must be between {} and {}", spec.min, spec.max)
-    };
     if value < spec.min || value > spec.max {
-        return Err(invalid(spec.key, &origin, format!("{range} (got {value})")));
+        let message = spec.out_of_range(value > spec.max, &value.to_string());
+        return Err(invalid(spec.key, &origin, message));
     }
     // Every key's range fits its target type, so this only fails if a range is
     // declared wider than the type; it still reports rather than truncates.
-    T::try_from(value)
-        .map(Some)
-        .map_err(|_| invalid(spec.key, &origin, format!("{range} (got {value})")))
+    T::try_from(value).map(Some).map_err(|_| {
+        let message = spec.out_of_range(value > 0, &value.to_string());
+        invalid(spec.key, &origin, message)
+    })
 }
 
 fn resolve_seconds(

@@ -319,3 +319,67 @@ async fn secret_files_that_are_endless_or_too_large_are_refused() {
         assert_refused(&o, path, key, why);
     }
 }
+
+#[tokio::test]
+async fn an_integer_above_its_maximum_names_the_maximum() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: Vec<(&'static str, String)>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let mut all: Vec<(&str, &str)> = CREDENTIALS.to_vec();
+            all.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+            bbcrawl_quickly(&dir, &["verify"], &all).await
+        }
+    };
+    let cases = [
+        (
+            "BBCRAWL_REQUESTS_PER_HOUR",
+            "4294967296",
+            "requests_per_hour",
+            "must be at most 4294967295 (got 4294967296)",
+        ),
+        // Beyond any integer type: still "too large", not "not a number".
+        (
+            "BBCRAWL_REQUESTS_PER_HOUR",
+            "99999999999999999999",
+            "requests_per_hour",
+            "must be at most 4294967295",
+        ),
+        (
+            "BBCRAWL_MAX_IN_FLIGHT",
+            "99999999999999999999",
+            "max_in_flight",
+            "must be between 1 and 1024",
+        ),
+        (
+            "BBCRAWL_INTERVAL_SECONDS",
+            "31536001",
+            "interval_seconds",
+            "must be between 1 and 31536000 (got 31536001)",
+        ),
+    ];
+    for (var, value, key, want) in cases {
+        let o = run(vec![(var, value.to_owned())]).await;
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{var}={value}: {err}");
+        assert!(err.contains(key) && err.contains(var), "{err}");
+        assert!(err.contains(want), "{var}={value}: {err}");
+        assert!(!err.contains("at least"), "{var}={value}: {err}");
+    }
+
+    let config = dir.path().join("bbcrawl.toml");
+    std::fs::write(&config, "requests_per_hour = 4294967296\n").unwrap();
+    let o = run(vec![(
+        "BBCRAWL_CONFIG",
+        config.to_str().unwrap().to_owned(),
+    )])
+    .await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("requests_per_hour"), "{err}");
+    assert!(
+        err.contains("must be at most 4294967295 (got 4294967296)"),
+        "{err}"
+    );
+    assert!(!err.contains("at least"), "{err}");
+}
