@@ -23,13 +23,17 @@
 //! - **Workspace names** are lowercased; see [`parse_workspace`] for the rules.
 //! - **Unknown keys are errors**, in the file and inside `[[credentials]]`: a typo
 //!   such as `requests_per_hr` must not be silently ignored.
+//! - **The config file and secret files are small regular files**: at most
+//!   [`MAX_FILE_BYTES`] (1 MiB), never a FIFO, device or directory, so a mistaken
+//!   path (`/dev/urandom`, `/dev/stdin`, a pipe) fails at once instead of reading
+//!   forever; see [`read_small_file`], which every file a setting names goes through.
 //!
 //! Secrets are wrapped in [`Secret`] as soon as they are read; its `Debug` and
 //! `Display` print `[REDACTED]`, and no error message of this module quotes a value
 //! that could be a secret (TOML errors lose their source snippet, see [`ConfigError::Parse`]).
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +79,10 @@ const MAX_IN_FLIGHT_LIMIT: i64 = 1024;
 
 /// Retrying more often than this cannot help a transient error and burns the hourly budget.
 const MAX_RETRIES_LIMIT: i64 = 100;
+
+/// The largest config or secret file bbcrawl reads: 1 MiB. Real ones are a few hundred
+/// bytes; the bound keeps a mistaken path (`/dev/urandom`, a log file) from filling memory.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// A secret string (token or password).
 ///
@@ -273,13 +281,15 @@ pub enum ConfigError {
         /// What is wrong and what is accepted.
         message: String,
     },
-    /// The config file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    /// The config file could not be read, or was refused unread (see [`read_small_file`]).
+    #[error("cannot read config file {} (from {key}): {source}", path.display())]
     ReadFile {
+        /// The flag or variable that names the file: `--config` or `BBCRAWL_CONFIG`.
+        key: String,
         /// The config file.
         path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
+        /// Why it was not read.
+        source: FileReadError,
     },
     /// The config file is not valid TOML or a value has the wrong type.
     ///
@@ -323,7 +333,7 @@ pub enum ConfigError {
         /// The file's permission bits.
         mode: u32,
     },
-    /// A `*_file` secret could not be read.
+    /// A `*_file` secret could not be read, or was refused unread (see [`read_small_file`]).
     #[error("cannot read `{key}` secret file {}: {source}", path.display())]
     SecretFile {
         /// The key or variable that names the file (`credentials[0].access_token_file`,
@@ -331,9 +341,99 @@ pub enum ConfigError {
         key: String,
         /// The secret file, resolved.
         path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
+        /// Why it was not read.
+        source: FileReadError,
     },
+}
+
+/// Why [`read_small_file`] did not return a file's text. No variant quotes the content.
+#[derive(Debug, thiserror::Error)]
+pub enum FileReadError {
+    /// Inspecting, opening or reading the file failed (missing, no permission, …).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The path names something other than a regular file; reading it could block
+    /// forever (a FIFO, a terminal) or never end (`/dev/urandom`).
+    #[error("it is {kind}, not a regular file: config and secret files must be regular files (pipes, devices, /dev/stdin and <(…) are not supported; a systemd LoadCredential= file is fine)")]
+    NotRegular {
+        /// What it is instead: `a directory`, `a FIFO (named pipe)`, `a character device`, ….
+        kind: &'static str,
+    },
+    /// The file holds more than the limit.
+    #[error("it is larger than {}: config and secret files are small text files", size_text(*limit))]
+    TooLarge {
+        /// The limit in bytes ([`MAX_FILE_BYTES`] for config and secret files).
+        limit: u64,
+    },
+    /// The file is not UTF-8 text.
+    #[error("it is not UTF-8 text")]
+    NotUtf8,
+}
+
+/// `1 MiB`, `512 KiB` or `1000 bytes`.
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Reads a small UTF-8 text file (the config file, a secret file, and any other file a
+/// setting names) without trusting what the path names: only a regular file, and only
+/// up to `limit` bytes, so a mistaken path fails at once with [`FileReadError`].
+///
+/// The type is checked before opening, because opening a FIFO for reading blocks until a
+/// writer appears; the opened file is checked again (the path may have been replaced
+/// meanwhile), and it is read through `take(limit + 1)`, so a file that grows while being
+/// read, or one that reports a size of 0 (as `/proc` files do), is still bounded.
+pub fn read_small_file(path: &Path, limit: u64) -> Result<String, FileReadError> {
+    check_small_regular(&std::fs::metadata(path)?, limit)?;
+    let file = std::fs::File::open(path)?;
+    check_small_regular(&file.metadata()?, limit)?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if u64::try_from(bytes.len()).map_or(true, |n| n > limit) {
+        return Err(FileReadError::TooLarge { limit });
+    }
+    String::from_utf8(bytes).map_err(|_| FileReadError::NotUtf8)
+}
+
+/// A regular file of at most `limit` bytes, as far as its metadata tells.
+fn check_small_regular(metadata: &std::fs::Metadata, limit: u64) -> Result<(), FileReadError> {
+    if !metadata.is_file() {
+        return Err(FileReadError::NotRegular {
+            kind: file_kind(&metadata.file_type()),
+        });
+    }
+    if metadata.len() > limit {
+        return Err(FileReadError::TooLarge { limit });
+    }
+    Ok(())
+}
+
+/// What a non-regular file is, for [`FileReadError::NotRegular`].
+fn file_kind(file_type: &std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    "a special file"
 }
 
 impl ConfigError {
@@ -341,11 +441,11 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. }
+            | ConfigError::ReadFile { key, .. }
             | ConfigError::UnknownKey { key, .. }
             | ConfigError::InsecureFile { key, .. }
             | ConfigError::SecretFile { key, .. } => Some(key),
             ConfigError::Parse { key, .. } => key.as_deref(),
-            ConfigError::ReadFile { .. } => None,
         }
     }
 }
@@ -558,11 +658,13 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let env = Env(env);
         let config_path = match &overrides.config_path {
-            Some(path) => Some(path.clone()),
-            None => env.get(CONFIG_ENV).map(PathBuf::from),
+            Some(path) => Some(("--config", path.clone())),
+            None => env
+                .get(CONFIG_ENV)
+                .map(|path| (CONFIG_ENV, PathBuf::from(path))),
         };
         let file = match config_path {
-            Some(path) => Some(read_file(&path)?),
+            Some((key, path)) => Some(read_file(key, &path)?),
             None => None,
         };
         let file = file.as_ref();
@@ -718,14 +820,16 @@ impl Env<'_> {
     }
 }
 
-/// Reads, parses and permission-checks the config file.
-fn read_file(path: &Path) -> Result<LoadedFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+/// Reads, parses and permission-checks the config file; `key` is the flag or variable
+/// that named it.
+fn read_file(key: &str, path: &Path) -> Result<LoadedFile, ConfigError> {
+    let text = read_small_file(path, MAX_FILE_BYTES).map_err(|source| ConfigError::ReadFile {
+        key: key.to_string(),
         path: path.to_path_buf(),
         source,
     })?;
     let values: FileConfig = toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))?;
-    check_permissions(path, &values)?;
+    check_permissions(key, path, &values)?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         // A bare file name lives in the working directory.
@@ -839,8 +943,9 @@ fn table_prefix(text: &str, line: Option<usize>) -> Option<String> {
 }
 
 /// Refuses a config file with an inline secret that group or others can read, as ssh
-/// refuses an unprotected key. Only unix has the mode bits to check.
-fn check_permissions(path: &Path, values: &FileConfig) -> Result<(), ConfigError> {
+/// refuses an unprotected key. Only unix has the mode bits to check. `named_by` is the
+/// flag or variable that gave the path.
+fn check_permissions(named_by: &str, path: &Path, values: &FileConfig) -> Result<(), ConfigError> {
     let inline = values.credentials.iter().enumerate().find_map(|(i, c)| {
         let key = if c.access_token.is_some() {
             "access_token"
@@ -860,8 +965,9 @@ fn check_permissions(path: &Path, values: &FileConfig) -> Result<(), ConfigError
     {
         use std::os::unix::fs::PermissionsExt;
         let metadata = std::fs::metadata(path).map_err(|source| ConfigError::ReadFile {
+            key: named_by.to_string(),
             path: path.to_path_buf(),
-            source,
+            source: FileReadError::Io(source),
         })?;
         let mode = metadata.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -873,7 +979,7 @@ fn check_permissions(path: &Path, values: &FileConfig) -> Result<(), ConfigError
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, key);
+    let _ = (named_by, path, key);
     Ok(())
 }
 
@@ -1084,6 +1190,20 @@ impl IntKey {
             max,
         }
     }
+
+    /// What is wrong with `got`, which is above the range when `too_large` and below it
+    /// otherwise. A range chosen for the key is given whole; a key whose maximum is only
+    /// its type's names the bound that was crossed (a message saying "at least 1" about
+    /// 4294967296 would send the user the wrong way).
+    fn out_of_range(&self, too_large: bool, got: &str) -> String {
+        if self.max < i64::from(u32::MAX) {
+            format!("must be between {} and {} (got {got})", self.min, self.max)
+        } else if too_large {
+            format!("must be at most {} (got {got})", self.max)
+        } else {
+            format!("must be at least {} (got {got})", self.min)
+        }
+    }
 }
 
 /// The value of an integer key from the highest-precedence source, range-checked;
@@ -1099,12 +1219,14 @@ fn resolve_int<T: TryFrom<i64>>(
         (Origin::Flag(flag_name), value)
     } else if let Some((name, text)) = spec.env.and_then(|name| env.get(name).map(|t| (name, t))) {
         let origin = Origin::Env(name);
-        let value = text.parse::<i64>().map_err(|_| {
-            invalid(
-                spec.key,
-                &origin,
-                format!("must be a whole number (got {text:?})"),
-            )
+        let value = text.parse::<i64>().map_err(|e| {
+            // Digits beyond i64 are a number too large, not "not a number".
+            let message = match e.kind() {
+                std::num::IntErrorKind::PosOverflow => spec.out_of_range(true, &text),
+                std::num::IntErrorKind::NegOverflow => spec.out_of_range(false, &text),
+                _ => format!("must be a whole number (got {text:?})"),
+            };
+            invalid(spec.key, &origin, message)
         })?;
         (origin, value)
     } else if let (Some(value), Some(f)) = (file_value, file) {
@@ -1112,19 +1234,16 @@ fn resolve_int<T: TryFrom<i64>>(
     } else {
         return Ok(None);
     };
-    let range = if spec.max >= i64::from(u32::MAX) {
-        format!("must be at least {}", spec.min)
-    } else {
-        format!("must be between {} and {}", spec.min, spec.max)
-    };
     if value < spec.min || value > spec.max {
-        return Err(invalid(spec.key, &origin, format!("{range} (got {value})")));
+        let message = spec.out_of_range(value > spec.max, &value.to_string());
+        return Err(invalid(spec.key, &origin, message));
     }
     // Every key's range fits its target type, so this only fails if a range is
     // declared wider than the type; it still reports rather than truncates.
-    T::try_from(value)
-        .map(Some)
-        .map_err(|_| invalid(spec.key, &origin, format!("{range} (got {value})")))
+    T::try_from(value).map(Some).map_err(|_| {
+        let message = spec.out_of_range(value > 0, &value.to_string());
+        invalid(spec.key, &origin, message)
+    })
 }
 
 fn resolve_seconds(
@@ -1184,12 +1303,13 @@ fn read_secret(key: &str, origin: &Origin, source: SecretSource) -> Result<Secre
     let (value, origin) = match source {
         SecretSource::Inline(secret) => (secret.expose().trim().to_string(), origin.clone()),
         SecretSource::File(path) => {
-            let text =
-                std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+            let text = read_small_file(&path, MAX_FILE_BYTES).map_err(|source| {
+                ConfigError::SecretFile {
                     key: key.to_string(),
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             (text.trim().to_string(), Origin::File(path))
         }
     };

@@ -7,7 +7,20 @@
 //! errors, so that the binary can treat a closed pipe as a normal end.
 //! Rows are streamed: only `table` holds a first batch back to size its
 //! columns.
+//!
+//! Stored text comes from whoever wrote the commits, so the formats for
+//! people (`table`, `show` text) never hand it to the terminal raw: every
+//! character that would act on the terminal instead of being shown — C0 and
+//! C1 controls, DEL (ESC starts the sequences that clear the screen or
+//! retitle the window), and the bidirectional embedding, override and
+//! isolate characters U+202A–U+202E and U+2066–U+2069 that reorder what is
+//! shown ("Trojan Source") — is written as its Rust escape, `\u{1b}`. Only
+//! layout survives: a `show` message keeps its lines and tabs, and a table
+//! cell turns tabs and line breaks into spaces. Text without such characters
+//! prints byte for byte as stored. `json`, `ndjson` and `csv` are for
+//! programs and keep the exact data.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -230,11 +243,51 @@ pub fn truncate(s: &str, width: usize) -> String {
     out
 }
 
-/// A value for one table cell: on one line, tabs and control characters as spaces.
+/// Whether `c` would act on a terminal rather than be shown: a control
+/// character (C0, DEL, C1) or a bidirectional embedding, override or
+/// isolate character (see the module documentation).
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` safe to print to a terminal on one line: every character that would
+/// act on the terminal is written as its Rust escape (ESC as `\u{1b}`),
+/// except tabs, which only move the cursor forward. Borrowed when nothing
+/// needed escaping, so ordinary text prints byte for byte as stored.
+///
+/// A backslash is not escaped: `\u{1b}` in the output may also be those six
+/// characters in the data; `json` output tells them apart.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    let escape = |c: char| c != '\t' && acts_on_terminal(c);
+    if !s.chars().any(escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if escape(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A value for one table cell: on one line, so tabs and line breaks become
+/// spaces; anything else that would act on the terminal is escaped as by
+/// [`printable`].
 fn cell(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    let one_line: String = s
+        .chars()
+        .map(|c| {
+            if matches!(c, '\t' | '\n' | '\r') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    printable(&one_line).into_owned()
 }
 
 /// The first line of a commit message, for tables.
@@ -532,7 +585,7 @@ pub fn write_stats<W: Write>(
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            lines.push((format!("last pass {k}"), v));
+            lines.push((format!("last pass {}", cell(k)), v));
         }
     }
     let w = lines
@@ -620,14 +673,16 @@ fn write_show_text<W: Write>(out: &mut W, r: &CommitRecord) -> io::Result<()> {
         ),
     ];
     for (k, v) in fields {
-        writeln!(out, "{:<20} {}", format!("{k}:"), v)?;
+        writeln!(out, "{:<20} {}", format!("{k}:"), printable(&v))?;
     }
     writeln!(out)?;
+    // Line by line: the body keeps its line breaks (a field above is one
+    // line, so there a line break is escaped like any other control).
     for line in r.message.lines() {
         if line.is_empty() {
             writeln!(out)?;
         } else {
-            writeln!(out, "    {line}")?;
+            writeln!(out, "    {}", printable(line))?;
         }
     }
     Ok(())
@@ -656,5 +711,34 @@ mod tests {
     fn subjects_are_one_line_without_tabs() {
         assert_eq!(subject("Tabs\tin\tit\n\nbody\n"), "Tabs in it");
         assert_eq!(subject(""), "");
+    }
+
+    #[test]
+    fn ordinary_text_is_printed_as_stored() {
+        for s in [
+            "Add Grüße 👋",
+            "详情见工单。",
+            "\tindented",
+            "a \\u{1b} literal",
+            "",
+        ] {
+            assert!(matches!(printable(s), Cow::Borrowed(t) if t == s), "{s:?}");
+        }
+        assert_eq!(cell("Zoë\tÅngström"), "Zoë Ångström");
+    }
+
+    #[test]
+    fn terminal_controls_are_escaped_visibly() {
+        assert_eq!(
+            printable("\u{1b}[2J\u{1b}]0;pwned\u{7}\0\r\n\u{7f}\u{9b}"),
+            r"\u{1b}[2J\u{1b}]0;pwned\u{7}\u{0}\u{d}\u{a}\u{7f}\u{9b}"
+        );
+        assert_eq!(
+            printable("if \u{202e}admin\u{2066}x\u{2069}\u{202a}"),
+            r"if \u{202e}admin\u{2066}x\u{2069}\u{202a}"
+        );
+        // Marks that only hint the direction of right-to-left text stay.
+        assert_eq!(printable("שלום\u{200f}"), "שלום\u{200f}");
+        assert_eq!(cell("a\tb\r\nc\u{1b}[0m"), r"a b  c\u{1b}[0m");
     }
 }

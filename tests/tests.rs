@@ -12,6 +12,7 @@ mod crawl;
 mod daemon;
 mod freshness;
 mod hostile;
+mod hostile_input;
 mod kit;
 mod query;
 mod quirks;
