@@ -12,6 +12,7 @@ mod crawl;
 mod daemon;
 mod freshness;
 mod kit;
+mod precision;
 mod query;
 mod quirks;
 mod ratelimit;
