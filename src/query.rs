@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::record::CommitRecord;
@@ -129,13 +129,26 @@ fn candidates<'a>(
     selected: &HashSet<u32>,
     f: &CommitFilter,
 ) -> Result<Entries<'a>, StoreError> {
+    // The index holds instants rounded down to the millisecond: a bound
+    // finer than that is scanned to the end of its millisecond, and
+    // `matching` compares the commits' full dates.
+    let until = f
+        .until
+        .map(|u| match u.timestamp_subsec_nanos() % NANOS_PER_MS {
+            0 => u,
+            _ => u
+                .timestamp_millis()
+                .checked_add(1)
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or(u),
+        });
     if let Some(needle) = &f.author {
         let needle = needle.to_lowercase();
         let streams: Vec<Entries<'a>> = store
             .authors()?
             .into_iter()
             .filter(|a| a.may_match(&needle))
-            .map(|a| store.scan_author(&a.identity, f.since, f.until))
+            .map(|a| store.scan_author(&a.identity, f.since, until))
             .collect();
         return Ok(Box::new(Merge::new(streams)));
     }
@@ -144,9 +157,69 @@ fn candidates<'a>(
     ids.sort_unstable();
     let streams = ids
         .into_iter()
-        .map(|id| store.scan_repo(id, f.since, f.until))
+        .map(|id| store.scan_repo(id, f.since, until))
         .collect();
     Ok(Box::new(Merge::new(streams)))
+}
+
+/// Nanoseconds in a millisecond, the resolution of the date indexes.
+const NANOS_PER_MS: u32 = 1_000_000;
+
+/// Whether a commit dated `date` lies in the filter's `[since, until)`,
+/// compared to the nanosecond.
+fn in_window(f: &CommitFilter, date: &DateTime<FixedOffset>) -> bool {
+    f.since.is_none_or(|s| *date >= s) && f.until.is_none_or(|u| *date < u)
+}
+
+/// Where an index entry lies against the filter's window, from its
+/// instant rounded down to the millisecond: `None` when that cannot tell
+/// (the entry is in the very millisecond of a bound finer than that), and
+/// only the commit's full date can.
+fn index_in_window(f: &CommitFilter, at: DateTime<Utc>) -> Option<bool> {
+    let straddles = |b: DateTime<Utc>| {
+        b.timestamp_subsec_nanos() % NANOS_PER_MS != 0
+            && b.timestamp_millis() == at.timestamp_millis()
+    };
+    if f.since.is_some_and(straddles) || f.until.is_some_and(straddles) {
+        return None;
+    }
+    Some(f.since.is_none_or(|s| at >= s) && f.until.is_none_or(|u| at < u))
+}
+
+/// Puts the commits of each millisecond in the order of their full
+/// dates. The indexes order by millisecond, then hash, then repository
+/// ([`IndexEntry::order_key`]); dates finer than a millisecond are rare
+/// (git records whole seconds, a few servers add microseconds), so only a
+/// run of entries sharing one millisecond is held and sorted.
+fn by_full_date(matches: Matches<'_>) -> Matches<'_> {
+    let mut matches = matches.peekable();
+    let mut run = Vec::new().into_iter();
+    Box::new(std::iter::from_fn(move || {
+        if let Some(m) = run.next() {
+            return Some(Ok(m));
+        }
+        let mut same: Vec<(IndexEntry, StoredCommit)> = match matches.next()? {
+            Ok(m) => vec![m],
+            Err(e) => return Some(Err(e)),
+        };
+        while let Some(Ok((e, _))) = matches.peek() {
+            if e.at != same[0].0.at {
+                break;
+            }
+            // Just peeked as `Ok`.
+            match matches.next() {
+                Some(Ok(m)) => same.push(m),
+                _ => break,
+            }
+        }
+        same.sort_by(|(a, ca), (b, cb)| {
+            cb.date
+                .cmp(&ca.date)
+                .then_with(|| a.order_key().cmp(&b.order_key()))
+        });
+        run = same.into_iter();
+        run.next().map(Ok)
+    }))
 }
 
 /// `--since` / `--until`: RFC 3339 with any offset, or `YYYY-MM-DD`
@@ -167,7 +240,7 @@ pub fn commits<'a>(
 ) -> Result<Box<dyn Iterator<Item = Result<CommitRecord, QueryError>> + 'a>, QueryError> {
     let repos = store.repos_by_id()?;
     let selected = selected_repos(&repos, f);
-    let iter = matching(store, f, selected)?.filter_map(move |m| match m {
+    let iter = by_full_date(matching(store, f, selected)?).filter_map(move |m| match m {
         // Every selected repository is one of `repos`.
         Ok((e, c)) => repos.get(&e.repo).map(|repo| Ok(c.into_record(repo))),
         Err(err) => Some(Err(err)),
@@ -195,6 +268,8 @@ fn matching<'a>(
     let author = f.author.as_ref().map(|a| a.to_lowercase());
     let grep = f.grep.as_ref().map(|g| g.to_lowercase());
     let all = f.all;
+    // The bounds, for the commits' full dates.
+    let window = f.clone();
     Ok(Box::new(
         entries
             .filter(move |e| match e {
@@ -211,6 +286,9 @@ fn matching<'a>(
                     Ok(None) => return None,
                     Err(err) => return Some(Err(err.into())),
                 };
+                if !in_window(&window, &c.date) {
+                    return None;
+                }
                 if let Some(needle) = &author {
                     let hit = |s: &Option<String>| {
                         s.as_ref()
@@ -392,14 +470,18 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
     } else {
         for item in store.scan_author_index() {
             let (identity, e) = item?;
-            if (!f.all && !e.reachable)
-                || !selected.contains(&e.repo)
-                || f.since.is_some_and(|s| e.at < s)
-                || f.until.is_some_and(|u| e.at >= u)
-            {
+            if (!f.all && !e.reachable) || !selected.contains(&e.repo) {
                 continue;
             }
-            add(identity, &e);
+            let within = match index_in_window(f, e.at) {
+                Some(within) => within,
+                None => store
+                    .commit_by_id(e.repo, &e.hash)?
+                    .is_some_and(|c| in_window(f, &c.date)),
+            };
+            if within {
+                add(identity, &e);
+            }
         }
     }
     let records: HashMap<String, crate::store::AuthorRecord> = store

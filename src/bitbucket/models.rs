@@ -363,6 +363,11 @@ mod tests {
             utc("2024-05-01T10:00:00-0700"),
             Some(("2024-05-01T10:00:00-07:00".into(), -25_200))
         );
+        // Fractions finer than a millisecond are kept to the nanosecond.
+        assert_eq!(
+            utc("2024-05-01T11:37:07.123456789+02:00"),
+            Some(("2024-05-01T11:37:07.123456789+02:00".into(), 7_200))
+        );
         assert_eq!(utc("yesterday"), None);
         assert_eq!(utc(""), None);
 

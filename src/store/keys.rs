@@ -22,8 +22,9 @@
 //!   complement, `¬repo-id` likewise, so a *reverse* scan yields newest
 //!   first, then hash ascending, then repository id ascending — the order
 //!   queries print.
-//! - `date`: the commit instant in UTC milliseconds as a big-endian u64
-//!   with the sign bit flipped, so byte order is time order.
+//! - `date`: the commit instant in UTC milliseconds (rounded down; the
+//!   commit record keeps the rest) as a big-endian u64 with the sign bit
+//!   flipped, so byte order is time order.
 //! - `identity`: the author's account uuid when known, else the lower-cased
 //!   e-mail, else the raw string (never contains `\0`).
 
@@ -180,7 +181,9 @@ pub struct IndexEntry {
 }
 
 impl IndexEntry {
-    /// The order queries print: newest first, then hash, then repository.
+    /// The index order: newest first to the millisecond, then hash, then
+    /// repository. Queries print in this order but sort the commits of one
+    /// millisecond by their full dates first.
     pub fn order_key(&self) -> (std::cmp::Reverse<DateTime<Utc>>, Hash, u32) {
         (std::cmp::Reverse(self.at), self.hash, self.repo)
     }
