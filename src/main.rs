@@ -301,7 +301,8 @@ fn main() -> ExitCode {
         // A reader that stopped reading (`| head`) is a normal end.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", error_text(&err));
+            // Error text may quote a server or stored data: never raw to a terminal.
+            eprintln!("error: {}", output::printable(&error_text(&err)));
             ExitCode::from(exit_code_for(&err))
         }
     }
@@ -554,7 +555,7 @@ async fn sync(
     if !g.quiet {
         println!("{}", summary.line());
         for f in &summary.failures {
-            println!("  failed: {f}");
+            println!("  failed: {}", output::printable(f));
         }
     }
     Ok(match stopped_by {

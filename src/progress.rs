@@ -111,6 +111,7 @@ impl SyncProgress {
         }
         if let Some(n) = self.client.retrying() {
             let message: String = n.message.chars().take(80).collect();
+            let message = crate::output::printable(&message);
             waits.push_str(&format!(
                 ", retrying {} (attempt {} of {} failed: {message})",
                 n.subject, n.attempt, n.attempts
@@ -178,7 +179,7 @@ impl PassObserver for SyncProgress {
                         bar.println(format!(
                             "failed: {}: {}",
                             o.full_name,
-                            o.error.as_deref().unwrap_or("")
+                            crate::output::printable(o.error.as_deref().unwrap_or(""))
                         ));
                     }
                 }

@@ -158,13 +158,23 @@ impl VerifyReport {
                         .map_or_else(|| "no HTTP answer".to_owned(), |s| format!("HTTP {s}")),
                     f.workspace,
                     f.credential,
-                    f.message
+                    // What Bitbucket (or whatever answered) said: never raw
+                    // to a terminal.
+                    crate::output::printable(&f.message)
                 );
                 if let Some(g) = &f.granted {
-                    s.push_str(&format!("  granted scopes: {}\n", list_or_none(g)));
+                    let scopes = list_or_none(g);
+                    s.push_str(&format!(
+                        "  granted scopes: {}\n",
+                        crate::output::printable(&scopes)
+                    ));
                 }
                 if let Some(r) = &f.required {
-                    s.push_str(&format!("  required scopes: {}\n", list_or_none(r)));
+                    let scopes = list_or_none(r);
+                    s.push_str(&format!(
+                        "  required scopes: {}\n",
+                        crate::output::printable(&scopes)
+                    ));
                 }
                 s.push_str(&format!("  check: {}\n  reproduce: {}\n", f.hint, f.curl));
                 s

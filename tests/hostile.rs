@@ -844,3 +844,79 @@ async fn a_quiet_pass_logs_every_repository_it_covered() {
     assert_eq!(quiet["crawled"], 0, "{quiet}");
     assert_eq!(quiet["skipped"], 3, "{quiet}");
 }
+
+/// A server whose error messages carry terminal escapes: the listing
+/// answers with `listing_status` (200 lists one repository, `x`), and that
+/// repository's commits answer 400, both with a hostile message.
+async fn hostile_messages(listing_status: u16) -> String {
+    use axum::extract::Request;
+    use axum::response::IntoResponse;
+    const MESSAGE: &str = "bad \u{1b}[2J\u{1b}]0;owned\u{7} thing";
+    let app = axum::Router::new().fallback(move |req: Request| async move {
+        let error = |status: u16| {
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                [("content-type", "application/json")],
+                serde_json::json!({"type": "error", "error": {"message": MESSAGE}}).to_string(),
+            )
+                .into_response()
+        };
+        if req.uri().path().contains("/commits") {
+            return error(400);
+        }
+        if listing_status != 200 {
+            return error(listing_status);
+        }
+        let body = serde_json::json!({"values": [{"uuid": "{x}", "slug": "x", "full_name": "acme/x",
+            "mainbranch": {"name": "main"}, "updated_on": "2024-01-01T00:00:00+00:00"}]});
+        ([("content-type", "application/json")], body.to_string()).into_response()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/2.0", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service()).await;
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_messages_from_the_server_never_reach_the_terminal_raw() {
+    let raw = |s: &str| s.contains('\u{1b}') || s.contains('\u{7}');
+    let api = hostile_messages(200).await;
+    let (_dir, store) = fresh_store();
+    let out = sync(&store, &api, &[], &[]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(6), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(r"bad \u{1b}[2J\u{1b}]0;owned\u{7} thing"),
+        "{text}"
+    );
+    assert!(!raw(&text), "{text:?}");
+    assert!(!raw(&stderr(&out)), "{:?}", stderr(&out));
+
+    let api = hostile_messages(403).await;
+    let (dir, _store) = fresh_store();
+    let env = [
+        ("BBCRAWL_API_URL", api.as_str()),
+        ("BBCRAWL_WORKSPACES", WS),
+        ("BITBUCKET_ACCESS_TOKEN", TOKEN),
+    ];
+    let out = bbcrawl(dir.path(), &["verify"], &env).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains(r"\u{1b}[2J"), "{}", stdout(&out));
+    assert!(
+        !raw(&stdout(&out)) && !raw(&stderr(&out)),
+        "{:?}",
+        stdout(&out)
+    );
+    let out = sync(&dir.path().join("s"), &api, &[], &[]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains(r"\u{1b}[2J"), "{}", stderr(&out));
+    assert!(!raw(&stderr(&out)), "{:?}", stderr(&out));
+}
