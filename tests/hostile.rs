@@ -553,50 +553,52 @@ async fn on_store(store: &Path, args: &[&str]) -> std::process::Output {
     bbcrawl(store.parent().unwrap(), &all, &[]).await
 }
 
+/// `bbcrawl export [EXTRA] --output PATH --store STORE`.
+async fn export_to(store: &Path, path: &Path, extra: &[&str]) -> std::process::Output {
+    let path = path.to_string_lossy().into_owned();
+    let mut args = vec!["export"];
+    args.extend_from_slice(extra);
+    args.extend(["--output", &path]);
+    on_store(store, &args).await
+}
+
+/// Permission bits of `path`.
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .file_type()
+        .is_symlink()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_output_writes_into_special_files_and_through_symlinks_without_replacing_them() {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let (_sim, _server, dir, store) = small_store().await;
     let d = dir.path();
+    let ok = |out: &std::process::Output| {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    };
 
     // A symbolic link to a regular file: the link stays, its target is replaced.
     std::fs::write(d.join("real.ndjson"), "old\n").unwrap();
     std::os::unix::fs::symlink(d.join("real.ndjson"), d.join("link.ndjson")).unwrap();
-    let out = on_store(
-        &store,
-        &[
-            "export",
-            "--output",
-            &d.join("link.ndjson").to_string_lossy(),
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let meta = std::fs::symlink_metadata(d.join("link.ndjson")).unwrap();
+    ok(&export_to(&store, &d.join("link.ndjson"), &[]).await);
     assert!(
-        meta.file_type().is_symlink(),
+        is_symlink(&d.join("link.ndjson")),
         "the link was replaced by a file"
     );
-    assert_eq!(
-        std::fs::read_to_string(d.join("real.ndjson"))
-            .unwrap()
-            .lines()
-            .count(),
-        30
-    );
+    let exported = std::fs::read_to_string(d.join("real.ndjson")).unwrap();
+    assert_eq!(exported.lines().count(), 30);
 
-    // A link to /dev/null: written into, the link and /dev/null stay.
+    // A link to /dev/null: written into; the link and /dev/null stay.
     std::os::unix::fs::symlink("/dev/null", d.join("null")).unwrap();
-    let out = on_store(
-        &store,
-        &["export", "--output", &d.join("null").to_string_lossy()],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(std::fs::symlink_metadata(d.join("null"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    ok(&export_to(&store, &d.join("null"), &[]).await);
+    assert!(is_symlink(&d.join("null")));
     assert!(std::fs::metadata("/dev/null")
         .unwrap()
         .file_type()
@@ -604,17 +606,16 @@ async fn export_output_writes_into_special_files_and_through_symlinks_without_re
 
     // A FIFO: streamed into, still a FIFO afterwards.
     let fifo = d.join("pipe");
-    assert!(std::process::Command::new("mkfifo")
+    let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
-        .unwrap()
-        .success());
+        .unwrap();
+    assert!(made.success());
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
     };
-    let out = on_store(&store, &["export", "--output", &fifo.to_string_lossy()]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    ok(&export_to(&store, &fifo, &[]).await);
     assert_eq!(reader.join().unwrap().lines().count(), 30);
     assert!(std::fs::symlink_metadata(&fifo)
         .unwrap()
@@ -622,59 +623,23 @@ async fn export_output_writes_into_special_files_and_through_symlinks_without_re
         .is_fifo());
 
     // A new file is private; an existing one keeps its mode.
-    let out = on_store(
-        &store,
-        &[
-            "export",
-            "--output",
-            &d.join("new.ndjson").to_string_lossy(),
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let mode = std::fs::metadata(d.join("new.ndjson"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600, "{mode:o}");
-    std::fs::set_permissions(d.join("new.ndjson"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = on_store(
-        &store,
-        &[
-            "export",
-            "--format",
-            "csv",
-            "--output",
-            &d.join("new.ndjson").to_string_lossy(),
-        ],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let mode = std::fs::metadata(d.join("new.ndjson"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o640, "{mode:o}");
+    let new = d.join("new.ndjson");
+    ok(&export_to(&store, &new, &[]).await);
+    assert_eq!(mode_of(&new), 0o600, "{:o}", mode_of(&new));
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o640)).unwrap();
+    ok(&export_to(&store, &new, &["--format", "csv"]).await);
+    assert_eq!(mode_of(&new), 0o640, "{:o}", mode_of(&new));
 
     // A directory or a dangling link: exit 2, nothing touched.
     std::fs::create_dir(d.join("adir")).unwrap();
     std::os::unix::fs::symlink(d.join("missing"), d.join("dangling")).unwrap();
     for bad in ["adir", "dangling"] {
-        let out = on_store(
-            &store,
-            &["export", "--output", &d.join(bad).to_string_lossy()],
-        )
-        .await;
+        let out = export_to(&store, &d.join(bad), &[]).await;
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
         assert!(stderr(&out).contains("--output"), "{}", stderr(&out));
     }
     assert!(std::fs::metadata(d.join("adir")).unwrap().is_dir());
-    assert!(std::fs::symlink_metadata(d.join("dangling"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    assert!(is_symlink(&d.join("dangling")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
