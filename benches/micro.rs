@@ -15,8 +15,9 @@ use bbcrawl::bitbucket::models::{Commit, Page};
 use bbcrawl::demo::BackgroundSimulator;
 use bbcrawl::query::{self, CommitFilter};
 use bbcrawl::record::CommitRecord;
+use bbcrawl::record::RepoState;
 use bbcrawl::simulator::SimOptions;
-use bbcrawl::store::{RepoState, Store};
+use bbcrawl::store::Store;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -151,7 +152,7 @@ fn queries(c: &mut Criterion) {
             let page = fresh_page(&f.template, &state, r * 1_000_000 + p);
             state = store.apply_page(&state, &page).expect("apply").repo;
         }
-        state.status = bbcrawl::store::RepoStatus::Ok;
+        state.status = bbcrawl::record::RepoStatus::Ok;
         store.put_repo(&state).expect("put repo");
     }
     store.flush().expect("flush");

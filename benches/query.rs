@@ -15,8 +15,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bbcrawl::query::{self, CommitFilter};
+use bbcrawl::record::RepoState;
 use bbcrawl::record::{Author, CommitRecord, Committer};
-use bbcrawl::store::{RepoState, Store};
+use bbcrawl::store::Store;
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use common::{env_num, WS};
 
@@ -85,7 +86,7 @@ fn build(dir: &Path, total: usize) {
             repo = store.apply_page(&repo, &commits).expect("apply page").repo;
         }
         repo.head = Some(commit_hash(r, per_repo - 1));
-        repo.status = bbcrawl::store::RepoStatus::Ok;
+        repo.status = bbcrawl::record::RepoStatus::Ok;
         store.put_repo(&repo).expect("put repo");
         if r % 100 == 99 {
             store.flush().expect("flush");

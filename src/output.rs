@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::query::{AuthorRow, QueryError, RepoRow, Stats};
 use crate::record::CommitRecord;
-use crate::store::RepoStatus;
+use crate::record::RepoStatus;
 
 /// An output format of `query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::actors::{PassEvent, PassObserver};
 use crate::bitbucket::BitbucketClient;
 use crate::human;
-use crate::store::RepoStatus;
+use crate::record::RepoStatus;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

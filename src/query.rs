@@ -10,9 +10,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::record::CommitRecord;
-use crate::store::{
-    keys, Entries, IndexEntry, RepoEvent, RepoState, RepoStatus, Store, StoreError, StoredCommit,
-};
+use crate::record::{RepoEvent, RepoState, RepoStatus};
+use crate::store::{keys, Entries, IndexEntry, Store, StoreError, StoredCommit};
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -484,7 +483,7 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
             }
         }
     }
-    let records: HashMap<String, crate::store::AuthorRecord> = store
+    let records: HashMap<String, crate::record::AuthorRecord> = store
         .authors()?
         .into_iter()
         .map(|a| (a.identity.clone(), a))

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::bitbucket::models::Repository;
-use crate::store::{RepoState, RepoStatus};
+use crate::record::{RepoState, RepoStatus};
 
 /// Least pages a backfill must be able to make before audits get budget.
 const MIN_BACKFILL_PAGES: u64 = 5;

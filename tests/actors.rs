@@ -7,8 +7,9 @@ use std::sync::Arc;
 use bbcrawl::actors::{run_pass, PassEvent, PassObserver, PassOptions, PassSummary};
 use bbcrawl::bitbucket::{BitbucketClient, ClientOptions};
 use bbcrawl::demo::BackgroundSimulator;
+use bbcrawl::record::RepoStatus;
 use bbcrawl::simulator::{RepoSpec, Simulator};
-use bbcrawl::store::{RepoStatus, Store};
+use bbcrawl::store::Store;
 
 use crate::util::*;
 

@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bbcrawl::record::{RepoState, RepoStatus};
 use bbcrawl::simulator::{
     Fault, RepoSpec, RequestRecord, SimCommit, SimCredential, SimOptions, Simulator,
 };
-use bbcrawl::store::{RepoState, RepoStatus};
 
 use crate::util::{
     assert_store_is_truth, bbcrawl, branch_truth, fresh_store, open_store, serve, spawn_sync,

@@ -3,8 +3,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use bbcrawl::record::CommitRecord;
+use bbcrawl::record::{RepoEventKind, RepoStatus};
 use bbcrawl::simulator::{RepoSpec, Simulator};
-use bbcrawl::store::{RepoEventKind, RepoStatus, Store};
+use bbcrawl::store::Store;
 
 use crate::util::*;
 
@@ -348,7 +349,7 @@ async fn branch_renames_repository_renames_and_deletions_are_recorded() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("1 deleted"), "{}", stdout(&o));
 
-    let repos: HashMap<String, bbcrawl::store::RepoState> = store_repos(&store)
+    let repos: HashMap<String, bbcrawl::record::RepoState> = store_repos(&store)
         .into_iter()
         .map(|r| (r.uuid.clone(), r))
         .collect();

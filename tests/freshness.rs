@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bbcrawl::actors::{run_pass, PassOptions, PassSummary, Quiet};
 use bbcrawl::bitbucket::BitbucketClient;
+use bbcrawl::record::RepoEventKind;
 use bbcrawl::simulator::{RepoSpec, Simulator};
-use bbcrawl::store::{RepoEventKind, Store};
+use bbcrawl::store::Store;
 use chrono::{DateTime, Utc};
 
 use crate::util::*;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use bbcrawl::record::RepoState;
 use bbcrawl::record::{Author, CommitRecord};
-use bbcrawl::store::RepoState;
 use chrono::{DateTime, Utc};
 
 use crate::util::*;

@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use bbcrawl::record::RepoState;
 use bbcrawl::record::{Author, CommitRecord, Committer};
 use bbcrawl::simulator::{RepoSpec, SimCommit, SimCredential};
-use bbcrawl::store::{RepoState, Store};
+use bbcrawl::store::Store;
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use tokio::sync::OnceCell;
 

@@ -434,7 +434,7 @@ async fn another_fake_with_its_own_quirks_is_crawled_exactly() {
     // No mainbranch, an empty branch, and a mainbranch without a ref yet
     // (404 naming the revision) are all empty — not deleted, not failed.
     for slug in ["gamma", "delta", "zeta"] {
-        assert_eq!(status(slug), bbcrawl::store::RepoStatus::Empty, "{slug}");
+        assert_eq!(status(slug), bbcrawl::record::RepoStatus::Empty, "{slug}");
     }
     assert!(stdout(&out).contains("0 deleted"), "{}", stdout(&out));
     {

@@ -1,8 +1,9 @@
 //! The store on its own: idempotent page writes, reachability marking,
 //! schema versions, locked and damaged stores.
 
+use bbcrawl::record::RepoState;
 use bbcrawl::record::{Author, CommitRecord};
-use bbcrawl::store::{RepoState, Store, StoreError};
+use bbcrawl::store::{Store, StoreError};
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 
 fn commit(hash: &str, parents: &[&str], date: &str) -> CommitRecord {

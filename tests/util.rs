@@ -9,8 +9,9 @@ use std::time::Duration;
 use bbcrawl::bitbucket::{BitbucketClient, ClientOptions, RateLimitBackoff, RetryBackoff};
 use bbcrawl::config::{Credential, Secret};
 use bbcrawl::record::CommitRecord;
+use bbcrawl::record::RepoState;
 use bbcrawl::simulator::{SimCommit, SimCredential, SimOptions, SimServer, Simulator};
-use bbcrawl::store::{RepoState, Store};
+use bbcrawl::store::Store;
 
 pub const WS: &str = "acme";
 pub const TOKEN: &str = "tok-3c1f9a-very-secret";

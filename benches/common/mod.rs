@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bbcrawl::bitbucket::models::{Commit, Page, COMMIT_FIELDS};
 use bbcrawl::record::CommitRecord;
+use bbcrawl::record::RepoState;
 use bbcrawl::simulator::{RepoSpec, SimCredential, SimOptions, Simulator};
-use bbcrawl::store::{RepoState, Store};
+use bbcrawl::store::Store;
 
 pub const WS: &str = "acme";
 pub const ACCESS_TOKEN: &str = "bench-access-token";

@@ -13,8 +13,9 @@ use super::{PassEvent, PassObserver, StopFlag, WriterQueue};
 use crate::bitbucket::models::{Commit, Repository};
 use crate::bitbucket::{ApiError, BitbucketClient, VisitedPages};
 use crate::record::CommitRecord;
+use crate::record::{RepoEventKind, RepoState, RepoStatus, Walk};
 use crate::schedule::Reason;
-use crate::store::{RepoEventKind, RepoState, RepoStatus, StoreError, Walk};
+use crate::store::StoreError;
 use crate::telemetry;
 
 /// Everything one repository's crawl needs.

@@ -15,8 +15,9 @@ use super::writer::{Flush, PutMeta, PutRepo, Writer};
 use super::{PassEvent, PassObserver, PassSummary, StopFlag, WriterQueue};
 use crate::bitbucket::models::Repository;
 use crate::bitbucket::{ApiError, BitbucketClient};
+use crate::record::{RepoEventKind, RepoState, RepoStatus};
 use crate::schedule::{self, PlanInput, Reason};
-use crate::store::{keys, RepoEventKind, RepoState, RepoStatus, Store, StoreError};
+use crate::store::{keys, Store, StoreError};
 
 /// What one pass covers.
 #[derive(Debug, Clone, Default)]

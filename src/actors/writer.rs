@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Handler, Message, SyncContext};
 
 use crate::record::CommitRecord;
-use crate::store::{PageOutcome, RepoState, Store, StoreError};
+use crate::record::RepoState;
+use crate::store::{PageOutcome, Store, StoreError};
 use crate::telemetry;
 
 /// How often the writer flushes while pages keep coming.

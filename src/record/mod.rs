@@ -1,6 +1,13 @@
-//! The domain records every layer passes around (SPEC section 4): what a
-//! stored commit looks like, independent of the API payload it came from
-//! and of the store that keeps it.
+//! The domain every layer passes around: the commit record of SPEC section
+//! 4 (independent of the API payload it came from and of the store that
+//! keeps it), a repository's state and events ([`repo`]), and what is known
+//! of an author identity ([`author`]). The store only encodes these.
+
+mod author;
+mod repo;
+
+pub use author::AuthorRecord;
+pub use repo::{RepoEvent, RepoEventKind, RepoState, RepoStatus, Walk};
 
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
