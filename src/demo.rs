@@ -251,7 +251,7 @@ fn examples(out: &mut dyn Write, store: &Store) -> Result<(), DemoError> {
         writeln!(
             out,
             "  {} {:>6} commits  (branch {}, status {})",
-            crate::output::pad(&r.slug, 24),
+            crate::human::pad(&r.slug, 24),
             r.commits_stored - r.commits_unreachable,
             r.default_branch.as_deref().unwrap_or("-"),
             r.status.as_str()
@@ -285,17 +285,17 @@ fn examples(out: &mut dyn Write, store: &Store) -> Result<(), DemoError> {
     authors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     writeln!(out, "\nWho commits the most?")?;
     for (name, n) in authors.iter().take(5) {
-        writeln!(out, "  {} {n:>6} commits", crate::output::pad(name, 30))?;
+        writeln!(out, "  {} {n:>6} commits", crate::human::pad(name, 30))?;
     }
     latest.sort_by(|a, b| b.0.cmp(&a.0).then(b.2.cmp(&a.2)));
     writeln!(out, "\nThe five newest commits:")?;
     for (date, repo, hash, subject) in latest.iter().take(5) {
-        let subject = crate::output::truncate(subject, 60);
+        let subject = crate::human::truncate(subject, 60);
         writeln!(
             out,
             "  {}  {} {}  {}",
             date.to_rfc3339(),
-            crate::output::pad(repo, 16),
+            crate::human::pad(repo, 16),
             &hash[..10.min(hash.len())],
             subject
         )?;

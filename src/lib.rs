@@ -4,6 +4,7 @@
 //! Module map (arrows point down, never back up):
 //! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
 //! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
+//! - [`exit`]      exit codes (SPEC section 9); each error type says its own.
 //! - [`human`]     durations as people read them (summaries, progress, log lines).
 //! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
 //! - [`output`]    how `query`, `show` and `export` print: table, json, ndjson, csv.
@@ -25,14 +26,14 @@ pub mod bitbucket;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod exit;
 pub mod human;
-pub mod output;
 pub mod progress;
 pub mod query;
 pub mod record;
-pub mod remote;
 pub mod schedule;
 pub mod simulator;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

@@ -92,18 +92,10 @@ impl SyncProgress {
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
         let commits = self.commits.load(Ordering::Relaxed);
         let stats = self.client.stats();
-        let snapshots: Vec<_> = self.client.budgets().iter().map(|b| b.snapshot()).collect();
-        let (used, limit) = snapshots.iter().fold((0usize, 0u64), |(u, l), s| {
-            (u + s.used_in_window, l + u64::from(s.limit))
-        });
+        let budget = self.client.budget_totals();
+        let (used, limit) = (budget.used, budget.limit);
         let mut waits = String::new();
-        // Every credential paused: nothing goes out until the first reopens.
-        if let Some(resume) = snapshots
-            .iter()
-            .map(|s| s.resume_in)
-            .collect::<Option<Vec<_>>>()
-            .and_then(|all| all.into_iter().min())
-        {
+        if let Some(resume) = budget.first_resume.filter(|_| budget.all_paused()) {
             waits.push_str(&format!(
                 ", rate limited: resuming in {}",
                 human::duration(resume)
@@ -111,7 +103,7 @@ impl SyncProgress {
         }
         if let Some(n) = self.client.retrying() {
             let message: String = n.message.chars().take(80).collect();
-            let message = crate::output::printable(&message);
+            let message = crate::human::printable(&message);
             waits.push_str(&format!(
                 ", retrying {} (attempt {} of {} failed: {message})",
                 n.subject, n.attempt, n.attempts
@@ -179,7 +171,7 @@ impl PassObserver for SyncProgress {
                         bar.println(format!(
                             "failed: {}: {}",
                             o.full_name,
-                            crate::output::printable(o.error.as_deref().unwrap_or(""))
+                            crate::human::printable(o.error.as_deref().unwrap_or(""))
                         ));
                     }
                 }

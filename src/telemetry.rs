@@ -91,8 +91,6 @@ pub const RETRY_REASONS: [&str; 5] = [
 ];
 /// The values of `result` on [`SYNC_PASSES`].
 pub const PASS_RESULTS: [&str; 3] = ["ok", "partial", "failed"];
-/// The values of `state` on [`REPOS`] (the store's repository statuses).
-pub const REPO_STATES: [&str; 5] = ["new", "ok", "empty", "failed", "deleted"];
 
 /// Buckets of [`HTTP_REQUEST_DURATION`]: from a fast local answer to the
 /// default 60 s request timeout.
@@ -243,8 +241,9 @@ pub fn describe_and_register() {
     for result in PASS_RESULTS {
         metrics::counter!(SYNC_PASSES, "result" => result).absolute(0);
     }
-    for state in REPO_STATES {
-        metrics::gauge!(REPOS, "state" => state).set(0.0);
+    // The values of `state` on [`REPOS`]: the repository statuses.
+    for state in crate::record::RepoStatus::ALL {
+        metrics::gauge!(REPOS, "state" => state.as_str()).set(0.0);
     }
     for name in [
         STORE_COMMITS,

@@ -160,20 +160,20 @@ impl VerifyReport {
                     f.credential,
                     // What Bitbucket (or whatever answered) said: never raw
                     // to a terminal.
-                    crate::output::printable(&f.message)
+                    crate::human::printable(&f.message)
                 );
                 if let Some(g) = &f.granted {
                     let scopes = list_or_none(g);
                     s.push_str(&format!(
                         "  granted scopes: {}\n",
-                        crate::output::printable(&scopes)
+                        crate::human::printable(&scopes)
                     ));
                 }
                 if let Some(r) = &f.required {
                     let scopes = list_or_none(r);
                     s.push_str(&format!(
                         "  required scopes: {}\n",
-                        crate::output::printable(&scopes)
+                        crate::human::printable(&scopes)
                     ));
                 }
                 s.push_str(&format!("  check: {}\n  reproduce: {}\n", f.hint, f.curl));

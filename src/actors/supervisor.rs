@@ -69,14 +69,127 @@ pub enum PassError {
     Internal(String),
 }
 
+impl PassError {
+    /// The exit code: the `verify` code of an API error (3, 4, 5, else 1),
+    /// the store's for a store error, 2 for a bad glob, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PassError::Api { source, .. } => source.exit_code(),
+            PassError::Store(e) => e.exit_code(),
+            PassError::Glob { .. } => crate::exit::USAGE,
+            PassError::Internal(_) => crate::exit::RUNTIME,
+        }
+    }
+}
+
 impl From<actix::MailboxError> for PassError {
     fn from(e: actix::MailboxError) -> PassError {
         PassError::Internal(e.to_string())
     }
 }
 
-/// Runs one pass: starts the writer and the supervisor, crawls, flushes,
-/// and returns the summary. Must be called inside an actix `System`.
+/// The crawl machinery of one process: the writer (the single owner of
+/// store writes, on its own thread) and the supervisor. `sync` runs one
+/// pass with it, `run` one every interval; both flush through it, so only
+/// the writer ever writes or flushes the store. Must be built inside an
+/// actix `System`.
+pub struct Crawler {
+    supervisor: Addr<Supervisor>,
+    writer: Addr<Writer>,
+}
+
+impl Crawler {
+    /// Starts the writer and the supervisor for `store`.
+    pub fn start(
+        client: BitbucketClient,
+        store: Arc<Store>,
+        observer: Arc<dyn PassObserver>,
+    ) -> Crawler {
+        let writer_store = Arc::clone(&store);
+        let writer = SyncArbiter::start(1, move || Writer::new(Arc::clone(&writer_store)));
+        let supervisor = Supervisor {
+            client,
+            store,
+            writer: writer.clone(),
+            observer,
+        }
+        .start();
+        Crawler { supervisor, writer }
+    }
+
+    /// One pass; `stop` ends it early (a fatal API error sets it too: a
+    /// fresh flag per pass, so a 401 ends that pass only). Whatever
+    /// happened, what was stored is flushed before the summary is returned.
+    pub async fn pass(&self, opts: PassOptions, stop: StopFlag) -> Result<PassSummary, PassError> {
+        let result = self.supervisor.send(RunPass { opts, stop }).await?;
+        self.flush().await?;
+        result
+    }
+
+    /// Asks the writer to flush everything it wrote (after the pages it
+    /// was handed before).
+    pub async fn flush(&self) -> Result<(), PassError> {
+        Ok(self.writer.send(Flush).await??)
+    }
+
+    /// One pass that stops when `signal` resolves (SIGTERM, SIGINT): no new
+    /// pages are fetched, pages in flight are stored and the writer
+    /// flushes, within [`DRAIN_DEADLINE`]. A pass still busy then (a
+    /// request stuck behind a 429 pause or a stall) is abandoned after one
+    /// last flush through the writer: every stored page is one atomic
+    /// write, so the next run resumes from its saved position.
+    pub async fn pass_until<S>(
+        &self,
+        opts: PassOptions,
+        signal: impl std::future::Future<Output = S>,
+    ) -> PassEnd<S> {
+        let stop: StopFlag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pass = self.pass(opts, Arc::clone(&stop));
+        tokio::pin!(pass);
+        let signal = tokio::select! {
+            result = &mut pass => return PassEnd::Finished(result),
+            signal = signal => signal,
+        };
+        tracing::info!("stopping the pass: in-flight pages finish, the writer flushes");
+        stop.store(true, Ordering::Relaxed);
+        match tokio::time::timeout(DRAIN_DEADLINE, &mut pass).await {
+            Ok(result) => PassEnd::Stopped(signal, result),
+            Err(_) => {
+                tracing::warn!(
+                    "the pass did not stop within {DRAIN_DEADLINE:?}; flushing what was stored and leaving"
+                );
+                match tokio::time::timeout(FINAL_FLUSH_DEADLINE, self.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "final flush failed"),
+                    Err(_) => tracing::error!("final flush did not finish in time"),
+                }
+                PassEnd::Abandoned(signal)
+            }
+        }
+    }
+}
+
+/// How long a stopping pass may take to finish its in-flight pages: what
+/// is left of the 10 s SPEC promises once the daemon's server has stopped.
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(7);
+
+/// How long the last flush of an abandoned pass may take.
+const FINAL_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a pass that could be stopped ended (see [`Crawler::pass_until`]).
+#[derive(Debug)]
+pub enum PassEnd<S> {
+    /// It ran to its end.
+    Finished(Result<PassSummary, PassError>),
+    /// `signal` stopped it; its pages in flight were stored and flushed.
+    Stopped(S, Result<PassSummary, PassError>),
+    /// `signal` stopped it, and it did not finish within the deadline.
+    Abandoned(S),
+}
+
+/// Runs one pass with a [`Crawler`] of its own: starts the writer and the
+/// supervisor, crawls, flushes, and returns the summary. Must be called
+/// inside an actix `System`.
 pub async fn run_pass(
     client: BitbucketClient,
     store: Arc<Store>,
@@ -84,20 +197,9 @@ pub async fn run_pass(
     observer: Arc<dyn PassObserver>,
     stop: StopFlag,
 ) -> Result<PassSummary, PassError> {
-    let writer_store = Arc::clone(&store);
-    let writer = SyncArbiter::start(1, move || Writer::new(Arc::clone(&writer_store)));
-    let supervisor = Supervisor {
-        client,
-        store,
-        writer: writer.clone(),
-        observer,
-        stop,
-    }
-    .start();
-    let result = supervisor.send(RunPass(opts)).await?;
-    // Whatever happened, what was stored is flushed before reporting.
-    writer.send(Flush).await??;
-    result
+    Crawler::start(client, store, observer)
+        .pass(opts, stop)
+        .await
 }
 
 /// The supervisor actor.
@@ -106,7 +208,6 @@ pub struct Supervisor {
     store: Arc<Store>,
     writer: Addr<Writer>,
     observer: Arc<dyn PassObserver>,
-    stop: StopFlag,
 }
 
 impl Actor for Supervisor {
@@ -116,7 +217,12 @@ impl Actor for Supervisor {
 /// Runs one pass.
 #[derive(Message)]
 #[rtype(result = "Result<PassSummary, PassError>")]
-pub struct RunPass(pub PassOptions);
+pub struct RunPass {
+    /// What the pass covers.
+    pub opts: PassOptions,
+    /// Set to end the pass early.
+    pub stop: StopFlag,
+}
 
 impl Handler<RunPass> for Supervisor {
     type Result = ResponseFuture<Result<PassSummary, PassError>>;
@@ -127,8 +233,8 @@ impl Handler<RunPass> for Supervisor {
             store: Arc::clone(&self.store),
             writer: self.writer.clone(),
             observer: Arc::clone(&self.observer),
-            stop: Arc::clone(&self.stop),
-            opts: msg.0,
+            stop: msg.stop,
+            opts: msg.opts,
         };
         Box::pin(pass.run())
     }
@@ -232,15 +338,7 @@ impl Pass {
         }
 
         // The change gate and the order of work (see `schedule`).
-        let budget: u64 = self
-            .client
-            .budgets()
-            .iter()
-            .map(|b| {
-                let s = b.snapshot();
-                u64::from(s.limit).saturating_sub(s.used_in_window as u64)
-            })
-            .sum();
+        let budget = self.client.budget_totals().remaining;
         let listings: Vec<Repository> = wanted_repos.iter().map(|(_, _, r)| r.clone()).collect();
         let planned = schedule::plan(
             &listings,

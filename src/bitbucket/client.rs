@@ -209,6 +209,33 @@ struct Counters {
     retries: AtomicU64,
 }
 
+/// The credentials' rate budgets added up, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BudgetTotals {
+    /// Credentials.
+    pub credentials: usize,
+    /// Requests allowed per rolling hour (configured or announced).
+    pub limit: u64,
+    /// Requests sent within the last hour.
+    pub used: u64,
+    /// Requests left in the rolling hour (each credential's limit minus its
+    /// use, never below zero).
+    pub remaining: u64,
+    /// Credentials paused after a 429.
+    pub paused: usize,
+    /// The longest pause left.
+    pub longest_pause: Option<Duration>,
+    /// When the first paused credential reopens.
+    pub first_resume: Option<Duration>,
+}
+
+impl BudgetTotals {
+    /// Every credential is paused: nothing goes out until the first reopens.
+    pub fn all_paused(&self) -> bool {
+        self.credentials > 0 && self.paused == self.credentials
+    }
+}
+
 /// What the client has done so far, for progress and summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClientStats {
@@ -316,6 +343,26 @@ impl BitbucketClient {
     /// The options the client was built with.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.opts
+    }
+
+    /// The credentials' budgets added up (progress, pass planning, metrics
+    /// and health all read this one sum).
+    pub fn budget_totals(&self) -> BudgetTotals {
+        let mut t = BudgetTotals::default();
+        for (_, budget) in &self.inner.credentials {
+            let s = budget.snapshot();
+            let (limit, used) = (u64::from(s.limit), s.used_in_window as u64);
+            t.credentials += 1;
+            t.limit += limit;
+            t.used += used;
+            t.remaining += limit.saturating_sub(used);
+            if let Some(pause) = s.resume_in {
+                t.paused += 1;
+                t.longest_pause = t.longest_pause.max(Some(pause));
+                t.first_resume = Some(t.first_resume.map_or(pause, |p| p.min(pause)));
+            }
+        }
+        t
     }
 
     /// The rate budget of each credential, in configuration order.

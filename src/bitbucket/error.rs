@@ -97,6 +97,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The exit code: the `verify` code's (3, 4, 5), else 1.
+    pub fn exit_code(&self) -> u8 {
+        crate::verify::VerifyCode::of(self).map_or(crate::exit::RUNTIME, |c| c.exit_code())
+    }
+}
+
+impl ApiError {
     /// Whether this error must stop a whole sync (401 / 403).
     pub fn is_fatal(&self) -> bool {
         matches!(

@@ -8,5 +8,7 @@ pub mod error;
 pub mod models;
 
 pub use budget::{RateBudget, RateLimitBackoff};
-pub use client::{BitbucketClient, ClientOptions, ClientStats, Pager, RetryBackoff, VisitedPages};
+pub use client::{
+    BitbucketClient, BudgetTotals, ClientOptions, ClientStats, Pager, RetryBackoff, VisitedPages,
+};
 pub use error::ApiError;

@@ -7,7 +7,7 @@ mod author;
 mod repo;
 
 pub use author::AuthorRecord;
-pub use repo::{RepoEvent, RepoEventKind, RepoState, RepoStatus, Walk};
+pub use repo::{RepoEvent, RepoEventKind, RepoState, RepoStatus, RepoTotals, Walk};
 
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};

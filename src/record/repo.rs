@@ -24,6 +24,16 @@ pub enum RepoStatus {
 }
 
 impl RepoStatus {
+    /// Every status, in the order reports list them (the `repositories_*`
+    /// columns of `query stats`).
+    pub const ALL: [RepoStatus; 5] = [
+        RepoStatus::Ok,
+        RepoStatus::Empty,
+        RepoStatus::Failed,
+        RepoStatus::Deleted,
+        RepoStatus::New,
+    ];
+
     /// As printed.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -214,5 +224,46 @@ impl RepoState {
             let excess = self.events.len() - MAX_EVENTS;
             self.events.drain(..excess);
         }
+    }
+}
+
+/// Repositories by status and the commit totals of a set of repositories:
+/// what `query stats`, the daemon's gauges and the demo report, counted
+/// once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoTotals {
+    /// Repositories by status.
+    pub by_status: std::collections::HashMap<RepoStatus, u64>,
+    /// Commits stored (reachable or not).
+    pub commits: u64,
+    /// Of those, reachable from their default branch.
+    pub reachable: u64,
+    /// Repositories whose first crawl is not finished.
+    pub backfilling: u64,
+    /// Pages those first crawls are guessed to still need: Bitbucket does
+    /// not say how long a branch is, so a walk that took N pages is assumed
+    /// to need about N more.
+    pub backfill_pages: u64,
+}
+
+impl RepoTotals {
+    /// The totals of `repos`.
+    pub fn of<'a>(repos: impl IntoIterator<Item = &'a RepoState>) -> RepoTotals {
+        let mut t = RepoTotals::default();
+        for r in repos {
+            *t.by_status.entry(r.status).or_insert(0) += 1;
+            t.commits += r.commits_stored;
+            t.reachable += r.commits_stored.saturating_sub(r.commits_unreachable);
+            if let (Some(walk), None) = (&r.walk, &r.head) {
+                t.backfilling += 1;
+                t.backfill_pages += walk.pages.max(1);
+            }
+        }
+        t
+    }
+
+    /// Repositories with `status`.
+    pub fn count(&self, status: RepoStatus) -> u64 {
+        self.by_status.get(&status).copied().unwrap_or(0)
     }
 }

@@ -86,6 +86,16 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The exit code: 7 when another process holds the store, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StoreError::Locked { .. } => crate::exit::LOCKED,
+            _ => crate::exit::RUNTIME,
+        }
+    }
+}
+
 /// A commit as stored: the record minus what the key and the repository
 /// record already hold, plus when it stopped being reachable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

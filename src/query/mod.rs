@@ -6,10 +6,17 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
+mod answer;
+pub mod output;
+mod request;
+
+pub use answer::{answer, table_from_json};
+pub use request::{BadRequest, CommitFilter, Format, Params, Question, Request, API_PREFIX};
+
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::record::CommitRecord;
+use crate::record::{CommitRecord, RepoTotals};
 use crate::record::{RepoEvent, RepoState, RepoStatus};
 use crate::store::{keys, Entries, IndexEntry, Store, StoreError, StoredCommit};
 
@@ -35,25 +42,16 @@ pub enum QueryError {
     },
 }
 
-/// Filters of `query commits` (and, where they apply, `query authors`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitFilter {
-    /// Only this workspace.
-    pub workspace: Option<String>,
-    /// Only these repository slugs (any of them).
-    pub repos: Vec<String>,
-    /// Case-insensitive substring of the author's raw `Name <email>` or display name.
-    pub author: Option<String>,
-    /// Inclusive lower bound on the commit instant.
-    pub since: Option<DateTime<Utc>>,
-    /// Exclusive upper bound on the commit instant.
-    pub until: Option<DateTime<Utc>>,
-    /// Case-insensitive substring of the message.
-    pub grep: Option<String>,
-    /// Include commits no longer reachable from the default branch.
-    pub all: bool,
-    /// At most this many results.
-    pub limit: Option<usize>,
+impl QueryError {
+    /// The exit code: 2 for an argument that is not a hash, the store's for
+    /// a store error, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            QueryError::BadHash(_) => crate::exit::USAGE,
+            QueryError::Store(e) => e.exit_code(),
+            QueryError::UnknownHash(_) | QueryError::AmbiguousHash { .. } => crate::exit::RUNTIME,
+        }
+    }
 }
 
 /// Print order of an index entry (see [`IndexEntry::order_key`]).
@@ -534,19 +532,15 @@ pub struct Stats {
 
 /// `query stats`.
 pub fn stats(store: &Store) -> Result<Stats, QueryError> {
-    let mut repositories: HashMap<String, u64> = HashMap::new();
-    let (mut commits, mut reachable) = (0u64, 0u64);
-    for r in store.repos()? {
-        *repositories
-            .entry(r.status.as_str().to_owned())
-            .or_insert(0) += 1;
-        commits += r.commits_stored;
-        reachable += r.commits_stored.saturating_sub(r.commits_unreachable);
-    }
+    let totals = RepoTotals::of(&store.repos()?);
     Ok(Stats {
-        repositories,
-        commits,
-        reachable_commits: reachable,
+        repositories: totals
+            .by_status
+            .iter()
+            .map(|(s, n)| (s.as_str().to_owned(), *n))
+            .collect(),
+        commits: totals.commits,
+        reachable_commits: totals.reachable,
         authors: store.authors()?.len() as u64,
         store_size_bytes: store.size_on_disk()?,
         last_pass: store.meta(keys::META_LAST_PASS)?,

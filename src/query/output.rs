@@ -20,27 +20,14 @@
 //! prints byte for byte as stored. `json`, `ndjson` and `csv` are for
 //! programs and keep the exact data.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::query::{AuthorRow, QueryError, RepoRow, Stats};
+use super::{AuthorRow, Format, QueryError, RepoRow, Stats};
+use crate::human::{display_width, printable, truncate};
 use crate::record::CommitRecord;
 use crate::record::RepoStatus;
-
-/// An output format of `query`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Aligned columns for people.
-    Table,
-    /// One JSON array.
-    Json,
-    /// One JSON object per line.
-    Ndjson,
-    /// A header row, then one row per record.
-    Csv,
-}
 
 /// Why printing stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +38,16 @@ pub enum OutputError {
     /// The rows could not be read.
     #[error(transparent)]
     Query(#[from] QueryError),
+}
+
+impl OutputError {
+    /// The exit code: the query's, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OutputError::Query(e) => e.exit_code(),
+            OutputError::Io(_) => crate::exit::RUNTIME,
+        }
+    }
 }
 
 impl From<csv::Error> for OutputError {
@@ -73,10 +70,14 @@ impl From<serde_json::Error> for OutputError {
 pub trait Tabular: Serialize {
     /// CSV column names.
     const CSV_HEADER: &'static [&'static str];
-    /// Table column titles; the last column takes the rest of the line.
-    const TABLE_HEADER: &'static [&'static str];
     /// CSV fields, in `CSV_HEADER` order (null = empty).
     fn csv_row(&self) -> Vec<String>;
+}
+
+/// A kind of row that also prints as one line of a table.
+pub trait TableRow: Tabular {
+    /// Table column titles; the last column takes the rest of the line.
+    const TABLE_HEADER: &'static [&'static str];
     /// Table cells, in `TABLE_HEADER` order, each on one line.
     fn table_row(&self) -> Vec<String>;
 }
@@ -109,10 +110,50 @@ pub fn write_rows<W, T, I>(
 ) -> Result<(), OutputError>
 where
     W: Write,
+    T: TableRow,
+    I: IntoIterator<Item = Result<T, QueryError>>,
+{
+    if format != Format::Table {
+        return write_records(out, format, rows);
+    }
+    let mut rows = rows.into_iter();
+    let mut batch: Vec<Vec<String>> = Vec::new();
+    for row in rows.by_ref() {
+        batch.push(row?.table_row());
+        if batch.len() >= TABLE_BATCH {
+            break;
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let header: Vec<String> = T::TABLE_HEADER.iter().map(|s| s.to_string()).collect();
+    let n = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
+    for cells in &batch {
+        for (i, c) in cells.iter().enumerate().take(n.saturating_sub(1)) {
+            widths[i] = widths[i].max(display_width(c).min(MAX_COLUMN));
+        }
+    }
+    write_line(out, &header, &widths, width)?;
+    for cells in &batch {
+        write_line(out, cells, &widths, width)?;
+    }
+    for row in rows {
+        write_line(out, &row?.table_row(), &widths, width)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints `rows` for programs: `json` (one array), `csv` (a header row),
+/// else `ndjson` (one object per line).
+fn write_records<W, T, I>(out: &mut W, format: Format, rows: I) -> Result<(), OutputError>
+where
+    W: Write,
     T: Tabular,
     I: IntoIterator<Item = Result<T, QueryError>>,
 {
-    let mut rows = rows.into_iter();
     match format {
         Format::Json => {
             out.write_all(b"[")?;
@@ -127,12 +168,6 @@ where
             }
             out.write_all(b"]\n")?;
         }
-        Format::Ndjson => {
-            for row in rows {
-                serde_json::to_writer(&mut *out, &row?)?;
-                out.write_all(b"\n")?;
-            }
-        }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(&mut *out);
             w.write_record(T::CSV_HEADER)?;
@@ -141,31 +176,10 @@ where
             }
             w.flush()?;
         }
-        Format::Table => {
-            let mut batch: Vec<Vec<String>> = Vec::new();
-            for row in rows.by_ref() {
-                batch.push(row?.table_row());
-                if batch.len() >= TABLE_BATCH {
-                    break;
-                }
-            }
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let header: Vec<String> = T::TABLE_HEADER.iter().map(|s| s.to_string()).collect();
-            let n = header.len();
-            let mut widths: Vec<usize> = header.iter().map(|h| display_width(h)).collect();
-            for cells in &batch {
-                for (i, c) in cells.iter().enumerate().take(n.saturating_sub(1)) {
-                    widths[i] = widths[i].max(display_width(c).min(MAX_COLUMN));
-                }
-            }
-            write_line(out, &header, &widths, width)?;
-            for cells in &batch {
-                write_line(out, cells, &widths, width)?;
-            }
+        Format::Ndjson | Format::Table | Format::Text => {
             for row in rows {
-                write_line(out, &row?.table_row(), &widths, width)?;
+                serde_json::to_writer(&mut *out, &row?)?;
+                out.write_all(b"\n")?;
             }
         }
     }
@@ -197,80 +211,6 @@ fn write_line<W: Write>(
     let line = truncate(line.trim_end(), width);
     out.write_all(line.as_bytes())?;
     out.write_all(b"\n")
-}
-
-/// Columns a character takes on a terminal (East Asian wide characters
-/// and emoji 2, combining marks and zero-width characters 0; controls,
-/// which cells never contain, 0).
-fn char_width(c: char) -> usize {
-    unicode_width::UnicodeWidthChar::width(c).unwrap_or(0)
-}
-
-/// Columns a string takes on a terminal.
-pub fn display_width(s: &str) -> usize {
-    s.chars().map(char_width).sum()
-}
-
-/// `s` padded with spaces on the right to `columns` terminal columns.
-pub fn pad(s: &str, columns: usize) -> String {
-    let mut out = s.to_owned();
-    out.extend(std::iter::repeat_n(
-        ' ',
-        columns.saturating_sub(display_width(s)),
-    ));
-    out
-}
-
-/// `s` cut to at most `width` columns, ending in `…` when cut.
-pub fn truncate(s: &str, width: usize) -> String {
-    if display_width(s) <= width {
-        return s.to_owned();
-    }
-    if width == 0 {
-        return String::new();
-    }
-    let mut out = String::new();
-    let mut used = 0;
-    for c in s.chars() {
-        let w = char_width(c);
-        if used + w > width - 1 {
-            break;
-        }
-        used += w;
-        out.push(c);
-    }
-    out.push('…');
-    out
-}
-
-/// Whether `c` would act on a terminal rather than be shown: a control
-/// character (C0, DEL, C1) or a bidirectional embedding, override or
-/// isolate character (see the module documentation).
-fn acts_on_terminal(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// `s` safe to print to a terminal on one line: every character that would
-/// act on the terminal is written as its Rust escape (ESC as `\u{1b}`),
-/// except tabs, which only move the cursor forward. Borrowed when nothing
-/// needed escaping, so ordinary text prints byte for byte as stored.
-///
-/// A backslash is not escaped: `\u{1b}` in the output may also be those six
-/// characters in the data; `json` output tells them apart.
-pub fn printable(s: &str) -> Cow<'_, str> {
-    let escape = |c: char| c != '\t' && acts_on_terminal(c);
-    if !s.chars().any(escape) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        if escape(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
 }
 
 /// A value for one table cell: on one line, so tabs and line breaks become
@@ -320,7 +260,6 @@ impl Tabular for CommitRecord {
         "parents",
         "reachable",
     ];
-    const TABLE_HEADER: &'static [&'static str] = &["DATE", "REPO", "HASH", "AUTHOR", "SUBJECT"];
 
     fn csv_row(&self) -> Vec<String> {
         let c = self.committer.as_ref();
@@ -345,6 +284,10 @@ impl Tabular for CommitRecord {
             self.reachable.to_string(),
         ]
     }
+}
+
+impl TableRow for CommitRecord {
+    const TABLE_HEADER: &'static [&'static str] = &["DATE", "REPO", "HASH", "AUTHOR", "SUBJECT"];
 
     fn table_row(&self) -> Vec<String> {
         let author = self
@@ -382,20 +325,6 @@ impl Tabular for RepoRow {
         "last_changed",
         "last_decision",
     ];
-    const TABLE_HEADER: &'static [&'static str] = &[
-        "WORKSPACE",
-        "REPO",
-        "BRANCH",
-        "STATUS",
-        "COMMITS",
-        "UNREACHABLE",
-        "HEAD",
-        "LAST SYNC",
-        "LAST CHECKED",
-        "LAST CHANGED",
-        "LAST PASS",
-        "LAST ERROR",
-    ];
 
     fn csv_row(&self) -> Vec<String> {
         vec![
@@ -419,6 +348,23 @@ impl Tabular for RepoRow {
             opt(&self.last_decision),
         ]
     }
+}
+
+impl TableRow for RepoRow {
+    const TABLE_HEADER: &'static [&'static str] = &[
+        "WORKSPACE",
+        "REPO",
+        "BRANCH",
+        "STATUS",
+        "COMMITS",
+        "UNREACHABLE",
+        "HEAD",
+        "LAST SYNC",
+        "LAST CHECKED",
+        "LAST CHANGED",
+        "LAST PASS",
+        "LAST ERROR",
+    ];
 
     fn table_row(&self) -> Vec<String> {
         vec![
@@ -458,9 +404,6 @@ impl Tabular for AuthorRow {
         "last",
         "repositories",
     ];
-    const TABLE_HEADER: &'static [&'static str] = &[
-        "COMMITS", "REPOS", "FIRST", "LAST", "NAME", "EMAIL", "IDENTITY",
-    ];
 
     fn csv_row(&self) -> Vec<String> {
         vec![
@@ -474,6 +417,12 @@ impl Tabular for AuthorRow {
             self.repositories.to_string(),
         ]
     }
+}
+
+impl TableRow for AuthorRow {
+    const TABLE_HEADER: &'static [&'static str] = &[
+        "COMMITS", "REPOS", "FIRST", "LAST", "NAME", "EMAIL", "IDENTITY",
+    ];
 
     fn table_row(&self) -> Vec<String> {
         let name = self
@@ -493,15 +442,6 @@ impl Tabular for AuthorRow {
         ]
     }
 }
-
-/// Every repository status, in the order of the `repositories_*` columns.
-const STATUSES: [RepoStatus; 5] = [
-    RepoStatus::Ok,
-    RepoStatus::Empty,
-    RepoStatus::Failed,
-    RepoStatus::Deleted,
-    RepoStatus::New,
-];
 
 impl Stats {
     fn repositories_total(&self) -> u64 {
@@ -527,11 +467,10 @@ impl Tabular for Stats {
         "store_size_bytes",
         "last_pass",
     ];
-    const TABLE_HEADER: &'static [&'static str] = &["STAT", "VALUE"];
 
     fn csv_row(&self) -> Vec<String> {
         let mut row = vec![self.repositories_total().to_string()];
-        row.extend(STATUSES.iter().map(|&s| self.count(s).to_string()));
+        row.extend(RepoStatus::ALL.iter().map(|&s| self.count(s).to_string()));
         row.extend([
             self.commits.to_string(),
             self.reachable_commits.to_string(),
@@ -544,11 +483,6 @@ impl Tabular for Stats {
         ]);
         row
     }
-
-    /// Unused: the table of stats is one line per number (see [`write_stats`]).
-    fn table_row(&self) -> Vec<String> {
-        Vec::new()
-    }
 }
 
 /// Prints `query stats`: like one row of [`write_rows`], except that the
@@ -560,13 +494,13 @@ pub fn write_stats<W: Write>(
     stats: Stats,
 ) -> Result<(), OutputError> {
     if format != Format::Table {
-        return write_rows(out, format, width, [Ok(stats)]);
+        return write_records(out, format, [Ok(stats)]);
     }
     let mut lines: Vec<(String, String)> = vec![(
         "repositories".into(),
         stats.repositories_total().to_string(),
     )];
-    for s in STATUSES {
+    for s in RepoStatus::ALL {
         lines.push((format!("  {}", s.as_str()), stats.count(s).to_string()));
     }
     lines.push(("commits".into(), stats.commits.to_string()));
@@ -600,27 +534,18 @@ pub fn write_stats<W: Write>(
     Ok(())
 }
 
-/// A format of `show`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShowFormat {
-    /// Every field, then the whole message.
-    Text,
-    /// One JSON array of records.
-    Json,
-}
-
 /// Prints the records `show` found (several for a commit in several forks).
 pub fn write_show<W: Write>(
     out: &mut W,
-    format: ShowFormat,
+    format: Format,
     records: &[CommitRecord],
 ) -> Result<(), OutputError> {
     match format {
-        ShowFormat::Json => {
+        Format::Json => {
             serde_json::to_writer(&mut *out, records)?;
             out.write_all(b"\n")?;
         }
-        ShowFormat::Text => {
+        _ => {
             for (i, r) in records.iter().enumerate() {
                 if i > 0 {
                     out.write_all(b"\n")?;
@@ -693,52 +618,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn truncation_counts_wide_characters() {
-        assert_eq!(truncate("abcdef", 4), "abc…");
-        assert_eq!(truncate("abc", 3), "abc");
-        assert_eq!(display_width("支付"), 4);
-        assert_eq!(truncate("支付模块", 5), "支付…");
-        // Hangul, emoji and a combining accent (e + U+0301 is one column).
-        assert_eq!(display_width("김민준"), 6);
-        assert_eq!(display_width("✨🎉"), 4);
-        assert_eq!(display_width("Rene\u{301}e"), 5);
-        assert_eq!(pad("김민준", 8), "김민준  ");
-        assert_eq!(pad("Søren", 8), "Søren   ");
-        assert_eq!(pad("too long", 3), "too long");
-    }
-
-    #[test]
     fn subjects_are_one_line_without_tabs() {
         assert_eq!(subject("Tabs\tin\tit\n\nbody\n"), "Tabs in it");
         assert_eq!(subject(""), "");
     }
 
     #[test]
-    fn ordinary_text_is_printed_as_stored() {
-        for s in [
-            "Add Grüße 👋",
-            "详情见工单。",
-            "\tindented",
-            "a \\u{1b} literal",
-            "",
-        ] {
-            assert!(matches!(printable(s), Cow::Borrowed(t) if t == s), "{s:?}");
-        }
+    fn table_cells_are_one_line_and_escaped() {
         assert_eq!(cell("Zoë\tÅngström"), "Zoë Ångström");
-    }
-
-    #[test]
-    fn terminal_controls_are_escaped_visibly() {
-        assert_eq!(
-            printable("\u{1b}[2J\u{1b}]0;pwned\u{7}\0\r\n\u{7f}\u{9b}"),
-            r"\u{1b}[2J\u{1b}]0;pwned\u{7}\u{0}\u{d}\u{a}\u{7f}\u{9b}"
-        );
-        assert_eq!(
-            printable("if \u{202e}admin\u{2066}x\u{2069}\u{202a}"),
-            r"if \u{202e}admin\u{2066}x\u{2069}\u{202a}"
-        );
-        // Marks that only hint the direction of right-to-left text stay.
-        assert_eq!(printable("שלום\u{200f}"), "שלום\u{200f}");
         assert_eq!(cell("a\tb\r\nc\u{1b}[0m"), r"a b  c\u{1b}[0m");
     }
 }

@@ -1,19 +1,85 @@
-//! Asking a running daemon: while `bbcrawl run` holds the store (sled
-//! allows one process), `query`, `show` and `export` send the same question
-//! to the daemon's query API, whose address it records in the store
-//! directory. The API answers with the CLI's own bytes for json, ndjson,
-//! csv and text; a table is rendered here from the json rows, with the same
-//! code as a local query.
+//! Where a question is answered: the store itself, or — while `bbcrawl
+//! run` holds it (sled allows one process) — the daemon whose address it
+//! records in the store directory. The CLI builds one [`Request`] and asks
+//! its [`Source`]; either way the bytes are [`query::answer`]'s: the
+//! daemon's API prints json, ndjson, csv and text with that function, and a
+//! table is rendered here from its json rows with the local table code.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::daemon::{read_address, DaemonAddress, PID_HEADER, STORE_ID_HEADER};
-use crate::query::CommitFilter;
+use crate::exit;
+use crate::query::output::OutputError;
+use crate::query::{self, Format, Request};
+use crate::store::{Store, StoreError};
+
+/// Where questions are answered.
+pub enum Source {
+    /// The store, opened by this process.
+    Local(Store),
+    /// The daemon holding the store.
+    Daemon(Daemon),
+}
+
+/// Why a question got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The store could not be opened (missing, not a store, damaged).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The daemon holding the store did not answer, or refused.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The local answer failed, or writing it did.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+impl SourceError {
+    /// The exit code (SPEC section 9).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SourceError::Store(e) => e.exit_code(),
+            SourceError::Remote(e) => e.exit_code(),
+            SourceError::Output(e) => e.exit_code(),
+        }
+    }
+
+    /// Whether printing stopped because the reader went away (`| head`).
+    pub fn is_broken_pipe(&self) -> bool {
+        let io = match self {
+            SourceError::Output(OutputError::Io(e)) | SourceError::Remote(RemoteError::Io(e)) => e,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+impl Source {
+    /// The store in `dir`, opened for reading (never created); when another
+    /// process holds it, the daemon it records.
+    pub fn open(dir: &Path) -> Result<Source, SourceError> {
+        match Store::open_existing(dir) {
+            Ok(store) => Ok(Source::Local(store)),
+            Err(StoreError::Locked { .. }) => Ok(Source::Daemon(Daemon::locate(dir)?)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Answers `req` into `out`, streaming.
+    pub async fn answer(&self, req: &Request, out: &mut dyn Write) -> Result<(), SourceError> {
+        match self {
+            Source::Local(store) => query::answer(store, req, out)?,
+            Source::Daemon(daemon) => daemon.answer(req, out).await?,
+        }
+        out.flush().map_err(OutputError::Io)?;
+        Ok(())
+    }
+}
 
 /// Why the daemon could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -149,14 +215,28 @@ impl Daemon {
         })
     }
 
-    /// Copies the answer's body to `out` as it arrives.
-    pub async fn stream_to(
-        &self,
-        path: &str,
-        params: &[(String, String)],
-        out: &mut dyn Write,
-    ) -> Result<(), RemoteError> {
-        let mut resp = self.get(path, params).await?;
+    /// Answers `req`: the daemon's bytes as they arrive, or for a table
+    /// (which the API does not serve: it is for people) its json rows
+    /// rendered here.
+    pub async fn answer(&self, req: &Request, out: &mut dyn Write) -> Result<(), RemoteError> {
+        if req.format() == Format::Table {
+            let json = req
+                .in_format(Format::Json)
+                .map_err(|e| RemoteError::BadRequest(e.to_string()))?;
+            let body = self
+                .fetch(&json)
+                .await?
+                .bytes()
+                .await
+                .map_err(|e| RemoteError::Failed(e.to_string()))?;
+            return query::table_from_json(req.question(), &body, req.width(), out).map_err(|e| {
+                match e {
+                    OutputError::Io(io) => RemoteError::Io(io),
+                    other => RemoteError::Failed(other.to_string()),
+                }
+            });
+        }
+        let mut resp = self.fetch(req).await?;
         while let Some(chunk) = resp
             .chunk()
             .await
@@ -164,52 +244,22 @@ impl Daemon {
         {
             out.write_all(&chunk)?;
         }
-        out.flush()?;
         Ok(())
     }
 
-    /// Fetches a json answer and decodes it.
-    pub async fn json<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        params: &[(String, String)],
-    ) -> Result<T, RemoteError> {
-        let resp = self.get(path, params).await?;
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| RemoteError::Failed(e.to_string()))?;
-        serde_json::from_slice(&body)
-            .map_err(|e| RemoteError::Failed(format!("undecodable answer: {e}")))
+    async fn fetch(&self, req: &Request) -> Result<reqwest::Response, RemoteError> {
+        let (path, params) = req.to_url();
+        self.get(&path, &params).await
     }
 }
 
-/// The query parameters of a commit filter (the API's names are the CLI's flags).
-pub fn filter_params(f: &CommitFilter) -> Vec<(String, String)> {
-    let mut p = Vec::new();
-    if let Some(w) = &f.workspace {
-        p.push(("workspace".into(), w.clone()));
+impl RemoteError {
+    /// The exit code (SPEC section 9).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RemoteError::NoAnswer { .. } => exit::LOCKED,
+            RemoteError::BadRequest(_) => exit::USAGE,
+            RemoteError::NotFound(_) | RemoteError::Failed(_) | RemoteError::Io(_) => exit::RUNTIME,
+        }
     }
-    for r in &f.repos {
-        p.push(("repo".into(), r.clone()));
-    }
-    if let Some(a) = &f.author {
-        p.push(("author".into(), a.clone()));
-    }
-    if let Some(t) = f.since {
-        p.push(("since".into(), t.to_rfc3339()));
-    }
-    if let Some(t) = f.until {
-        p.push(("until".into(), t.to_rfc3339()));
-    }
-    if let Some(g) = &f.grep {
-        p.push(("grep".into(), g.clone()));
-    }
-    if f.all {
-        p.push(("all".into(), "true".into()));
-    }
-    if let Some(n) = f.limit {
-        p.push(("limit".into(), n.to_string()));
-    }
-    p
 }

@@ -1,0 +1,157 @@
+//! The commands that ask the store: `query`, `show` and `export`. Each
+//! builds one [`Request`] and asks its [`Source`] — the store itself, or the
+//! daemon holding it — which prints the same bytes either way.
+
+use std::path::{Path, PathBuf};
+
+use bbcrawl::config::Overrides;
+use bbcrawl::exit;
+use bbcrawl::query::output::terminal_width;
+use bbcrawl::query::{Format, Question, Request};
+use bbcrawl::source::Source;
+
+use super::{io, load_config, CliError, Global, QueryCommand};
+
+/// Export writes in large chunks: fewer syscalls for a million records.
+const EXPORT_BUFFER: usize = 1 << 16;
+
+/// Opens the configured store for a question (never creates one).
+fn source(g: &Global) -> Result<Source, CliError> {
+    let cfg = load_config(g, Overrides::default())?;
+    Ok(Source::open(&cfg.store)?)
+}
+
+/// Asks `req` and prints the answer on stdout.
+async fn ask_to_stdout(g: &Global, req: Request, buffer: usize) -> Result<u8, CliError> {
+    let source = source(g)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(buffer, stdout.lock());
+    source.answer(&req, &mut out).await?;
+    Ok(exit::SUCCESS)
+}
+
+/// A request the command line built; its format is one the command offers.
+fn request(question: Question, format: Format) -> Result<Request, CliError> {
+    Request::new(question, format, terminal_width()).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// `bbcrawl query commits|repos|authors|stats`.
+pub(super) async fn query(g: &Global, what: QueryCommand) -> Result<u8, CliError> {
+    let (question, format) = match what {
+        QueryCommand::Commits { filter, format } => (Question::Commits(filter), format),
+        QueryCommand::Authors { filter, format } => (Question::Authors(filter), format),
+        QueryCommand::Repos { workspace, format } => (Question::Repos { workspace }, format),
+        QueryCommand::Stats { format } => (Question::Stats, format),
+    };
+    let req = request(question, format.resolve())?;
+    ask_to_stdout(g, req, 8 * 1024).await
+}
+
+/// `bbcrawl show HASH`.
+pub(super) async fn show(g: &Global, hash: String, format: Format) -> Result<u8, CliError> {
+    ask_to_stdout(g, request(Question::Show { hash }, format)?, 8 * 1024).await
+}
+
+/// `bbcrawl export [--output FILE]`.
+pub(super) async fn export(
+    g: &Global,
+    format: Format,
+    all: bool,
+    path: Option<&Path>,
+) -> Result<u8, CliError> {
+    let req = request(Question::Export { all }, format)?;
+    // Decided before anything is read: a bad --output is a usage error.
+    let target = match path.map(export_target).transpose()? {
+        None => return ask_to_stdout(g, req, EXPORT_BUFFER).await,
+        Some(t) => t,
+    };
+    let source = source(g)?;
+    match target {
+        ExportTarget::Stream(path) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io(format!("cannot open {}", path.display())))?;
+            let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, file);
+            source.answer(&req, &mut out).await?;
+        }
+        ExportTarget::Replace { path, mode } => {
+            // A temporary file beside the target, renamed over it when
+            // complete: readers see the old file or the new one, never half.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let tmp = tempfile::Builder::new()
+                .prefix(".bbcrawl-export-")
+                .tempfile_in(&dir)
+                .map_err(io(format!(
+                    "cannot create a temporary file in {}",
+                    dir.display()
+                )))?;
+            let cannot_write = || io(format!("cannot write {}", path.display()));
+            let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
+            source.answer(&req, &mut out).await?;
+            let tmp = out
+                .into_inner()
+                .map_err(|e| cannot_write()(e.into_error()))?;
+            tmp.as_file().sync_all().map_err(cannot_write())?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+                    .map_err(cannot_write())?;
+            }
+            tmp.persist(&path).map_err(|e| cannot_write()(e.error))?;
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// How `export --output PATH` writes.
+enum ExportTarget {
+    /// A regular file, or a path that does not exist yet: written to a
+    /// temporary file beside it and renamed over it. `path` has symbolic
+    /// links resolved, so a link stays a link and its target is replaced.
+    Replace {
+        /// The file to replace or create.
+        path: PathBuf,
+        /// Its mode: the existing file's, else 0600 (an export holds the
+        /// same data as the store, e-mails included).
+        mode: u32,
+    },
+    /// A FIFO, a character device (`/dev/stdout`, `/dev/null`) or a
+    /// socket: written into as it is, never replaced.
+    Stream(PathBuf),
+}
+
+/// Decides how to write `path`; a directory, a block device or a dangling
+/// symbolic link is a usage error (exit 2).
+fn export_target(path: &Path) -> Result<ExportTarget, CliError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(ExportTarget::Replace {
+            path: std::fs::canonicalize(path).map_err(io(format!("cannot resolve {shown}")))?,
+            mode: m.permissions().mode() & 0o7777,
+        }),
+        Ok(m) if m.is_dir() => Err(CliError::Usage(format!(
+            "--output {shown} is a directory; name a file"
+        ))),
+        Ok(m) if m.file_type().is_block_device() => Err(CliError::Usage(format!(
+            "--output {shown} is a block device; refusing to write an export over a disk"
+        ))),
+        Ok(_) => Ok(ExportTarget::Stream(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(CliError::Usage(format!(
+                    "--output {shown} is a symbolic link to nothing; name a file"
+                )));
+            }
+            Ok(ExportTarget::Replace {
+                path: path.to_path_buf(),
+                mode: 0o600,
+            })
+        }
+        Err(e) => Err(io(format!("cannot use --output {shown}"))(e)),
+    }
+}

@@ -1,0 +1,157 @@
+//! The commands that crawl: `sync` (one pass) and `run` (the daemon).
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use bbcrawl::actors::{Crawler, PassEnd, PassObserver, PassOptions};
+use bbcrawl::bitbucket::{BitbucketClient, ClientOptions};
+use bbcrawl::config::{Config, Overrides};
+use bbcrawl::daemon::{self, StopSignal};
+use bbcrawl::exit;
+use bbcrawl::progress::{ProgressMode, SyncProgress};
+use bbcrawl::store::Store;
+
+use super::{load_config, CliError, Global, LogFormat};
+
+/// How `sync` shows progress: a live line on a terminal, log lines
+/// otherwise, nothing with `-q`.
+fn progress_mode(g: &Global) -> ProgressMode {
+    if g.quiet {
+        ProgressMode::Silent
+    } else if std::io::stderr().is_terminal() && g.log_format == LogFormat::Text {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Lines
+    }
+}
+
+/// Commands that talk to Bitbucket need a workspace and a credential.
+pub(super) fn require_api_config(cfg: &Config) -> Result<(), CliError> {
+    if cfg.workspaces.is_empty() {
+        return Err(CliError::Usage(
+            "no workspace configured: set `workspaces` in the config file, BBCRAWL_WORKSPACES, or pass --workspace".into(),
+        ));
+    }
+    if cfg.credentials.is_empty() {
+        return Err(CliError::Usage(
+            "no credentials configured: set BITBUCKET_ACCESS_TOKEN, or BITBUCKET_USERNAME + BITBUCKET_API_TOKEN, or [[credentials]] in the config file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a pass covers, from the configuration.
+fn pass_options(cfg: &Config, only: Vec<String>, full: bool) -> PassOptions {
+    PassOptions {
+        workspaces: cfg.workspaces.clone(),
+        include: cfg.include.clone(),
+        exclude: cfg.exclude.clone(),
+        only,
+        full,
+        since: cfg.since,
+        concurrency: cfg.max_in_flight.saturating_mul(2).max(2),
+        audit_interval: cfg.audit_interval,
+    }
+}
+
+/// `bbcrawl sync`: one pass, then the summary. SIGTERM / SIGINT stop the
+/// pass the way they stop the daemon's (no new pages, pages in flight are
+/// stored, the writer flushes); the exit code says which signal (SPEC
+/// section 9) and the next sync resumes.
+pub(super) async fn sync(
+    g: &Global,
+    workspaces: Vec<String>,
+    repos: Vec<String>,
+    full: bool,
+) -> Result<u8, CliError> {
+    let cfg = load_config(
+        g,
+        Overrides {
+            workspaces,
+            ..Overrides::default()
+        },
+    )?;
+    require_api_config(&cfg)?;
+    let signal = daemon::shutdown_signal()?;
+    let store = Arc::new(Store::open(&cfg.store)?);
+    // This process holds the store: no daemon of it runs.
+    daemon::clear_stale_address(&cfg.store);
+    let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
+    let progress = SyncProgress::start(progress_mode(g), client.clone());
+    let observer: Arc<dyn PassObserver> = progress.clone();
+    let crawler = Crawler::start(client, store, observer);
+    let end = crawler
+        .pass_until(pass_options(&cfg, repos, full), signal)
+        .await;
+    progress.finish();
+    let (result, stopped_by) = match end {
+        PassEnd::Finished(r) => (r, None),
+        PassEnd::Stopped(which, r) => (r, Some(which)),
+        PassEnd::Abandoned(which) => {
+            say_stopped(g, which);
+            return Ok(which.exit_code());
+        }
+    };
+    let summary = result?;
+    if !g.quiet {
+        println!("{}", summary.line());
+        for f in &summary.failures {
+            println!("  failed: {}", bbcrawl::human::printable(f));
+        }
+    }
+    Ok(match stopped_by {
+        Some(which) => {
+            say_stopped(g, which);
+            which.exit_code()
+        }
+        None if summary.failed > 0 => exit::SOME_FAILED,
+        None => exit::SUCCESS,
+    })
+}
+
+/// Tells the user a signal stopped `sync` and that nothing is lost.
+fn say_stopped(g: &Global, which: StopSignal) {
+    if !g.quiet {
+        eprintln!(
+            "stopped by {}: every page fetched is stored; the next sync resumes where this one stopped",
+            which.name()
+        );
+    }
+}
+
+/// `bbcrawl run` (see `bbcrawl::daemon`).
+pub(super) async fn run_daemon(
+    g: &Global,
+    workspaces: Vec<String>,
+    listen: Option<String>,
+) -> Result<u8, CliError> {
+    let cfg = load_config(
+        g,
+        Overrides {
+            workspaces,
+            listen,
+            ..Overrides::default()
+        },
+    )?;
+    require_api_config(&cfg)?;
+    // Signals first: a SIGTERM during start-up then stops the daemon
+    // gracefully instead of killing it.
+    let shutdown = daemon::shutdown_signal()?;
+    let metrics = bbcrawl::telemetry::install()?;
+    let store = Arc::new(Store::open(&cfg.store)?);
+    let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
+    let mode = if g.quiet {
+        ProgressMode::Silent
+    } else {
+        ProgressMode::Lines
+    };
+    let observer: Arc<dyn PassObserver> = SyncProgress::start(mode, client.clone());
+    let opts = daemon::DaemonOptions {
+        listen: cfg.listen,
+        interval: cfg.interval,
+        pass: pass_options(&cfg, Vec::new(), false),
+        observer,
+    };
+    daemon::run(client, store, opts, metrics, shutdown).await?;
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,74 @@
+//! The address file `<store>/daemon.json` (`{"addr":…,"pid":…}`): written
+//! atomically once the daemon listens, removed on a graceful stop, so that
+//! `query`, `show` and `export` find the daemon that holds the store; and
+//! the headers by which every answer names its process and store, so a
+//! file left by a killed daemon never leads the CLI to another store.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::DaemonError;
+
+/// Name of the address file in the store directory.
+pub const ADDRESS_FILE: &str = "daemon.json";
+
+/// The content of the address file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonAddress {
+    /// Where the HTTP endpoint listens.
+    pub addr: SocketAddr,
+    /// The daemon's process id.
+    pub pid: u32,
+}
+
+/// Reads `<store>/daemon.json`, if a daemon left one.
+pub fn read_address(store_dir: &Path) -> Option<DaemonAddress> {
+    let text = std::fs::read(store_dir.join(ADDRESS_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Removes an address file left by a daemon that did not stop gracefully
+/// (`kill -9`, a crash). Call it only while holding the store: then no
+/// daemon of this store is running, and the file can only mislead.
+pub fn clear_stale_address(store_dir: &Path) {
+    let path = store_dir.join(ADDRESS_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed the address file a stopped daemon left behind")
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale address file")
+        }
+    }
+}
+
+/// Response header naming the store a daemon holds (its [`Store::id`]).
+pub const STORE_ID_HEADER: &str = "x-bbcrawl-store-id";
+/// Response header carrying the daemon's process id.
+pub const PID_HEADER: &str = "x-bbcrawl-pid";
+
+/// Writes the address file atomically: readers see no file or a whole one.
+pub(super) fn write_address(store_dir: &Path, addr: SocketAddr) -> Result<PathBuf, DaemonError> {
+    let path = store_dir.join(ADDRESS_FILE);
+    let err = |source: io::Error| DaemonError::AddressFile {
+        path: path.clone(),
+        source,
+    };
+    let body = serde_json::to_vec(&DaemonAddress {
+        addr,
+        pid: std::process::id(),
+    })
+    .map_err(|e| err(e.into()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".daemon-")
+        .tempfile_in(store_dir)
+        .map_err(err)?;
+    tmp.write_all(&body).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(&path).map_err(|e| err(e.error))?;
+    Ok(path)
+}
