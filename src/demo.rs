@@ -5,7 +5,6 @@
 //! against the minimum possible, and a few example questions answered from
 //! the store.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -14,6 +13,9 @@ use std::sync::Arc;
 use crate::actors::{run_pass, PassObserver, PassOptions, PassSummary};
 use crate::bitbucket::{BitbucketClient, ClientOptions};
 use crate::config::{Credential, Secret};
+use crate::human::{pad, truncate};
+use crate::query::{self, CommitFilter};
+use crate::record::format_date;
 use crate::simulator::{SimOptions, Simulator};
 use crate::store::Store;
 
@@ -32,6 +34,9 @@ pub enum DemoError {
     /// The client could not be built.
     #[error(transparent)]
     Api(#[from] crate::bitbucket::ApiError),
+    /// A question to the store failed.
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
 }
 
 /// The simulator served from its own thread and runtime, as a separate
@@ -234,69 +239,53 @@ fn print_summary(out: &mut dyn Write, s: &PassSummary) -> std::io::Result<()> {
     writeln!(out, "  {}", s.line())
 }
 
-/// A few questions answered straight from the store.
+/// A few questions answered from the store by the query layer, as
+/// `bbcrawl query` would.
 fn examples(out: &mut dyn Write, store: &Store) -> Result<(), DemoError> {
-    let repos = store.repos()?;
-    let mut by_size: Vec<_> = repos.iter().collect();
-    by_size.sort_by(|a, b| {
-        b.commits_stored
-            .cmp(&a.commits_stored)
-            .then(a.slug.cmp(&b.slug))
-    });
+    let mut repos = query::repos(store, None)?;
+    repos.sort_by(|a, b| b.commits.cmp(&a.commits).then(a.slug.cmp(&b.slug)));
     writeln!(
         out,
         "Which repositories have the most commits on their default branch?"
     )?;
-    for r in by_size.iter().take(5) {
+    for r in repos.iter().take(5) {
         writeln!(
             out,
             "  {} {:>6} commits  (branch {}, status {})",
-            crate::human::pad(&r.slug, 24),
-            r.commits_stored - r.commits_unreachable,
+            pad(&r.slug, 24),
+            r.commits,
             r.default_branch.as_deref().unwrap_or("-"),
             r.status.as_str()
         )?;
     }
 
-    let mut authors: HashMap<String, (String, u64)> = HashMap::new();
-    let mut latest = Vec::new();
-    for r in &repos {
-        for c in store.repo_commits(&r.workspace, &r.uuid) {
-            let c = c?;
-            if !c.reachable {
-                continue;
-            }
-            let name = c
-                .author
-                .display_name
-                .clone()
-                .or_else(|| c.author.name.clone())
-                .unwrap_or_else(|| c.author.identity());
-            authors.entry(c.author.identity()).or_insert((name, 0)).1 += 1;
-            latest.push((
-                c.date,
-                r.slug.clone(),
-                c.hash.clone(),
-                c.message.lines().next().unwrap_or("").to_owned(),
-            ));
-        }
-    }
-    let mut authors: Vec<_> = authors.into_values().collect();
+    let mut authors: Vec<(String, u64)> = query::authors(store, &CommitFilter::default())?
+        .into_iter()
+        .map(|a| {
+            let name = a.display_name.or(a.name).unwrap_or(a.identity);
+            (name, a.commits)
+        })
+        .collect();
     authors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     writeln!(out, "\nWho commits the most?")?;
     for (name, n) in authors.iter().take(5) {
-        writeln!(out, "  {} {n:>6} commits", crate::human::pad(name, 30))?;
+        writeln!(out, "  {} {n:>6} commits", pad(name, 30))?;
     }
-    latest.sort_by(|a, b| b.0.cmp(&a.0).then(b.2.cmp(&a.2)));
+
+    let newest = CommitFilter {
+        limit: Some(5),
+        ..CommitFilter::default()
+    };
     writeln!(out, "\nThe five newest commits:")?;
-    for (date, repo, hash, subject) in latest.iter().take(5) {
-        let subject = crate::human::truncate(subject, 60);
+    for c in query::commits(store, &newest)? {
+        let c = c?;
+        let subject = truncate(c.message.lines().next().unwrap_or(""), 60);
         writeln!(
             out,
             "  {}  {} {}  {}",
-            date.to_rfc3339(),
-            crate::human::pad(repo, 16),
-            &hash[..10.min(hash.len())],
+            format_date(&c.date),
+            pad(&c.repo, 16),
+            &c.hash[..10.min(c.hash.len())],
             subject
         )?;
     }

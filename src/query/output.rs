@@ -26,8 +26,8 @@ use serde::Serialize;
 
 use super::{AuthorRow, Format, QueryError, RepoRow, Stats};
 use crate::human::{display_width, printable, truncate};
-use crate::record::CommitRecord;
 use crate::record::RepoStatus;
+use crate::record::{format_date, CommitRecord};
 
 /// Why printing stopped.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +269,7 @@ impl Tabular for CommitRecord {
             self.repo_uuid.clone(),
             self.branch.clone(),
             self.hash.clone(),
-            self.date.to_rfc3339(),
+            format_date(&self.date),
             opt(&self.author.raw),
             opt(&self.author.name),
             opt(&self.author.email),
@@ -299,7 +299,7 @@ impl TableRow for CommitRecord {
             .map(|s| cell(s))
             .unwrap_or_default();
         vec![
-            self.date.to_rfc3339(),
+            format_date(&self.date),
             cell(&self.repo),
             self.hash.chars().take(10).collect(),
             author,
@@ -569,7 +569,7 @@ fn write_show_text<W: Write>(out: &mut W, r: &CommitRecord) -> io::Result<()> {
         ("repo_uuid", r.repo_uuid.clone()),
         ("branch", r.branch.clone()),
         ("reachable", r.reachable.to_string()),
-        ("date", r.date.to_rfc3339()),
+        ("date", format_date(&r.date)),
         ("author", o(&r.author.raw)),
         ("author_name", o(&r.author.name)),
         ("author_email", o(&r.author.email)),
