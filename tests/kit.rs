@@ -6,8 +6,7 @@
 //! Tests that need `promtool`, `prometheus` or `systemd-analyze` (Debian
 //! packages `prometheus` and `systemd`, both installed by `.ci/run`) print a
 //! note and pass when the tool is missing, except under `CI=true` (or `CI=1`),
-//! where a missing tool fails the test. The live scrape also waits for the
-//! `run` command.
+//! where a missing tool fails the test.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -934,16 +933,6 @@ async fn dashboard_and_alert_queries_are_valid_promql() {
     }
 }
 
-/// Does the binary have the daemon yet? (`bbcrawl run` lands separately.)
-fn daemon_available() -> bool {
-    std::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"))
-        .args(["run", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The address `bbcrawl run` recorded in `<store>/daemon.json`.
 async fn daemon_addr(store: &Path, daemon: &mut tokio::process::Child, log: &Path) -> String {
     let deadline = Instant::now() + WAIT;
@@ -976,10 +965,6 @@ async fn prometheus_scrapes_commits_stored_from_the_daemon() {
     ) else {
         return;
     };
-    if !daemon_available() {
-        eprintln!("note: prometheus_scrapes_commits_stored_from_the_daemon skipped: `bbcrawl run` does not exist yet");
-        return;
-    }
     let sim = util::world(0);
     for (slug, commits) in [("api", 230), ("web", 75), ("tools", 1)] {
         sim.add_repo(WS, RepoSpec::new(slug, commits));
