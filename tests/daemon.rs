@@ -875,14 +875,33 @@ async fn a_locked_store_whose_holder_does_not_answer_is_exit_7() {
     drop(held);
 }
 
+/// Resident memory of `pid` in KiB (`VmRSS` of `/proc/<pid>/status`). A
+/// reading that fails panics: a memory check that cannot see the memory
+/// must fail, not compare zeros.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path} for the resident memory: {e}"));
+    let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"));
+    assert!(kib > 0, "{path} reports VmRSS 0 kB");
+    kib
+}
+
+#[test]
+fn rss_reading_sees_a_live_process() {
+    assert!(rss_kib(std::process::id()) > 1024);
+}
+
+#[test]
+#[should_panic(expected = "cannot read /proc/")]
+fn rss_reading_fails_for_a_process_it_cannot_see() {
+    // Above any pid_max the kernel allows (2^22), so never a live process.
+    rss_kib(u32::MAX);
 }
 
 /// Ten minutes of `bbcrawl run` with pushes every few seconds: resident
@@ -919,6 +938,7 @@ async fn soak_memory_stays_flat_over_ten_minutes_of_passes_and_pushes() {
     let (status, _) = daemon.terminate().await;
     assert!(status.success());
     let n = samples.len();
+    assert!(n >= 5, "{n} RSS samples in {seconds} s: too few to compare");
     let first: u64 = samples[..n / 5].iter().map(|s| s.1).max().unwrap();
     let last: u64 = samples[n - n / 5..].iter().map(|s| s.1).max().unwrap();
     eprintln!("soak: {seconds} s, {pushed} push rounds; RSS first fifth max {first} KiB, last fifth max {last} KiB; samples {samples:?}");

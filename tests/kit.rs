@@ -4,11 +4,12 @@
 //! `bbcrawl run`.
 //!
 //! Tests that need `promtool`, `prometheus` or `systemd-analyze` (Debian
-//! packages `prometheus` and `systemd`; `.ci/run` installs Prometheus) print a
-//! note and pass when the tool is missing. The live scrape also waits for the
-//! `run` command.
+//! packages `prometheus` and `systemd`, both installed by `.ci/run`) print a
+//! note and pass when the tool is missing, except under `CI=true` (or `CI=1`),
+//! where a missing tool fails the test.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -342,8 +343,47 @@ fn on_path(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn skip(test: &str, why: &str) {
-    eprintln!("note: {test} skipped: {why}");
+/// The Debian package that provides each external tool these tests run.
+const TOOL_PACKAGES: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
+    ("systemd-analyze", "systemd"),
+];
+
+/// Does a `CI` variable with this value mark a CI run? (`true` or `1`, as CI
+/// services set it.)
+fn ci_means_ci(value: &str) -> bool {
+    value.eq_ignore_ascii_case("true") || value == "1"
+}
+
+/// `tool` on PATH for `test`, or `None` (the test returns early) after a
+/// note on stderr; under CI a missing tool panics instead.
+fn find_tool(test: &str, tool: &str) -> Option<PathBuf> {
+    let found = on_path(tool);
+    if found.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| ci_means_ci(&v));
+        // Written to stderr itself: libtest captures `eprintln!` of a passing
+        // test, and a skip nobody sees is the silent pass this note prevents.
+        let _ = writeln!(std::io::stderr(), "{}", missing_tool(test, tool, ci));
+    }
+    found
+}
+
+/// A tool `test` needs is missing. In CI that fails the test (a skip there
+/// would pass a check that never ran); elsewhere, the note that says the
+/// test is skipped and which package to install.
+fn missing_tool(test: &str, tool: &str, ci: bool) -> String {
+    let package = TOOL_PACKAGES
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map_or(tool, |(_, p)| p);
+    let how =
+        format!("Debian package `{package}`: `.ci/run` installs it with apt-get install {package}");
+    assert!(
+        !ci,
+        "{test}: {tool} is not on PATH, and under CI a missing tool fails the test ({how})"
+    );
+    format!("note: {test} skipped: {tool} not on PATH ({how}; under CI=true this fails)")
 }
 
 /// Runs a tool to completion and returns (success, stdout + stderr).
@@ -383,6 +423,34 @@ fn metric_scan_finds_selectors_but_not_functions_labels_or_durations() {
         known_metric("bbcrawl_store_write_duration_seconds_count"),
         Some("bbcrawl_store_write_duration_seconds")
     );
+}
+
+// ---------------------------------------------------------------------------
+// Missing tools
+
+#[test]
+fn a_missing_tool_fails_under_ci_naming_its_package_and_is_skipped_elsewhere() {
+    let panic = std::panic::catch_unwind(|| missing_tool("some_test", "systemd-analyze", true))
+        .expect_err("under CI a missing tool fails the test");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("systemd-analyze is not on PATH")
+            && message.contains("apt-get install systemd")
+            && message.contains(".ci/run"),
+        "{message}"
+    );
+    let note = missing_tool("some_test", "promtool", false);
+    assert!(
+        note.contains("some_test skipped: promtool not on PATH")
+            && note.contains("apt-get install prometheus"),
+        "{note}"
+    );
+    for value in ["true", "TRUE", "1"] {
+        assert!(ci_means_ci(value), "CI={value}");
+    }
+    for value in ["", "0", "false", "no"] {
+        assert!(!ci_means_ci(value), "CI={value}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -523,8 +591,8 @@ fn alert_rules_cover_stale_failed_rate_limited_failing_and_down() {
 
 #[test]
 fn alert_rules_pass_promtool_check() {
-    let Some(promtool) = on_path("promtool") else {
-        return skip("alert_rules_pass_promtool_check", "promtool not on PATH");
+    let Some(promtool) = find_tool("alert_rules_pass_promtool_check", "promtool") else {
+        return;
     };
     let file = kit_path("config/prometheus/alerts.yml");
     let (ok, out) = run_tool(&promtool, &["check", "rules", &file.to_string_lossy()]);
@@ -538,8 +606,8 @@ fn alert_rules_pass_promtool_check() {
 /// severity, on the series the daemon exports, and not before.
 #[test]
 fn alerts_fire_on_matching_series() {
-    let Some(promtool) = on_path("promtool") else {
-        return skip("alerts_fire_on_matching_series", "promtool not on PATH");
+    let Some(promtool) = find_tool("alerts_fire_on_matching_series", "promtool") else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("alerts.yml"), alerts_without_annotations()).unwrap();
@@ -722,11 +790,8 @@ fn systemd_unit_is_hardened() {
 /// systemd's own checks: the unit parses, and its exposure score is low.
 #[test]
 fn systemd_unit_passes_systemd_analyze() {
-    let Some(analyze) = on_path("systemd-analyze") else {
-        return skip(
-            "systemd_unit_passes_systemd_analyze",
-            "systemd-analyze not on PATH",
-        );
+    let Some(analyze) = find_tool("systemd_unit_passes_systemd_analyze", "systemd-analyze") else {
+        return;
     };
     // `verify` wants ExecStart's binary to exist: point it at the one built.
     let dir = tempfile::tempdir().unwrap();
@@ -850,11 +915,9 @@ impl Prometheus {
 /// Prometheus accepts (it answers 400 `bad_data` to a syntax error).
 #[tokio::test]
 async fn dashboard_and_alert_queries_are_valid_promql() {
-    let Some(prometheus) = on_path("prometheus") else {
-        return skip(
-            "dashboard_and_alert_queries_are_valid_promql",
-            "prometheus not on PATH",
-        );
+    let Some(prometheus) = find_tool("dashboard_and_alert_queries_are_valid_promql", "prometheus")
+    else {
+        return;
     };
     let prom = Prometheus::start(&prometheus, None).await;
     let exprs = dashboard_exprs(&dashboard())
@@ -868,16 +931,6 @@ async fn dashboard_and_alert_queries_are_valid_promql() {
             "Prometheus refuses `{expr}`: {status} {answer}"
         );
     }
-}
-
-/// Does the binary have the daemon yet? (`bbcrawl run` lands separately.)
-fn daemon_available() -> bool {
-    std::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"))
-        .args(["run", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The address `bbcrawl run` recorded in `<store>/daemon.json`.
@@ -906,13 +959,12 @@ async fn daemon_addr(store: &Path, daemon: &mut tokio::process::Child, log: &Pat
 /// default branches stored; everything the daemon exports is in METRICS.
 #[tokio::test]
 async fn prometheus_scrapes_commits_stored_from_the_daemon() {
-    const TEST: &str = "prometheus_scrapes_commits_stored_from_the_daemon";
-    let Some(prometheus) = on_path("prometheus") else {
-        return skip(TEST, "prometheus not on PATH");
+    let Some(prometheus) = find_tool(
+        "prometheus_scrapes_commits_stored_from_the_daemon",
+        "prometheus",
+    ) else {
+        return;
     };
-    if !daemon_available() {
-        return skip(TEST, "`bbcrawl run` does not exist yet");
-    }
     let sim = util::world(0);
     for (slug, commits) in [("api", 230), ("web", 75), ("tools", 1)] {
         sim.add_repo(WS, RepoSpec::new(slug, commits));
