@@ -97,6 +97,20 @@ impl Author {
     }
 }
 
+/// A commit date as every output prints it: RFC 3339 with the offset
+/// Bitbucket sent, `+00:00` included (never `Z`), and the fraction it sent
+/// in groups of three digits (none for a whole second).
+pub fn format_date(date: &DateTime<FixedOffset>) -> String {
+    date.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+fn serialize_date<S: serde::Serializer>(
+    date: &DateTime<FixedOffset>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_date(date))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,18 +125,4 @@ mod tests {
         assert_eq!(parse_raw("just a name"), (Some("just a name".into()), None));
         assert_eq!(parse_raw(""), (None, None));
     }
-}
-
-/// A commit date as every output prints it: RFC 3339 with the offset
-/// Bitbucket sent, `+00:00` included (never `Z`), and the fraction it sent
-/// in groups of three digits (none for a whole second).
-pub fn format_date(date: &DateTime<FixedOffset>) -> String {
-    date.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
-}
-
-fn serialize_date<S: serde::Serializer>(
-    date: &DateTime<FixedOffset>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_date(date))
 }
