@@ -458,7 +458,7 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
     };
     let repos = store.repos_by_id()?;
     let selected = selected_repos(&repos, f);
-    if f.author.is_some() || f.grep.is_some() {
+    if f.checks_each_commit() {
         // Per-commit checks: the commit query's matching, without a limit.
         for m in matching(store, f, selected)? {
             let (e, c) = m?;

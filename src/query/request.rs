@@ -90,6 +90,12 @@ impl CommitFilter {
         }
     }
 
+    /// Whether a commit must be read to tell if it matches (the indexes
+    /// answer only repository, date and reachability).
+    pub fn checks_each_commit(&self) -> bool {
+        self.author.is_some() || self.grep.is_some()
+    }
+
     /// The filter from URL parameters (what the daemon receives).
     pub fn from_params(p: &Params) -> Result<CommitFilter, BadRequest> {
         Ok(CommitFilter {
