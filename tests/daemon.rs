@@ -625,6 +625,14 @@ async fn query_api_answers_what_the_cli_prints() {
             vec!["show".to_owned(), hash[..9].to_owned(), "--format".into(), "json".into()],
             "application/json",
         ),
+        (
+            "/api/v1/commits?committer=acme.io&limit=20&format=ndjson".into(),
+            ["query", "commits", "--committer", "acme.io", "--limit", "20", "--format", "ndjson"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "application/x-ndjson",
+        ),
     ];
     let mut answers = Vec::new();
     for (path, _, ct) in &cases {

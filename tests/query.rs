@@ -176,6 +176,7 @@ struct Want<'a> {
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     grep: Option<&'a str>,
+    committer: Option<&'a str>,
     all: bool,
     limit: Option<usize>,
 }
@@ -208,6 +209,14 @@ fn expect(truth: &[Truth], w: &Want) -> Vec<Key> {
         .filter(|t| {
             w.grep
                 .is_none_or(|g| t.commit.message.to_lowercase().contains(&g.to_lowercase()))
+        })
+        .filter(|t| {
+            w.committer.is_none_or(|x| {
+                t.commit
+                    .committer_raw
+                    .as_ref()
+                    .is_some_and(|c| c.to_lowercase().contains(&x.to_lowercase()))
+            })
         })
         .map(|t| key(t.at(), &t.commit.hash, &t.ws, &t.repo))
         .collect();
@@ -258,6 +267,9 @@ fn args_for(w: &Want) -> Vec<String> {
     }
     if let Some(x) = w.grep {
         a.extend(["--grep".into(), x.into()]);
+    }
+    if let Some(x) = w.committer {
+        a.extend(["--committer".into(), x.into()]);
     }
     if w.all {
         a.push("--all".into());
@@ -473,6 +485,31 @@ async fn every_filter_returns_exactly_what_the_truth_predicts() {
         "combined",
     )
     .await;
+    // --committer: the committer's raw identity (commits without one never
+    // match), alone and with the author's.
+    let landed = check(
+        &c,
+        truth,
+        Want {
+            committer: Some("JANE@ACME"),
+            ..Want::default()
+        },
+        "--committer",
+    )
+    .await;
+    assert!(!landed.is_empty());
+    let by_others = check(
+        &c,
+        truth,
+        Want {
+            committer: Some("jane@acme.io"),
+            author: Some("zoe@"),
+            ..Want::default()
+        },
+        "--committer --author",
+    )
+    .await;
+    assert!(by_others.len() < landed.len());
     let lim = check(
         &c,
         truth,

@@ -264,6 +264,7 @@ fn matching<'a>(
     let entries = candidates(store, &selected, f)?;
     let author = f.author.as_ref().map(|a| a.to_lowercase());
     let grep = f.grep.as_ref().map(|g| g.to_lowercase());
+    let committer = f.committer.as_ref().map(|c| c.to_lowercase());
     let all = f.all;
     // The bounds, for the commits' full dates.
     let window = f.clone();
@@ -297,6 +298,12 @@ fn matching<'a>(
                 }
                 if let Some(needle) = &grep {
                     if !c.message.to_lowercase().contains(needle) {
+                        return None;
+                    }
+                }
+                if let Some(needle) = &committer {
+                    let raw = c.committer.as_ref().and_then(|c| c.raw.as_ref());
+                    if !raw.is_some_and(|r| r.to_lowercase().contains(needle)) {
                         return None;
                     }
                 }

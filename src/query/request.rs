@@ -40,6 +40,10 @@ pub struct CommitFilter {
     /// Case-insensitive substring of the message.
     #[arg(long, value_name = "TEXT")]
     pub grep: Option<String>,
+    /// Case-insensitive substring of the committer's `Name <email>`.
+    #[arg(long, value_name = "TEXT")]
+    #[serde(default)]
+    pub committer: Option<String>,
     /// Include commits no longer reachable from the default branch.
     #[arg(long)]
     pub all: bool,
@@ -57,6 +61,7 @@ impl CommitFilter {
         "since",
         "until",
         "grep",
+        "committer",
         "all",
         "limit",
     ];
@@ -82,6 +87,9 @@ impl CommitFilter {
         if let Some(g) = &self.grep {
             put("grep", g.clone());
         }
+        if let Some(c) = &self.committer {
+            put("committer", c.clone());
+        }
         if self.all {
             put("all", "true".into());
         }
@@ -93,7 +101,7 @@ impl CommitFilter {
     /// Whether a commit must be read to tell if it matches (the indexes
     /// answer only repository, date and reachability).
     pub fn checks_each_commit(&self) -> bool {
-        self.author.is_some() || self.grep.is_some()
+        self.author.is_some() || self.grep.is_some() || self.committer.is_some()
     }
 
     /// The filter from URL parameters (what the daemon receives).
@@ -105,6 +113,7 @@ impl CommitFilter {
             since: p.time("since")?,
             until: p.time("until")?,
             grep: p.one("grep")?,
+            committer: p.one("committer")?,
             all: p.flag("all")?,
             limit: p.limit("limit")?,
         })
@@ -466,6 +475,7 @@ mod tests {
             since: parse_time("2024-01-01").ok(),
             until: parse_time("2024-06-01T00:00:00.123456+02:00").ok(),
             grep: Some("fix=1".into()),
+            committer: Some("CI Bot <ci@x>".into()),
             all: true,
             limit: Some(5),
         };
