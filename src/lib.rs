@@ -1,25 +1,37 @@
 //! bbcrawl copies the default-branch commit history of every repository in a
 //! Bitbucket Cloud workspace into an embedded store and keeps it current.
 //!
-//! Module map (arrows point down, never back up):
-//! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
+//! Module map: where the data comes in, where it is stored, where it is
+//! served. Arrows point down the list, never back up (the binary's `cli`
+//! module sits on top of all of it).
+//!
+//! Serving questions:
+//! - [`daemon`]    `bbcrawl run`: the pass loop, `/healthz`, the HTTP endpoint
+//!   (metrics and one handler for the query API) and its address file.
+//! - [`source`]    where the CLI's question is answered: the store, or the daemon holding it.
+//! - [`query`]     a question ([`query::Request`]: what, filter, format; its URL form) and
+//!   the one [`query::answer`] the CLI and the daemon both call; how answers print.
 //! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
-//! - [`exit`]      exit codes (SPEC section 9); each error type says its own.
-//! - [`human`]     durations as people read them (summaries, progress, log lines).
 //! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
-//! - [`output`]    how `query`, `show` and `export` print: table, json, ndjson, csv.
-//! - [`query`]     questions about the stored commits, shared by the CLI and the daemon.
-//! - [`record`]    the domain: `CommitRecord` and its parts (SPEC section 4).
-//! - [`bitbucket`] the API: models, client (auth, pagination, origin check), retry, rate budget.
-//! - [`store`]     everything sled: key layout, schema version, atomic page writes, reachability.
-//! - [`actors`]    supervisor, repository and writer actors: the crawl (the only place actix appears).
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
-//! - [`remote`]    `query`/`show`/`export` asking a running daemon when it holds the store.
-//! - [`schedule`]  which repositories a pass crawls, in what order and how far (change gate, audits).
+//!
+//! Crawling:
+//! - [`actors`]    the crawl: supervisor, repository and writer actors (the only place
+//!   actix appears); the writer owns every store write and flush.
+//! - [`schedule`]  which repositories a pass crawls, in what order and how far (change
+//!   gate, audits).
+//! - [`bitbucket`] the API: models, client (auth, paging, origin and cycle checks,
+//!   retries), rate budget.
+//! - [`store`]     everything sled: key layout, encoding, schema, atomic batches.
+//!
+//! Shared by all:
+//! - [`record`]    the domain: commits (SPEC section 4), repositories and their walks,
+//!   authors — what every layer passes around.
+//! - [`config`]    file + environment + flags → one validated `Config`; secrets wrapped.
+//! - [`telemetry`] every metric's name, unit, description and buckets; the recorder.
+//! - [`exit`]      exit codes (SPEC section 9); each error type says its own.
+//! - [`human`]     text and durations as people read them (terminal-safe text, widths).
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
-//! - [`telemetry`] every metric's name, unit, description and buckets; the Prometheus recorder.
-//! - [`daemon`]    `bbcrawl run`: a pass every interval, graceful stop, the HTTP endpoint
-//!   (metrics, health, query API) and the address file `query` uses to find it.
 
 pub mod actors;
 pub mod bitbucket;

@@ -942,7 +942,7 @@ fn header_u32(h: &HeaderMap, name: &str) -> Option<u32> {
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
 /// `Retry-After` in seconds or as an HTTP date, capped at
-/// [`RETRY_AFTER_CAP`]: waiting longer than the rolling window cannot be
+/// `RETRY_AFTER_CAP` (one hour): waiting longer than the rolling window cannot be
 /// what the limit needs, and a broken server must not stall bbcrawl for
 /// ever.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {

@@ -46,7 +46,7 @@ pub fn clear_stale_address(store_dir: &Path) {
     }
 }
 
-/// Response header naming the store a daemon holds (its [`Store::id`]).
+/// Response header naming the store a daemon holds (its `Store::id`).
 pub const STORE_ID_HEADER: &str = "x-bbcrawl-store-id";
 /// Response header carrying the daemon's process id.
 pub const PID_HEADER: &str = "x-bbcrawl-pid";

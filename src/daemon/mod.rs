@@ -1,12 +1,12 @@
 //! `bbcrawl run`: the daemon (SPEC sections 3 and 7).
 //!
-//! - [`passes`]: a sync pass at start, then one `interval` after the
+//! - `passes`: a sync pass at start, then one `interval` after the
 //!   previous one ended (passes never overlap); each logged, counted and
-//!   reported to `/healthz` ([`health`]).
-//! - [`api`]: one HTTP endpoint on `listen`, served on the same runtime:
+//!   reported to `/healthz` (`health`).
+//! - `api`: one HTTP endpoint on `listen`, served on the same runtime:
 //!   `GET /metrics`, `GET /healthz`, and the query API under `/api/v1/`,
 //!   answering with the same function the CLI calls.
-//! - [`address`]: the address file `<store>/daemon.json`, written once
+//! - `address`: the address file `<store>/daemon.json`, written once
 //!   listening and removed on a graceful stop, so that `query`, `show` and
 //!   `export` can find the daemon that holds the store.
 //! - Graceful stop: on the shutdown signal the pass stops fetching, pages in

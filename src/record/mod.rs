@@ -1,7 +1,7 @@
 //! The domain every layer passes around: the commit record of SPEC section
 //! 4 (independent of the API payload it came from and of the store that
-//! keeps it), a repository's state and events ([`repo`]), and what is known
-//! of an author identity ([`author`]). The store only encodes these.
+//! keeps it), a repository's state and events (`repo`), and what is known
+//! of an author identity (`author`). The store only encodes these.
 
 mod author;
 mod repo;
