@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::credentials::Secret;
 use super::error::ConfigError;
-use super::resolve::Origin;
+use super::resolve::{Found, Origin};
+use super::values::non_empty_path;
 
 /// The largest config or secret file bbcrawl reads: 1 MiB. Real ones are a few hundred
 /// bytes; the bound keeps a mistaken path (`/dev/urandom`, a log file) from filling memory.
@@ -164,17 +165,21 @@ impl<'de> Deserialize<'de> for FileSecret {
 
 /// The parsed config file and where it lives.
 pub(super) struct LoadedFile {
+    /// The file, as named by `--config` or `BBCRAWL_CONFIG`.
     pub(super) path: PathBuf,
     /// Directory that relative paths in the file resolve against.
     pub(super) dir: PathBuf,
+    /// The keys as written.
     pub(super) values: FileConfig,
 }
 
 impl LoadedFile {
+    /// This file as the origin of a value.
     pub(super) fn origin(&self) -> Origin {
         Origin::File(self.path.clone())
     }
 
+    /// `path` as written in the file, made relative to the file's directory.
     pub(super) fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()
@@ -182,6 +187,28 @@ impl LoadedFile {
             self.dir.join(path)
         }
     }
+
+    /// A path-valued key as a source: relative to the file's directory. An empty path
+    /// is refused before joining, which would turn it into the directory itself.
+    pub(super) fn path(
+        &self,
+        field: impl FnOnce(&FileConfig) -> Option<&PathBuf>,
+    ) -> Option<Found<PathBuf>> {
+        let path = field(&self.values)?;
+        Some(
+            Found::new(self.origin(), path.clone())
+                .and_then(|p| Ok(self.resolve(&non_empty_path(p)?))),
+        )
+    }
+}
+
+/// A key of the config file (if there is one) as a source of the key's value.
+pub(super) fn in_file<R>(
+    file: Option<&LoadedFile>,
+    field: impl FnOnce(&FileConfig) -> Option<R>,
+) -> Option<Found<R>> {
+    let file = file?;
+    field(&file.values).map(|raw| Found::new(file.origin(), raw))
 }
 
 /// Reads, parses and permission-checks the config file; `key` is the flag or variable

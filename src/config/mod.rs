@@ -59,12 +59,12 @@ pub use file::{read_small_file, FileReadError, MAX_FILE_BYTES};
 pub use values::{parse_instant, parse_workspace};
 
 use credentials::resolve_credentials;
-use file::read_file;
-use resolve::{
-    check_path, resolve_api_url, resolve_int, resolve_listen, resolve_patterns, resolve_seconds,
-    resolve_since, resolve_workspaces, Env, Origin,
+use file::{in_file, read_file};
+use resolve::{invalid, resolve, Env, Found, Origin};
+use values::{
+    non_empty_path, parse_api_url, parse_listen, parse_patterns, parse_since, parse_workspaces,
+    split_list, toml_date_text, IntRange,
 };
-use values::IntKey;
 /// Default `api_url`: the Bitbucket Cloud REST API.
 pub const DEFAULT_API_URL: &str = "https://api.bitbucket.org/2.0";
 /// Default `store` directory, relative to the working directory.
@@ -91,10 +91,13 @@ pub const DEFAULT_AUDIT_INTERVAL_SECONDS: u64 = 86_400;
 /// Environment variable naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "BBCRAWL_CONFIG";
 
-/// The longest duration any `*_seconds` key accepts (one year). Far larger values are
-/// certainly typos, and keeping durations bounded means `Instant + duration` can never
-/// overflow in the layers that sleep or time out.
-pub(super) const MAX_SECONDS: i64 = 365 * 24 * 3600;
+/// The range of every `*_seconds` key: at least a second, at most a year. Far larger
+/// values are certainly typos, and keeping durations bounded means
+/// `Instant + duration` can never overflow in the layers that sleep or time out.
+const SECONDS: IntRange = IntRange {
+    min: 1,
+    max: 365 * 24 * 3600,
+};
 
 /// Above this many concurrent requests a single process only runs into the rate limit
 /// faster; the bound catches a misplaced digit.
@@ -206,117 +209,157 @@ impl Config {
             None => None,
         };
         let file = file.as_ref();
-        let values = file.map(|f| &f.values);
         let mut warnings = Vec::new();
 
-        let workspaces = resolve_workspaces(overrides, &env, file)?;
-        let api_url = resolve_api_url(overrides, &env, file)?;
+        // Every key, in one place: its flag, variable and file key (`None` where SPEC
+        // section 2 has none), its default and what it accepts. The order is the order
+        // in which errors are reported.
+        let workspaces = resolve(
+            "workspaces",
+            // Repeated and comma-separated flags make one list; none given means unset.
+            Found::flag(
+                "--workspace",
+                (!overrides.workspaces.is_empty()).then(|| {
+                    overrides
+                        .workspaces
+                        .iter()
+                        .flat_map(|w| split_list(w))
+                        .collect()
+                }),
+            ),
+            env.list("BBCRAWL_WORKSPACES"),
+            in_file(file, |v| v.workspaces.clone()),
+            Vec::new(),
+            parse_workspaces,
+        )?;
+        let api_url = resolve(
+            "api_url",
+            Found::flag("--api-url", overrides.api_url.clone()),
+            env.found("BBCRAWL_API_URL"),
+            in_file(file, |v| v.api_url.clone()),
+            // The default is a valid constant; it goes through the same normalisation.
+            parse_api_url(DEFAULT_API_URL)
+                .map_err(|message| invalid("api_url", &Origin::Default, message))?,
+            |raw| Ok(parse_api_url(&raw)?),
+        )?;
+        let store = resolve(
+            "store",
+            Found::flag("--store", overrides.store.clone()),
+            env.found("BBCRAWL_STORE").map(|f| f.map(PathBuf::from)),
+            file.and_then(|f| f.path(|v| v.store.as_ref())),
+            PathBuf::from(DEFAULT_STORE),
+            non_empty_path,
+        )?;
+        let include = resolve(
+            "include",
+            None,
+            env.list("BBCRAWL_INCLUDE"),
+            in_file(file, |v| v.include.clone()),
+            Vec::new(),
+            parse_patterns,
+        )?;
+        let exclude = resolve(
+            "exclude",
+            None,
+            env.list("BBCRAWL_EXCLUDE"),
+            in_file(file, |v| v.exclude.clone()),
+            Vec::new(),
+            parse_patterns,
+        )?;
+        let since = resolve(
+            "since",
+            None,
+            env.found("BBCRAWL_SINCE"),
+            in_file(file, |v| v.since.clone()).map(|f| f.and_then(toml_date_text)),
+            None,
+            |raw| Ok(Some(parse_since(&raw)?)),
+        )?;
 
-        let store = if let Some(store) = &overrides.store {
-            check_path("store", &Origin::Flag("--store"), store)?
-        } else if let Some(store) = env.get("BBCRAWL_STORE") {
-            PathBuf::from(store)
-        } else if let Some((f, store)) = file.and_then(|f| f.values.store.as_ref().map(|s| (f, s)))
-        {
-            f.resolve(&check_path("store", &f.origin(), store)?)
-        } else {
-            PathBuf::from(DEFAULT_STORE)
-        };
-
-        let include = resolve_patterns("include", "BBCRAWL_INCLUDE", &env, file, |v| {
-            v.include.as_ref()
-        })?;
-        let exclude = resolve_patterns("exclude", "BBCRAWL_EXCLUDE", &env, file, |v| {
-            v.exclude.as_ref()
-        })?;
-        let since = resolve_since(&env, file)?;
-
-        let requests_per_hour = resolve_int(
-            &IntKey {
-                key: "requests_per_hour",
-                flag: Some("--requests-per-hour"),
-                env: Some("BBCRAWL_REQUESTS_PER_HOUR"),
+        let requests_per_hour = int_key(
+            "requests_per_hour",
+            IntRange {
                 min: 1,
                 max: i64::from(u32::MAX),
             },
-            overrides.requests_per_hour.map(i64::from),
-            &env,
-            file,
-            values.and_then(|v| v.requests_per_hour),
-        )?
-        .unwrap_or(DEFAULT_REQUESTS_PER_HOUR);
-        let max_in_flight = resolve_int(
-            &IntKey {
-                key: "max_in_flight",
-                flag: None,
-                env: Some("BBCRAWL_MAX_IN_FLIGHT"),
+            Found::flag(
+                "--requests-per-hour",
+                overrides.requests_per_hour.map(i64::from),
+            ),
+            env.found("BBCRAWL_REQUESTS_PER_HOUR"),
+            in_file(file, |v| v.requests_per_hour),
+            DEFAULT_REQUESTS_PER_HOUR,
+        )?;
+        let max_in_flight = int_key(
+            "max_in_flight",
+            IntRange {
                 min: 1,
                 max: MAX_IN_FLIGHT_LIMIT,
             },
             None,
-            &env,
-            file,
-            values.and_then(|v| v.max_in_flight),
-        )?
-        .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
-        let page_size = resolve_int(
-            &IntKey::file_only("page_size", 10, 100),
+            env.found("BBCRAWL_MAX_IN_FLIGHT"),
+            in_file(file, |v| v.max_in_flight),
+            DEFAULT_MAX_IN_FLIGHT,
+        )?;
+        let page_size = int_key(
+            "page_size",
+            IntRange { min: 10, max: 100 },
             None,
-            &env,
-            file,
-            values.and_then(|v| v.page_size),
-        )?
-        .unwrap_or(DEFAULT_PAGE_SIZE);
-        let max_retries = resolve_int(
-            &IntKey::file_only("max_retries", 0, MAX_RETRIES_LIMIT),
             None,
-            &env,
-            file,
-            values.and_then(|v| v.max_retries),
-        )?
-        .unwrap_or(DEFAULT_MAX_RETRIES);
-        let connect_timeout = resolve_seconds(
-            &IntKey::file_only("connect_timeout_seconds", 1, MAX_SECONDS),
-            &env,
-            file,
-            values.and_then(|v| v.connect_timeout_seconds),
+            in_file(file, |v| v.page_size),
+            DEFAULT_PAGE_SIZE,
+        )?;
+        let max_retries = int_key(
+            "max_retries",
+            IntRange {
+                min: 0,
+                max: MAX_RETRIES_LIMIT,
+            },
+            None,
+            None,
+            in_file(file, |v| v.max_retries),
+            DEFAULT_MAX_RETRIES,
+        )?;
+        let connect_timeout = Duration::from_secs(int_key(
+            "connect_timeout_seconds",
+            SECONDS,
+            None,
+            None,
+            in_file(file, |v| v.connect_timeout_seconds),
             DEFAULT_CONNECT_TIMEOUT_SECONDS,
-        )?;
-        let request_timeout = resolve_seconds(
-            &IntKey::file_only("request_timeout_seconds", 1, MAX_SECONDS),
-            &env,
-            file,
-            values.and_then(|v| v.request_timeout_seconds),
+        )?);
+        let request_timeout = Duration::from_secs(int_key(
+            "request_timeout_seconds",
+            SECONDS,
+            None,
+            None,
+            in_file(file, |v| v.request_timeout_seconds),
             DEFAULT_REQUEST_TIMEOUT_SECONDS,
-        )?;
-        let interval = resolve_seconds(
-            &IntKey {
-                key: "interval_seconds",
-                flag: None,
-                env: Some("BBCRAWL_INTERVAL_SECONDS"),
-                min: 1,
-                max: MAX_SECONDS,
-            },
-            &env,
-            file,
-            values.and_then(|v| v.interval_seconds),
+        )?);
+        let interval = Duration::from_secs(int_key(
+            "interval_seconds",
+            SECONDS,
+            None,
+            env.found("BBCRAWL_INTERVAL_SECONDS"),
+            in_file(file, |v| v.interval_seconds),
             DEFAULT_INTERVAL_SECONDS,
-        )?;
-        let audit_interval = resolve_seconds(
-            &IntKey {
-                key: "audit_interval_seconds",
-                flag: None,
-                env: Some("BBCRAWL_AUDIT_INTERVAL_SECONDS"),
-                min: 1,
-                max: MAX_SECONDS,
-            },
-            &env,
-            file,
-            values.and_then(|v| v.audit_interval_seconds),
+        )?);
+        let audit_interval = Duration::from_secs(int_key(
+            "audit_interval_seconds",
+            SECONDS,
+            None,
+            env.found("BBCRAWL_AUDIT_INTERVAL_SECONDS"),
+            in_file(file, |v| v.audit_interval_seconds),
             DEFAULT_AUDIT_INTERVAL_SECONDS,
-        )?;
+        )?);
 
-        let listen = resolve_listen(overrides, &env, file)?;
+        let listen = resolve(
+            "listen",
+            Found::flag("--listen", overrides.listen.clone()),
+            env.found("BBCRAWL_LISTEN"),
+            in_file(file, |v| v.listen.clone()),
+            DEFAULT_LISTEN,
+            |raw| Ok(parse_listen(&raw)?),
+        )?;
         if !listen.ip().is_loopback() {
             warnings.push(format!(
                 "listen address {listen} is not loopback: metrics, health and the query API are reachable from the network"
@@ -345,4 +388,18 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// An integer key through [`resolve`]: text from the environment becomes a number
+/// first, then whichever source wins is range-checked and converted to the key's type.
+fn int_key<T: TryFrom<i64>>(
+    key: &str,
+    range: IntRange,
+    flag: Option<Found<i64>>,
+    env: Option<Found<String>>,
+    file: Option<Found<i64>>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let env = env.map(|f| f.and_then(|text| range.parse_text(&text)));
+    resolve(key, flag, env, file, default, |n| range.check(n))
 }

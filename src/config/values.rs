@@ -2,9 +2,12 @@
 //! dates, integer ranges, comma-separated lists.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use url::Url;
+
+use super::resolve::Refusal;
 
 /// Normalises a workspace given as a name or a bitbucket.org URL to the workspace name.
 ///
@@ -72,6 +75,48 @@ fn workspace_from_url(input: &str) -> Result<String, String> {
         ));
     }
     Ok(first.to_string())
+}
+
+/// Workspace names or URLs, normalised (see [`parse_workspace`]), duplicates removed
+/// with the first occurrence's position kept.
+pub(super) fn parse_workspaces(entries: Vec<String>) -> Result<Vec<String>, Refusal> {
+    let mut names: Vec<String> = Vec::new();
+    for entry in entries {
+        let name = parse_workspace(&entry)?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Glob patterns, trimmed; an empty one is refused, naming its position.
+pub(super) fn parse_patterns(list: Vec<String>) -> Result<Vec<String>, Refusal> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, pattern)| match pattern.trim() {
+            "" => Err(Refusal::entry(i, "a pattern must not be empty")),
+            pattern => Ok(pattern.to_string()),
+        })
+        .collect()
+}
+
+/// A path that is not empty (`--store ""` is a mistake, not the working directory).
+pub(super) fn non_empty_path(path: PathBuf) -> Result<PathBuf, Refusal> {
+    if path.as_os_str().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(path)
+}
+
+/// `since` in the file: a string, or a TOML date / date-time written without quotes
+/// (its `Display` is RFC 3339 shaped), as text for [`parse_since`].
+pub(super) fn toml_date_text(value: toml::Value) -> Result<String, Refusal> {
+    match value {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Datetime(dt) => Ok(dt.to_string()),
+        _ => Err("must be a date (YYYY-MM-DD) or an RFC 3339 date-time".into()),
+    }
 }
 
 /// Splits a comma-separated list, trimming entries and skipping empty ones (so that a
@@ -145,32 +190,44 @@ pub fn parse_instant(raw: &str) -> Option<DateTime<Utc>> {
         .map(|dt| dt.with_timezone(&Utc))
 }
 
-/// Description of an integer key: its names in each source and its range.
-pub(super) struct IntKey {
-    pub(super) key: &'static str,
-    pub(super) flag: Option<&'static str>,
-    pub(super) env: Option<&'static str>,
+/// The accepted range of an integer key.
+#[derive(Clone, Copy)]
+pub(super) struct IntRange {
     pub(super) min: i64,
     pub(super) max: i64,
 }
 
-impl IntKey {
-    /// A key that only the config file sets (SPEC: no environment variable).
-    pub(super) fn file_only(key: &'static str, min: i64, max: i64) -> IntKey {
-        IntKey {
-            key,
-            flag: None,
-            env: None,
-            min,
-            max,
+impl IntRange {
+    /// A number written as text (an environment variable). Digits beyond `i64` are a
+    /// number too large, not "not a number".
+    pub(super) fn parse_text(self, text: &str) -> Result<i64, Refusal> {
+        text.parse::<i64>().map_err(|e| {
+            let message = match e.kind() {
+                std::num::IntErrorKind::PosOverflow => self.out_of_range(true, text),
+                std::num::IntErrorKind::NegOverflow => self.out_of_range(false, text),
+                _ => format!("must be a whole number (got {text:?})"),
+            };
+            Refusal::from(message)
+        })
+    }
+
+    /// `value` if it is in range, as the key's type.
+    pub(super) fn check<T: TryFrom<i64>>(self, value: i64) -> Result<T, Refusal> {
+        if value < self.min || value > self.max {
+            return Err(self
+                .out_of_range(value > self.max, &value.to_string())
+                .into());
         }
+        // Every key's range fits its target type, so this only fails if a range is
+        // declared wider than the type; it still reports rather than truncates.
+        T::try_from(value).map_err(|_| self.out_of_range(value > 0, &value.to_string()).into())
     }
 
     /// What is wrong with `got`, which is above the range when `too_large` and below it
     /// otherwise. A range chosen for the key is given whole; a key whose maximum is only
     /// its type's names the bound that was crossed (a message saying "at least 1" about
     /// 4294967296 would send the user the wrong way).
-    pub(super) fn out_of_range(&self, too_large: bool, got: &str) -> String {
+    fn out_of_range(self, too_large: bool, got: &str) -> String {
         if self.max < i64::from(u32::MAX) {
             format!("must be between {} and {} (got {got})", self.min, self.max)
         } else if too_large {
