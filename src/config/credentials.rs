@@ -1,5 +1,13 @@
 //! Credentials: the three kinds Bitbucket accepts, from `[[credentials]]` tables or
 //! the `BITBUCKET_*` variables, and [`Secret`], which cannot print itself.
+//!
+//! Both places describe a credential the same way — a secret for one kind, given
+//! inline or as a file, and maybe a user name — so both are read into a [`Draft`] and
+//! checked by one function, [`validate`]. What differs is only how messages name the
+//! parts (`credentials[0].username` or `BITBUCKET_USERNAME`), which [`Written`] knows,
+//! and one deliberate leniency: a `BITBUCKET_USERNAME` next to an access token is
+//! ignored with a warning (the variable may be set for other tools in the same shell),
+//! while a `username` in an access token's table is an error.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -114,10 +122,385 @@ pub enum CredentialKind {
     AppPassword,
 }
 
+/// The settings of one credential kind, in the file and in the environment.
+struct KindKeys {
+    kind: CredentialKind,
+    /// Key of the inline secret in a `[[credentials]]` table; `…_file` names its file.
+    key: &'static str,
+    /// The same key naming a file.
+    key_file: &'static str,
+    /// Variable of the inline secret.
+    var: &'static str,
+    /// Variable naming its file.
+    var_file: &'static str,
+}
+
+/// Every kind, in the order its secret is looked for.
+const KINDS: [KindKeys; 3] = [
+    KindKeys {
+        kind: CredentialKind::AccessToken,
+        key: "access_token",
+        key_file: "access_token_file",
+        var: "BITBUCKET_ACCESS_TOKEN",
+        var_file: "BITBUCKET_ACCESS_TOKEN_FILE",
+    },
+    KindKeys {
+        kind: CredentialKind::ApiToken,
+        key: "api_token",
+        key_file: "api_token_file",
+        var: "BITBUCKET_API_TOKEN",
+        var_file: "BITBUCKET_API_TOKEN_FILE",
+    },
+    KindKeys {
+        kind: CredentialKind::AppPassword,
+        key: "password",
+        key_file: "password_file",
+        var: "BITBUCKET_PASSWORD",
+        var_file: "BITBUCKET_PASSWORD_FILE",
+    },
+];
+
+const USERNAME_VAR: &str = "BITBUCKET_USERNAME";
+
+const APP_PASSWORD_WARNING: &str = "app passwords are deprecated: Bitbucket removed them on 2026-07-28; create an Atlassian API token (read:repository:bitbucket) and use it with your Atlassian account e-mail instead";
+
+/// Where a credential is written; decides how messages name its parts.
+enum Written {
+    /// The `index`-th `[[credentials]]` table of the config file at `origin`.
+    Table { index: usize, origin: Origin },
+    /// The `BITBUCKET_*` environment variables.
+    Env,
+}
+
+/// `credentials[N]`, as messages name the N-th table (0-based, as in TOML arrays).
+fn table_name(index: usize) -> String {
+    format!("credentials[{index}]")
+}
+
+/// A credential as written, before any rule is checked.
+struct Draft {
+    written: Written,
+    /// For each kind of [`KINDS`], in order: the inline secret and the secret file.
+    secrets: [(Option<Secret>, Option<PathBuf>); 3],
+    /// The user name, trimmed (a table may hold an empty one).
+    username: Option<String>,
+}
+
 /// Where a credential's secret comes from: inline or a file.
 enum SecretSource {
     Inline(Secret),
     File(PathBuf),
+}
+
+/// The setting that supplied a secret: its key or variable, and where it was set.
+struct Supplied {
+    key: String,
+    origin: Origin,
+}
+
+impl Written {
+    /// How the deprecation warning names an app password: its table, or its variable.
+    fn app_password_name(&self, kind: &KindKeys) -> String {
+        match self {
+            Written::Table { index, .. } => table_name(*index),
+            Written::Env => kind.var.to_string(),
+        }
+    }
+
+    /// The setting of `kind`'s secret, inline or as a file.
+    fn secret_setting(&self, kind: &KindKeys, file: bool) -> Supplied {
+        match self {
+            Written::Table { index, origin } => Supplied {
+                key: format!(
+                    "{}.{}",
+                    table_name(*index),
+                    if file { kind.key_file } else { kind.key }
+                ),
+                origin: origin.clone(),
+            },
+            Written::Env => {
+                let var = if file { kind.var_file } else { kind.var };
+                Supplied {
+                    key: var.to_string(),
+                    origin: Origin::Env(var),
+                }
+            }
+        }
+    }
+
+    /// The user name setting.
+    fn username_setting(&self) -> Supplied {
+        match self {
+            Written::Table { index, origin } => Supplied {
+                key: format!("{}.username", table_name(*index)),
+                origin: origin.clone(),
+            },
+            Written::Env => Supplied {
+                key: USERNAME_VAR.to_string(),
+                origin: Origin::Env(USERNAME_VAR),
+            },
+        }
+    }
+
+    /// `kind`'s secret is given both inline and as a file.
+    fn both_forms(&self, kind: &KindKeys) -> ConfigError {
+        match self {
+            Written::Table { index, origin } => invalid(
+                table_name(*index),
+                origin,
+                format!("set `{}` or `{}`, not both", kind.key, kind.key_file),
+            ),
+            Written::Env => invalid(
+                kind.var,
+                &Origin::Env(kind.var),
+                format!("set {} or {}, not both", kind.var, kind.var_file),
+            ),
+        }
+    }
+
+    /// No secret is given: an error for a table; for the environment, no credential
+    /// unless a user name suggests a forgotten token.
+    fn no_secret(&self, username: Option<&str>) -> Result<Option<Credential>, ConfigError> {
+        match self {
+            Written::Table { index, origin } => Err(invalid(
+                table_name(*index),
+                origin,
+                "needs one of: `access_token` (or `access_token_file`); `username` + `api_token` (or `api_token_file`); `username` + `password` (or `password_file`)",
+            )),
+            // A user name alone is almost certainly a forgotten token; say so now rather
+            // than fail later with "no credentials" or silently use the file's.
+            Written::Env if username.is_some() => Err(invalid(
+                USERNAME_VAR,
+                &Origin::Env(USERNAME_VAR),
+                "is set, but neither BITBUCKET_API_TOKEN nor BITBUCKET_PASSWORD (or their _FILE forms) is",
+            )),
+            Written::Env => Ok(None),
+        }
+    }
+
+    /// Secrets of more than one kind are given.
+    fn several_kinds(&self, supplied: &[Supplied]) -> ConfigError {
+        match self {
+            Written::Table { index, origin } => invalid(
+                table_name(*index),
+                origin,
+                "holds more than one kind of credential (access token, API token, app password): use one `[[credentials]]` table per credential",
+            ),
+            Written::Env => {
+                let names: Vec<&str> = supplied.iter().map(|s| s.key.as_str()).collect();
+                let first = &supplied[0];
+                invalid(
+                    first.key.as_str(),
+                    &first.origin,
+                    format!(
+                        "the environment describes more than one credential ({}): set only one of BITBUCKET_ACCESS_TOKEN, BITBUCKET_API_TOKEN, BITBUCKET_PASSWORD",
+                        names.join(", ")
+                    ),
+                )
+            }
+        }
+    }
+
+    /// An access token comes with a user name, which Bearer has no place for.
+    fn username_with_access_token(&self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+        match self {
+            Written::Table { .. } => {
+                let setting = self.username_setting();
+                Err(invalid(
+                    setting.key,
+                    &setting.origin,
+                    "an access token is sent as Bearer without a user name: remove `username`",
+                ))
+            }
+            // Not an error: the variable may be set for other tools in the same shell.
+            Written::Env => {
+                warnings.push(
+                    "BITBUCKET_USERNAME is ignored: an access token (BITBUCKET_ACCESS_TOKEN) is sent without a user name"
+                        .to_string(),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// How a message names the secret that needs a user name: the table's key
+    /// (`` `api_token` ``) or the variable that was set.
+    fn needing_username(&self, kind: &KindKeys, secret: &Supplied) -> String {
+        match self {
+            Written::Table { .. } => format!("`{}`", kind.key),
+            Written::Env => secret.key.clone(),
+        }
+    }
+
+    /// Where to put an API token instead of an app password.
+    fn api_token_setting(&self) -> &'static str {
+        match self {
+            Written::Table { .. } => "an API token (`api_token`)",
+            Written::Env => "BITBUCKET_API_TOKEN",
+        }
+    }
+}
+
+/// The one set of rules for a credential, wherever it is written: exactly one kind's
+/// secret, inline or from a file; a user name exactly when the kind needs one, shaped
+/// as the kind needs it; a non-empty secret. `Ok(None)`: the environment holds no
+/// credential.
+fn validate(draft: Draft, warnings: &mut Vec<String>) -> Result<Option<Credential>, ConfigError> {
+    let written = &draft.written;
+    let mut given: Vec<(&KindKeys, Supplied, SecretSource)> = Vec::new();
+    for (kind, secret) in KINDS.iter().zip(draft.secrets) {
+        match secret {
+            (Some(_), Some(_)) => return Err(written.both_forms(kind)),
+            (Some(inline), None) => given.push((
+                kind,
+                written.secret_setting(kind, false),
+                SecretSource::Inline(inline),
+            )),
+            (None, Some(path)) => given.push((
+                kind,
+                written.secret_setting(kind, true),
+                SecretSource::File(path),
+            )),
+            (None, None) => {}
+        }
+    }
+    if given.len() > 1 {
+        let supplied: Vec<Supplied> = given.into_iter().map(|(_, s, _)| s).collect();
+        return Err(written.several_kinds(&supplied));
+    }
+    let Some((kind, supplied, source)) = given.pop() else {
+        return written.no_secret(draft.username.as_deref());
+    };
+
+    let username_setting = written.username_setting();
+    let username_error = |message: String| {
+        invalid(
+            username_setting.key.as_str(),
+            &username_setting.origin,
+            message,
+        )
+    };
+    let required_username = |who: &str| {
+        draft
+            .username
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                username_error(format!(
+                    "required with {}: {who}",
+                    written.needing_username(kind, &supplied)
+                ))
+            })
+    };
+    let secret = |source| read_secret(&supplied.key, &supplied.origin, source);
+    let credential = match kind.kind {
+        CredentialKind::AccessToken => {
+            if draft.username.is_some() {
+                written.username_with_access_token(warnings)?;
+            }
+            Credential::AccessToken {
+                token: secret(source)?,
+            }
+        }
+        CredentialKind::ApiToken => {
+            let email = required_username("your Atlassian account e-mail")?;
+            if !looks_like_email(&email) {
+                return Err(username_error(format!("API tokens need your Atlassian account e-mail as username, not a Bitbucket username (got {email:?})")));
+            }
+            Credential::ApiToken {
+                email,
+                token: secret(source)?,
+            }
+        }
+        CredentialKind::AppPassword => {
+            let username = required_username("your Bitbucket username")?;
+            if username.contains('@') {
+                return Err(username_error(format!(
+                    "app passwords need your Bitbucket username, not an e-mail (got {username:?}); with an e-mail, use {}",
+                    written.api_token_setting()
+                )));
+            }
+            let credential = Credential::AppPassword {
+                username,
+                password: secret(source)?,
+            };
+            warnings.push(format!(
+                "{} ({}): {APP_PASSWORD_WARNING}",
+                written.app_password_name(kind),
+                credential.label()
+            ));
+            credential
+        }
+    };
+    Ok(Some(credential))
+}
+
+/// The single credential the `BITBUCKET_*` variables describe, as written.
+fn env_draft(env: &Env<'_>) -> Draft {
+    Draft {
+        written: Written::Env,
+        secrets: KINDS.map(|kind| {
+            (
+                env.get(kind.var).map(Secret::new),
+                env.get(kind.var_file).map(PathBuf::from),
+            )
+        }),
+        username: env.get(USERNAME_VAR),
+    }
+}
+
+/// One `[[credentials]]` table as written; secret files resolve against the file's
+/// directory.
+fn table_draft(file: &LoadedFile, index: usize, table: &FileCredential) -> Draft {
+    let secret = |inline: &Option<FileSecret>, path: &Option<PathBuf>| {
+        (
+            inline.as_ref().map(|s| s.0.clone()),
+            path.as_deref().map(|p| file.resolve(p)),
+        )
+    };
+    Draft {
+        written: Written::Table {
+            index,
+            origin: file.origin(),
+        },
+        secrets: [
+            secret(&table.access_token, &table.access_token_file),
+            secret(&table.api_token, &table.api_token_file),
+            secret(&table.password, &table.password_file),
+        ],
+        username: table.username.as_deref().map(|u| u.trim().to_string()),
+    }
+}
+
+/// The credentials to use: the environment's if it describes one (it replaces the
+/// file's, whose secret files are then not read), else the file's tables in order.
+pub(super) fn resolve_credentials(
+    env: &Env<'_>,
+    file: Option<&LoadedFile>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Credential>, ConfigError> {
+    if let Some(credential) = validate(env_draft(env), warnings)? {
+        if let Some(f) = file {
+            if !f.values.credentials.is_empty() {
+                warnings.push(format!(
+                    "the BITBUCKET_* credential from the environment replaces the {} credential(s) in {}",
+                    f.values.credentials.len(),
+                    f.path.display()
+                ));
+            }
+        }
+        return Ok(vec![credential]);
+    }
+    let Some(f) = file else {
+        return Ok(Vec::new());
+    };
+    // A table without a secret is an error, never `None`, so nothing is dropped here.
+    f.values
+        .credentials
+        .iter()
+        .enumerate()
+        .filter_map(|(i, table)| validate(table_draft(f, i, table), warnings).transpose())
+        .collect()
 }
 
 /// Reads a secret, from a file when needed: trimmed (files usually end with a newline)
@@ -154,269 +537,4 @@ fn looks_like_email(s: &str) -> bool {
         }
         None => false,
     }
-}
-
-const APP_PASSWORD_WARNING: &str = "app passwords are deprecated: Bitbucket removed them on 2026-07-28; create an Atlassian API token (read:repository:bitbucket) and use it with your Atlassian account e-mail instead";
-
-pub(super) fn resolve_credentials(
-    env: &Env<'_>,
-    file: Option<&LoadedFile>,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<Credential>, ConfigError> {
-    if let Some(credential) = env_credential(env, warnings)? {
-        if let Some(f) = file {
-            if !f.values.credentials.is_empty() {
-                warnings.push(format!(
-                    "the BITBUCKET_* credential from the environment replaces the {} credential(s) in {}",
-                    f.values.credentials.len(),
-                    f.path.display()
-                ));
-            }
-        }
-        return Ok(vec![credential]);
-    }
-    let Some(f) = file else {
-        return Ok(Vec::new());
-    };
-    f.values
-        .credentials
-        .iter()
-        .enumerate()
-        .map(|(i, c)| file_credential(f, i, c, warnings))
-        .collect()
-}
-
-/// Validates one `[[credentials]]` table.
-fn file_credential(
-    f: &LoadedFile,
-    index: usize,
-    c: &FileCredential,
-    warnings: &mut Vec<String>,
-) -> Result<Credential, ConfigError> {
-    let name = format!("credentials[{index}]");
-    let origin = f.origin();
-    let access = pick_secret(
-        f,
-        &name,
-        &c.access_token,
-        &c.access_token_file,
-        "access_token",
-    )?;
-    let api = pick_secret(f, &name, &c.api_token, &c.api_token_file, "api_token")?;
-    let password = pick_secret(f, &name, &c.password, &c.password_file, "password")?;
-    let kinds = [access.is_some(), api.is_some(), password.is_some()]
-        .iter()
-        .filter(|set| **set)
-        .count();
-    if kinds == 0 {
-        return Err(invalid(
-            name,
-            &origin,
-            "needs one of: `access_token` (or `access_token_file`); `username` + `api_token` (or `api_token_file`); `username` + `password` (or `password_file`)",
-        ));
-    }
-    if kinds > 1 {
-        return Err(invalid(
-            name,
-            &origin,
-            "holds more than one kind of credential (access token, API token, app password): use one `[[credentials]]` table per credential",
-        ));
-    }
-    let username = c.username.as_deref().map(str::trim);
-    let username_key = format!("{name}.username");
-    if let Some((key, source)) = access {
-        if username.is_some() {
-            return Err(invalid(
-                username_key,
-                &origin,
-                "an access token is sent as Bearer without a user name: remove `username`",
-            ));
-        }
-        let token = read_secret(&key, &origin, source)?;
-        return Ok(Credential::AccessToken { token });
-    }
-    let username = match username {
-        Some(u) if !u.is_empty() => u.to_string(),
-        _ => {
-            return Err(invalid(
-                username_key,
-                &origin,
-                if api.is_some() {
-                    "required with `api_token`: your Atlassian account e-mail"
-                } else {
-                    "required with `password`: your Bitbucket username"
-                },
-            ))
-        }
-    };
-    if let Some((key, source)) = api {
-        if !looks_like_email(&username) {
-            return Err(invalid(
-                username_key,
-                &origin,
-                format!("API tokens need your Atlassian account e-mail as username, not a Bitbucket username (got {username:?})"),
-            ));
-        }
-        let token = read_secret(&key, &origin, source)?;
-        return Ok(Credential::ApiToken {
-            email: username,
-            token,
-        });
-    }
-    let Some((key, source)) = password else {
-        // `kinds == 1` and neither access nor api is set, so password is.
-        return Err(invalid(name, &origin, "no credential kind recognised"));
-    };
-    if username.contains('@') {
-        return Err(invalid(
-            username_key,
-            &origin,
-            format!("app passwords need your Bitbucket username, not an e-mail (got {username:?}); with an e-mail, use an API token (`api_token`)"),
-        ));
-    }
-    let password = read_secret(&key, &origin, source)?;
-    let credential = Credential::AppPassword { username, password };
-    warnings.push(format!(
-        "{name} ({}): {APP_PASSWORD_WARNING}",
-        credential.label()
-    ));
-    Ok(credential)
-}
-
-/// One kind's secret in a `[[credentials]]` table: inline or `*_file`, at most one of
-/// them. Returns the key that supplied it (for errors) and where to read it.
-fn pick_secret(
-    f: &LoadedFile,
-    name: &str,
-    inline: &Option<FileSecret>,
-    path: &Option<PathBuf>,
-    key: &str,
-) -> Result<Option<(String, SecretSource)>, ConfigError> {
-    match (inline, path) {
-        (Some(_), Some(_)) => Err(invalid(
-            name,
-            &f.origin(),
-            format!("set `{key}` or `{key}_file`, not both"),
-        )),
-        (Some(secret), None) => Ok(Some((
-            format!("{name}.{key}"),
-            SecretSource::Inline(secret.0.clone()),
-        ))),
-        (None, Some(path)) => Ok(Some((
-            format!("{name}.{key}_file"),
-            SecretSource::File(f.resolve(path)),
-        ))),
-        (None, None) => Ok(None),
-    }
-}
-
-/// The single credential the `BITBUCKET_*` variables describe, if any.
-fn env_credential(
-    env: &Env<'_>,
-    warnings: &mut Vec<String>,
-) -> Result<Option<Credential>, ConfigError> {
-    // For each kind: (inline variable, file variable) → the variable that supplied it and the source.
-    let pick = |inline: &'static str,
-                file: &'static str|
-     -> Result<Option<(&'static str, SecretSource)>, ConfigError> {
-        match (env.get(inline), env.get(file)) {
-            (Some(_), Some(_)) => Err(invalid(
-                inline,
-                &Origin::Env(inline),
-                format!("set {inline} or {file}, not both"),
-            )),
-            (Some(value), None) => Ok(Some((inline, SecretSource::Inline(Secret::new(value))))),
-            (None, Some(path)) => Ok(Some((file, SecretSource::File(PathBuf::from(path))))),
-            (None, None) => Ok(None),
-        }
-    };
-    let access = pick("BITBUCKET_ACCESS_TOKEN", "BITBUCKET_ACCESS_TOKEN_FILE")?;
-    let api = pick("BITBUCKET_API_TOKEN", "BITBUCKET_API_TOKEN_FILE")?;
-    let password = pick("BITBUCKET_PASSWORD", "BITBUCKET_PASSWORD_FILE")?;
-    let username = env.get("BITBUCKET_USERNAME");
-    let username_origin = Origin::Env("BITBUCKET_USERNAME");
-
-    let present: Vec<&'static str> = [&access, &api, &password]
-        .iter()
-        .filter_map(|k| k.as_ref().map(|(var, _)| *var))
-        .collect();
-    if present.len() > 1 {
-        return Err(invalid(
-            present[0],
-            &Origin::Env(present[0]),
-            format!(
-                "the environment describes more than one credential ({}): set only one of BITBUCKET_ACCESS_TOKEN, BITBUCKET_API_TOKEN, BITBUCKET_PASSWORD",
-                present.join(", ")
-            ),
-        ));
-    }
-    let secret =
-        |var: &'static str, source: SecretSource| read_secret(var, &Origin::Env(var), source);
-    if let Some((var, source)) = access {
-        if username.is_some() {
-            // Not an error: the variable may be set for other tools in the same shell.
-            warnings.push(
-                "BITBUCKET_USERNAME is ignored: an access token (BITBUCKET_ACCESS_TOKEN) is sent without a user name"
-                    .to_string(),
-            );
-        }
-        return Ok(Some(Credential::AccessToken {
-            token: secret(var, source)?,
-        }));
-    }
-    if let Some((var, source)) = api {
-        let Some(email) = username else {
-            return Err(invalid(
-                "BITBUCKET_USERNAME",
-                &username_origin,
-                format!("required with {var}: your Atlassian account e-mail"),
-            ));
-        };
-        if !looks_like_email(&email) {
-            return Err(invalid(
-                "BITBUCKET_USERNAME",
-                &username_origin,
-                format!("API tokens need your Atlassian account e-mail as username, not a Bitbucket username (got {email:?})"),
-            ));
-        }
-        return Ok(Some(Credential::ApiToken {
-            email,
-            token: secret(var, source)?,
-        }));
-    }
-    if let Some((var, source)) = password {
-        let Some(username) = username else {
-            return Err(invalid(
-                "BITBUCKET_USERNAME",
-                &username_origin,
-                format!("required with {var}: your Bitbucket username"),
-            ));
-        };
-        if username.contains('@') {
-            return Err(invalid(
-                "BITBUCKET_USERNAME",
-                &username_origin,
-                format!("app passwords need your Bitbucket username, not an e-mail (got {username:?}); with an e-mail, use BITBUCKET_API_TOKEN"),
-            ));
-        }
-        let credential = Credential::AppPassword {
-            username,
-            password: secret(var, source)?,
-        };
-        warnings.push(format!(
-            "BITBUCKET_PASSWORD ({}): {APP_PASSWORD_WARNING}",
-            credential.label()
-        ));
-        return Ok(Some(credential));
-    }
-    if username.is_some() {
-        // A user name alone is almost certainly a forgotten token; say so now rather
-        // than fail later with "no credentials" or silently use the file's.
-        return Err(invalid(
-            "BITBUCKET_USERNAME",
-            &username_origin,
-            "is set, but neither BITBUCKET_API_TOKEN nor BITBUCKET_PASSWORD (or their _FILE forms) is",
-        ));
-    }
-    Ok(None)
 }
