@@ -233,7 +233,6 @@ fn failure_code(e: &PassError) -> &'static str {
             crate::verify::VerifyCode::of(source).map_or("api_error", |c| c.as_str())
         }
         PassError::Store(_) => "store_error",
-        PassError::Glob { .. } => "invalid_glob",
         PassError::Internal(_) => "internal",
     }
 }
@@ -404,7 +403,7 @@ async fn record_pass(
 ) -> Option<PassError> {
     let now = Utc::now();
     metrics::gauge!(telemetry::SYNC_DURATION).set(elapsed.as_secs_f64());
-    let mut fatal = None;
+    let fatal = None;
     {
         let mut h = health.write().unwrap_or_else(|e| e.into_inner());
         h.passes += 1;
@@ -451,9 +450,6 @@ async fn record_pass(
                     code,
                     message: e.to_string(),
                 });
-                if matches!(e, PassError::Glob { .. }) {
-                    fatal = Some(e);
-                }
             }
         }
     }

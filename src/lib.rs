@@ -14,7 +14,7 @@
 //! - [`actors`]    supervisor, repository and writer actors: the crawl (the only place actix appears).
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
 //! - [`remote`]    `query`/`show`/`export` asking a running daemon when it holds the store.
-//! - [`schedule`]  which repositories a pass crawls, in what order and how far (change gate, audits).
+//! - [`schedule`]  which repositories a pass crawls, in what order and how far (slug filter, change gate, audits).
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
 //! - [`telemetry`] every metric's name, unit, description and buckets; the Prometheus recorder.
 //! - [`daemon`]    `bbcrawl run`: a pass every interval, graceful stop, the HTTP endpoint

@@ -354,7 +354,6 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
     let api = match err.downcast_ref::<PassError>() {
         Some(PassError::Api { source, .. }) => Some(source),
         Some(PassError::Store(StoreError::Locked { .. })) => return exit::LOCKED,
-        Some(PassError::Glob { .. }) => return exit::USAGE,
         _ => err.downcast_ref::<ApiError>(),
     };
     api.and_then(verify::VerifyCode::of)
@@ -569,8 +568,7 @@ async fn sync(
 fn pass_options(cfg: &Config, only: Vec<String>, full: bool) -> PassOptions {
     PassOptions {
         workspaces: cfg.workspaces.clone(),
-        include: cfg.include.clone(),
-        exclude: cfg.exclude.clone(),
+        slugs: cfg.slugs.clone(),
         only,
         full,
         since: cfg.since,

@@ -89,8 +89,8 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!(config.api_url.as_str(), "https://api.bitbucket.org/2.0");
     assert_eq!(config.api_base(), "https://api.bitbucket.org/2.0");
     assert_eq!(config.store, PathBuf::from("./bbcrawl-data"));
-    assert!(config.include.is_empty());
-    assert!(config.exclude.is_empty());
+    assert!(config.slugs.include().is_empty());
+    assert!(config.slugs.exclude().is_empty());
     assert_eq!(config.since, None);
     assert_eq!(config.requests_per_hour, 1000);
     assert_eq!(config.max_in_flight, 4);
@@ -230,8 +230,8 @@ audit_interval_seconds = 3600
 "#,
     );
     let config = load(&path, &[]).unwrap();
-    assert_eq!(config.include, ["api-*", "web"]);
-    assert_eq!(config.exclude, ["*-archive"]);
+    assert_eq!(config.slugs.include(), ["api-*", "web"]);
+    assert_eq!(config.slugs.exclude(), ["*-archive"]);
     assert_eq!(
         config.since.unwrap().to_rfc3339(),
         "2024-05-01T10:30:00+00:00"
@@ -255,8 +255,8 @@ fn env_lists_and_intervals_are_read() {
         ("BBCRAWL_AUDIT_INTERVAL_SECONDS", "7200"),
     ];
     let config = Config::load_with_env(&Overrides::default(), &env_of(&env)).unwrap();
-    assert_eq!(config.include, ["api-*", "web"]);
-    assert_eq!(config.exclude, ["*-archive"]);
+    assert_eq!(config.slugs.include(), ["api-*", "web"]);
+    assert_eq!(config.slugs.exclude(), ["*-archive"]);
     assert_eq!(
         config.since.unwrap().to_rfc3339(),
         "2024-05-01T00:00:00+00:00"

@@ -53,6 +53,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use url::Url;
 
+use crate::schedule::{SlugFilter, SlugGlobs};
+
 pub use credentials::{Credential, CredentialKind, Secret};
 pub use error::ConfigError;
 pub use file::{read_small_file, FileReadError, MAX_FILE_BYTES};
@@ -62,7 +64,7 @@ use credentials::resolve_credentials;
 use file::{in_file, read_file};
 use resolve::{invalid, resolve, Env, Found, Origin};
 use values::{
-    non_empty_path, parse_api_url, parse_listen, parse_patterns, parse_since, parse_workspaces,
+    non_empty_path, parse_api_url, parse_globs, parse_listen, parse_since, parse_workspaces,
     split_list, toml_date_text, IntRange,
 };
 /// Default `api_url`: the Bitbucket Cloud REST API.
@@ -122,10 +124,9 @@ pub struct Config {
     pub api_url: Url,
     /// Store directory.
     pub store: PathBuf,
-    /// Glob patterns on repository slugs to crawl; empty means all.
-    pub include: Vec<String>,
-    /// Glob patterns on repository slugs to skip.
-    pub exclude: Vec<String>,
+    /// Which repositories to crawl: the `include` and `exclude` globs on slugs,
+    /// compiled (an invalid glob is a configuration error).
+    pub slugs: SlugFilter,
     /// Do not fetch commits older than this on a first crawl.
     pub since: Option<DateTime<Utc>>,
     /// Request budget per credential per rolling hour (at least 1).
@@ -250,21 +251,21 @@ impl Config {
             PathBuf::from(DEFAULT_STORE),
             non_empty_path,
         )?;
-        let include = resolve(
+        let include: SlugGlobs = resolve(
             "include",
             None,
             env.list("BBCRAWL_INCLUDE"),
             in_file(file, |v| v.include.clone()),
-            Vec::new(),
-            parse_patterns,
+            SlugGlobs::default(),
+            parse_globs,
         )?;
-        let exclude = resolve(
+        let exclude: SlugGlobs = resolve(
             "exclude",
             None,
             env.list("BBCRAWL_EXCLUDE"),
             in_file(file, |v| v.exclude.clone()),
-            Vec::new(),
-            parse_patterns,
+            SlugGlobs::default(),
+            parse_globs,
         )?;
         let since = resolve(
             "since",
@@ -372,8 +373,7 @@ impl Config {
             workspaces,
             api_url,
             store,
-            include,
-            exclude,
+            slugs: SlugFilter::new(include, exclude),
             since,
             requests_per_hour,
             max_in_flight,

@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use url::Url;
 
 use super::resolve::Refusal;
+use crate::schedule::{GlobError, SlugGlobs};
 
 /// Normalises a workspace given as a name or a bitbucket.org URL to the workspace name.
 ///
@@ -90,15 +91,21 @@ pub(super) fn parse_workspaces(entries: Vec<String>) -> Result<Vec<String>, Refu
     Ok(names)
 }
 
-/// Glob patterns, trimmed; an empty one is refused, naming its position.
-pub(super) fn parse_patterns(list: Vec<String>) -> Result<Vec<String>, Refusal> {
-    list.into_iter()
+/// Glob patterns on slugs, trimmed and compiled; an empty or invalid one is refused,
+/// naming its position.
+pub(super) fn parse_globs(list: Vec<String>) -> Result<SlugGlobs, Refusal> {
+    let patterns = list
+        .into_iter()
         .enumerate()
         .map(|(i, pattern)| match pattern.trim() {
             "" => Err(Refusal::entry(i, "a pattern must not be empty")),
             pattern => Ok(pattern.to_string()),
         })
-        .collect()
+        .collect::<Result<Vec<String>, Refusal>>()?;
+    SlugGlobs::new(patterns).map_err(|e| match e {
+        GlobError::Invalid { index, .. } => Refusal::entry(index, e.to_string()),
+        GlobError::Compile { .. } => Refusal::from(e.to_string()),
+    })
 }
 
 /// A path that is not empty (`--store ""` is a mistake, not the working directory).
