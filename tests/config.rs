@@ -648,6 +648,34 @@ fn bad_values_name_their_key() {
 }
 
 #[test]
+fn a_bad_glob_names_its_entry_and_where_it_was_set() {
+    let dir = Dir::new();
+    let path = dir.config("include = [\"api-*\"]\nexclude = [\"old-*\", \"{a,b\"]\n");
+    let err = load(&path, &[]).unwrap_err();
+    assert_eq!(err.key(), Some("exclude[1]"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "invalid value for `exclude[1]` (from {}): not a valid glob: unclosed alternate group; missing '}}' (maybe escape '{{' with '[{{]'?) (got \"{{a,b\")",
+            path.display()
+        )
+    );
+
+    let env = [("BBCRAWL_INCLUDE", "web, api-[")];
+    let err = load(&path, &env).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid value for `include[1]` (from BBCRAWL_INCLUDE): not a valid glob: unclosed character class; missing ']' (got \"api-[\")"
+    );
+
+    let good = dir.config("include = [\"api-*\", \" web \"]\nexclude = [\"api-old\"]\n");
+    let config = load(&good, &[]).unwrap();
+    assert_eq!(config.slugs.include(), ["api-*", "web"]);
+    assert!(config.slugs.wants("api-new") && config.slugs.wants("web"));
+    assert!(!config.slugs.wants("api-old") && !config.slugs.wants("docs"));
+}
+
+#[test]
 fn unknown_keys_are_rejected_with_their_table() {
     let dir = Dir::new();
     let path = dir.config("[[credentials]]\naccess_token_file = \"t\"\ntokn = \"x\"\n");
