@@ -67,6 +67,7 @@ use values::{
     non_empty_path, parse_api_url, parse_globs, parse_listen, parse_since, parse_workspaces,
     split_list, toml_date_text, IntRange,
 };
+
 /// Default `api_url`: the Bitbucket Cloud REST API.
 pub const DEFAULT_API_URL: &str = "https://api.bitbucket.org/2.0";
 /// Default `store` directory, relative to the working directory.
@@ -390,7 +391,7 @@ impl Config {
     }
 }
 
-/// An integer key through [`resolve`]: text from the environment becomes a number
+/// An integer key through [`resolve()`]: text from the environment becomes a number
 /// first, then whichever source wins is range-checked and converted to the key's type.
 fn int_key<T: TryFrom<i64>>(
     key: &str,
