@@ -18,8 +18,8 @@
 //! Crawling:
 //! - [`actors`]    the crawl: supervisor, repository and writer actors (the only place
 //!   actix appears); the writer owns every store write and flush.
-//! - [`schedule`]  which repositories a pass crawls, in what order and how far (change
-//!   gate, audits).
+//! - [`schedule`]  which repositories a pass crawls, in what order and how far (slug
+//!   filter, change gate, audits).
 //! - [`bitbucket`] the API: models, client (auth, paging, origin and cycle checks,
 //!   retries), rate budget.
 //! - [`store`]     everything sled: key layout, encoding, schema, atomic batches.

@@ -1,6 +1,11 @@
 //! Which repositories a pass crawls, in what order, and how far (issue 6:
 //! freshness at scale).
 //!
+//! First the user's choice: [`SlugFilter`], the `include` / `exclude` globs on
+//! repository slugs, compiled when the configuration is loaded (so a bad glob is a
+//! configuration error for every command, not a failed pass). Then the change gate
+//! below, over the repositories the filter wants.
+//!
 //! Every pass reads the whole listing anyway; the listing's `updated_on`
 //! and `mainbranch` tell which repositories changed. A repository gets a
 //! commits request only if it is new, changed, has an unfinished walk,
@@ -20,6 +25,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::bitbucket::models::Repository;
 use crate::record::{RepoState, RepoStatus};
@@ -208,6 +214,104 @@ fn fnv1a(s: &str) -> u64 {
     h
 }
 
+/// Which repositories the user wants, by slug: a slug is wanted when `include` is
+/// empty or one of its globs matches, and no `exclude` glob matches. The default wants
+/// every repository.
+#[derive(Clone, Debug, Default)]
+pub struct SlugFilter {
+    include: SlugGlobs,
+    exclude: SlugGlobs,
+}
+
+impl SlugFilter {
+    /// The filter of an `include` and an `exclude` list.
+    pub fn new(include: SlugGlobs, exclude: SlugGlobs) -> SlugFilter {
+        SlugFilter { include, exclude }
+    }
+
+    /// Whether the repository `slug` is crawled.
+    pub fn wants(&self, slug: &str) -> bool {
+        (self.include.is_empty() || self.include.matches(slug)) && !self.exclude.matches(slug)
+    }
+
+    /// The `include` patterns as configured.
+    pub fn include(&self) -> &[String] {
+        &self.include.patterns
+    }
+
+    /// The `exclude` patterns as configured.
+    pub fn exclude(&self) -> &[String] {
+        &self.exclude.patterns
+    }
+}
+
+/// One list of glob patterns on repository slugs (`include` or `exclude`), compiled.
+/// Globs use `globset`'s defaults: case-sensitive, and `*` also crosses `/` (slugs
+/// have none).
+#[derive(Clone, Default)]
+pub struct SlugGlobs {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl SlugGlobs {
+    /// Compiles `patterns`; an invalid one is reported with its position.
+    pub fn new(patterns: Vec<String>) -> Result<SlugGlobs, GlobError> {
+        let mut builder = GlobSetBuilder::new();
+        for (index, pattern) in patterns.iter().enumerate() {
+            let glob = Glob::new(pattern).map_err(|e| GlobError::Invalid {
+                index,
+                pattern: pattern.clone(),
+                reason: e.kind().to_string(),
+            })?;
+            builder.add(glob);
+        }
+        let set = builder.build().map_err(|e| GlobError::Compile {
+            reason: e.to_string(),
+        })?;
+        Ok(SlugGlobs { patterns, set })
+    }
+
+    /// No patterns.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Whether any pattern matches `slug`.
+    pub fn matches(&self, slug: &str) -> bool {
+        self.set.is_match(slug)
+    }
+}
+
+impl std::fmt::Debug for SlugGlobs {
+    // The patterns say it all; the compiled set would print every regex.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.patterns).finish()
+    }
+}
+
+/// Why a list of slug globs could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum GlobError {
+    /// A pattern is not a valid glob.
+    #[error("not a valid glob: {reason} (got {pattern:?})")]
+    Invalid {
+        /// Its position in the list (0-based).
+        index: usize,
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it, as `globset` says.
+        reason: String,
+    },
+    /// Every pattern is valid, but together they could not be compiled (the matcher
+    /// grew beyond `globset`'s size limit).
+    #[error("cannot compile the globs: {reason}")]
+    Compile {
+        /// As `globset` says.
+        reason: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +343,44 @@ mod tests {
         assert!(checked
             .iter()
             .all(|c| *c > start + chrono::Duration::hours(24)));
+    }
+
+    fn globs(patterns: &[&str]) -> SlugGlobs {
+        SlugGlobs::new(patterns.iter().map(|p| p.to_string()).collect()).unwrap()
+    }
+
+    #[test]
+    fn slug_filter_wants_included_slugs_that_are_not_excluded() {
+        let filter = SlugFilter::new(globs(&["api-*", "web"]), globs(&["*-archive"]));
+        assert!(filter.wants("api-gateway"));
+        assert!(filter.wants("web"));
+        assert!(!filter.wants("api-archive"));
+        assert!(!filter.wants("website"));
+        assert!(!filter.wants("API-gateway"), "globs are case-sensitive");
+        assert_eq!(filter.include(), ["api-*", "web"]);
+        assert_eq!(filter.exclude(), ["*-archive"]);
+    }
+
+    #[test]
+    fn default_slug_filter_wants_everything() {
+        let filter = SlugFilter::default();
+        assert!(filter.wants("anything"));
+        assert!(filter.include().is_empty() && filter.exclude().is_empty());
+        let only_excluded = SlugFilter::new(SlugGlobs::default(), globs(&["old-*"]));
+        assert!(only_excluded.wants("new"));
+        assert!(!only_excluded.wants("old-one"));
+    }
+
+    #[test]
+    fn an_invalid_glob_names_its_position() {
+        let err = SlugGlobs::new(vec!["ok".into(), "api-[".into()]).unwrap_err();
+        assert!(
+            matches!(err, GlobError::Invalid { index: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "not a valid glob: unclosed character class; missing ']' (got \"api-[\")"
+        );
     }
 }

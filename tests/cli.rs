@@ -48,6 +48,38 @@ async fn a_bad_value_exits_2_and_names_the_key() {
 }
 
 #[tokio::test]
+async fn a_bad_glob_is_exit_2_for_every_command_including_run() {
+    // Globs are compiled with the rest of the configuration: `run` refuses to start
+    // (no store, no endpoint) instead of failing its first pass, and every command
+    // names the key and where it was set.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store_s = store.to_string_lossy().into_owned();
+    let env = [
+        ("BBCRAWL_API_URL", "http://127.0.0.1:9/2.0"),
+        ("BBCRAWL_WORKSPACES", WS),
+        ("BITBUCKET_ACCESS_TOKEN", TOKEN),
+        ("BBCRAWL_STORE", store_s.as_str()),
+        ("BBCRAWL_LISTEN", "127.0.0.1:0"),
+        ("BBCRAWL_INCLUDE", "api-*, api-["),
+    ];
+    for args in [vec!["sync"], vec!["run"], vec!["query", "repos"]] {
+        let o = bbcrawl(dir.path(), &args, &env).await;
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("invalid value for `include[1]` (from BBCRAWL_INCLUDE): not a valid glob: unclosed character class; missing ']' (got \"api-[\")"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("serving"),
+            "{args:?} started the endpoint: {err}"
+        );
+        assert!(!store.exists(), "{args:?} created the store");
+    }
+}
+
+#[tokio::test]
 async fn an_error_names_each_cause_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.toml");

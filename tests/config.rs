@@ -89,8 +89,8 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!(config.api_url.as_str(), "https://api.bitbucket.org/2.0");
     assert_eq!(config.api_base(), "https://api.bitbucket.org/2.0");
     assert_eq!(config.store, PathBuf::from("./bbcrawl-data"));
-    assert!(config.include.is_empty());
-    assert!(config.exclude.is_empty());
+    assert!(config.slugs.include().is_empty());
+    assert!(config.slugs.exclude().is_empty());
     assert_eq!(config.since, None);
     assert_eq!(config.requests_per_hour, 1000);
     assert_eq!(config.max_in_flight, 4);
@@ -230,8 +230,8 @@ audit_interval_seconds = 3600
 "#,
     );
     let config = load(&path, &[]).unwrap();
-    assert_eq!(config.include, ["api-*", "web"]);
-    assert_eq!(config.exclude, ["*-archive"]);
+    assert_eq!(config.slugs.include(), ["api-*", "web"]);
+    assert_eq!(config.slugs.exclude(), ["*-archive"]);
     assert_eq!(
         config.since.unwrap().to_rfc3339(),
         "2024-05-01T10:30:00+00:00"
@@ -255,8 +255,8 @@ fn env_lists_and_intervals_are_read() {
         ("BBCRAWL_AUDIT_INTERVAL_SECONDS", "7200"),
     ];
     let config = Config::load_with_env(&Overrides::default(), &env_of(&env)).unwrap();
-    assert_eq!(config.include, ["api-*", "web"]);
-    assert_eq!(config.exclude, ["*-archive"]);
+    assert_eq!(config.slugs.include(), ["api-*", "web"]);
+    assert_eq!(config.slugs.exclude(), ["*-archive"]);
     assert_eq!(
         config.since.unwrap().to_rfc3339(),
         "2024-05-01T00:00:00+00:00"
@@ -645,6 +645,34 @@ fn bad_values_name_their_key() {
         let err = error_text(toml);
         assert!(err.contains(key), "{toml:?} gave: {err}");
     }
+}
+
+#[test]
+fn a_bad_glob_names_its_entry_and_where_it_was_set() {
+    let dir = Dir::new();
+    let path = dir.config("include = [\"api-*\"]\nexclude = [\"old-*\", \"{a,b\"]\n");
+    let err = load(&path, &[]).unwrap_err();
+    assert_eq!(err.key(), Some("exclude[1]"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "invalid value for `exclude[1]` (from {}): not a valid glob: unclosed alternate group; missing '}}' (maybe escape '{{' with '[{{]'?) (got \"{{a,b\")",
+            path.display()
+        )
+    );
+
+    let env = [("BBCRAWL_INCLUDE", "web, api-[")];
+    let err = load(&path, &env).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid value for `include[1]` (from BBCRAWL_INCLUDE): not a valid glob: unclosed character class; missing ']' (got \"api-[\")"
+    );
+
+    let good = dir.config("include = [\"api-*\", \" web \"]\nexclude = [\"api-old\"]\n");
+    let config = load(&good, &[]).unwrap();
+    assert_eq!(config.slugs.include(), ["api-*", "web"]);
+    assert!(config.slugs.wants("api-new") && config.slugs.wants("web"));
+    assert!(!config.slugs.wants("api-old") && !config.slugs.wants("docs"));
 }
 
 #[test]

@@ -8,7 +8,6 @@ use std::time::Instant;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, SyncArbiter};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::repository::{Crawl, RepoActor, RepoJob, RepoOutcome};
 use super::writer::{Flush, PutMeta, PutRepo, Writer};
@@ -16,7 +15,7 @@ use super::{PassEvent, PassObserver, PassSummary, StopFlag, WriterQueue};
 use crate::bitbucket::models::Repository;
 use crate::bitbucket::{ApiError, BitbucketClient};
 use crate::record::{RepoEventKind, RepoState, RepoStatus};
-use crate::schedule::{self, PlanInput, Reason};
+use crate::schedule::{self, PlanInput, Reason, SlugFilter};
 use crate::store::{keys, Store, StoreError};
 
 /// What one pass covers.
@@ -24,10 +23,8 @@ use crate::store::{keys, Store, StoreError};
 pub struct PassOptions {
     /// Workspaces to crawl.
     pub workspaces: Vec<String>,
-    /// Globs on slugs to include (empty = all).
-    pub include: Vec<String>,
-    /// Globs on slugs to exclude.
-    pub exclude: Vec<String>,
+    /// Which repositories to crawl by slug (the default: all).
+    pub slugs: SlugFilter,
     /// Only these slugs (`sync --repo`), if any.
     pub only: Vec<String>,
     /// Re-walk every default branch.
@@ -56,14 +53,6 @@ pub enum PassError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// An include/exclude glob does not parse.
-    #[error("invalid glob {glob:?}: {message}")]
-    Glob {
-        /// The glob.
-        glob: String,
-        /// Why.
-        message: String,
-    },
     /// The actor system failed (a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,12 +60,11 @@ pub enum PassError {
 
 impl PassError {
     /// The exit code: the `verify` code of an API error (3, 4, 5, else 1),
-    /// the store's for a store error, 2 for a bad glob, else 1.
+    /// the store's for a store error, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             PassError::Api { source, .. } => source.exit_code(),
             PassError::Store(e) => e.exit_code(),
-            PassError::Glob { .. } => crate::exit::USAGE,
             PassError::Internal(_) => crate::exit::RUNTIME,
         }
     }
@@ -249,23 +237,6 @@ struct Pass {
     opts: PassOptions,
 }
 
-fn globset(globs: &[String]) -> Result<Option<GlobSet>, PassError> {
-    if globs.is_empty() {
-        return Ok(None);
-    }
-    let mut b = GlobSetBuilder::new();
-    for g in globs {
-        b.add(Glob::new(g).map_err(|e| PassError::Glob {
-            glob: g.clone(),
-            message: e.to_string(),
-        })?);
-    }
-    b.build().map(Some).map_err(|e| PassError::Glob {
-        glob: globs.join(","),
-        message: e.to_string(),
-    })
-}
-
 impl Pass {
     async fn run(self) -> Result<PassSummary, PassError> {
         let started = Instant::now();
@@ -274,8 +245,6 @@ impl Pass {
             started_at: Some(Utc::now()),
             ..PassSummary::default()
         };
-        let include = globset(&self.opts.include)?;
-        let exclude = globset(&self.opts.exclude)?;
         let only: HashSet<&str> = self.opts.only.iter().map(String::as_str).collect();
         let queue = Arc::new(WriterQueue::default());
 
@@ -328,8 +297,7 @@ impl Pass {
                     continue;
                 }
                 let wanted = (only.is_empty() || only.contains(slug.as_str()))
-                    && include.as_ref().is_none_or(|g| g.is_match(&slug))
-                    && !exclude.as_ref().is_some_and(|g| g.is_match(&slug));
+                    && self.opts.slugs.wants(&slug);
                 if wanted {
                     wanted_repos.push((ws.clone(), slug, listing));
                 }

@@ -44,8 +44,7 @@ pub(super) fn require_api_config(cfg: &Config) -> Result<(), CliError> {
 fn pass_options(cfg: &Config, only: Vec<String>, full: bool) -> PassOptions {
     PassOptions {
         workspaces: cfg.workspaces.clone(),
-        include: cfg.include.clone(),
-        exclude: cfg.exclude.clone(),
+        slugs: cfg.slugs.clone(),
         only,
         full,
         since: cfg.since,

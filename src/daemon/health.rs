@@ -62,7 +62,6 @@ pub(super) fn failure_code(e: &PassError) -> &'static str {
             crate::verify::VerifyCode::of(source).map_or("api_error", |c| c.as_str())
         }
         PassError::Store(_) => "store_error",
-        PassError::Glob { .. } => "invalid_glob",
         PassError::Internal(_) => "internal",
     }
 }

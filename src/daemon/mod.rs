@@ -36,7 +36,7 @@ pub use address::{
     clear_stale_address, read_address, DaemonAddress, ADDRESS_FILE, PID_HEADER, STORE_ID_HEADER,
 };
 
-use crate::actors::{Crawler, PassError, PassObserver, PassOptions};
+use crate::actors::{Crawler, PassObserver, PassOptions};
 use crate::bitbucket::BitbucketClient;
 use crate::store::Store;
 use api::AppState;
@@ -87,18 +87,13 @@ pub enum DaemonError {
     /// The signal handlers could not be installed.
     #[error("cannot watch for SIGTERM / SIGINT: {0}")]
     Signals(#[source] io::Error),
-    /// A pass failed in a way no later pass can fix (an invalid glob).
-    #[error(transparent)]
-    Pass(PassError),
 }
 
 impl DaemonError {
-    /// The exit code: a pass's own, else 1.
+    /// The exit code: 1 (a configuration the daemon cannot use is refused,
+    /// exit 2, before it starts).
     pub fn exit_code(&self) -> u8 {
-        match self {
-            DaemonError::Pass(e) => e.exit_code(),
-            _ => crate::exit::RUNTIME,
-        }
+        crate::exit::RUNTIME
     }
 }
 
@@ -208,7 +203,7 @@ pub async fn run(
         }
     });
 
-    let result = passes(&crawler, &store, &opts, &health, &mut stop_rx).await;
+    passes(&crawler, &store, &opts, &health, &mut stop_rx).await;
 
     // Stop serving: in-flight answers get a moment to finish.
     let _ = server_stop_tx.send(());
@@ -223,5 +218,5 @@ pub async fn run(
         tracing::warn!(path = %address_file.display(), error = %e, "cannot remove the address file");
     }
     tracing::info!("stopped");
-    result
+    Ok(())
 }

@@ -9,7 +9,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use super::health::{failure_code, Health};
-use super::{DaemonError, DaemonOptions};
+use super::DaemonOptions;
 use crate::actors::{Crawler, PassEnd, PassError, PassSummary};
 use crate::record::RepoTotals;
 use crate::store::Store;
@@ -30,7 +30,7 @@ pub(super) async fn passes(
     opts: &DaemonOptions,
     health: &RwLock<Health>,
     stop_rx: &mut watch::Receiver<bool>,
-) -> Result<(), DaemonError> {
+) {
     loop {
         let started = Instant::now();
         let mut stop = stop_rx.clone();
@@ -40,33 +40,30 @@ pub(super) async fn passes(
         {
             PassEnd::Finished(r) => (r, *stop_rx.borrow()),
             PassEnd::Stopped((), r) => (r, true),
-            PassEnd::Abandoned(()) => return Ok(()),
+            PassEnd::Abandoned(()) => return,
         };
-        let fatal = record_pass(result, started.elapsed(), store, health).await;
-        if let Some(e) = fatal {
-            return Err(DaemonError::Pass(e));
-        }
+        record_pass(result, started.elapsed(), store, health).await;
         if stopping {
-            return Ok(());
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(opts.interval) => {}
-            _ = stopped(stop_rx) => return Ok(()),
+            _ = stopped(stop_rx) => return,
         }
     }
 }
 
-/// Logs a pass, updates `/healthz` and the metrics. Returns the error if
-/// no later pass can succeed.
+/// Logs a pass, updates `/healthz` and the metrics. A pass that failed as
+/// a whole is retried at the next interval: every such failure (401, 403, a
+/// listing that cannot be read, the store) may go away.
 async fn record_pass(
     result: Result<PassSummary, PassError>,
     elapsed: Duration,
     store: &Arc<Store>,
     health: &RwLock<Health>,
-) -> Option<PassError> {
+) {
     let now = Utc::now();
     metrics::gauge!(telemetry::SYNC_DURATION).set(elapsed.as_secs_f64());
-    let mut fatal = None;
     {
         let mut h = health.write().unwrap_or_else(|e| e.into_inner());
         match result {
@@ -106,9 +103,6 @@ async fn record_pass(
                 metrics::counter!(telemetry::SYNC_PASSES, "result" => "failed").increment(1);
                 metrics::gauge!(telemetry::LAST_SYNC_FAILED).set(1.0);
                 h.failed(&e, now);
-                if matches!(e, PassError::Glob { .. }) {
-                    fatal = Some(e);
-                }
             }
         }
     }
@@ -118,7 +112,6 @@ async fn record_pass(
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the store for its gauges"),
         Err(e) => tracing::warn!(error = %e, "cannot read the store for its gauges"),
     }
-    fatal
 }
 
 /// Store size, commits, repositories by state and outstanding backfill.
