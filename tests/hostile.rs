@@ -484,7 +484,14 @@ async fn retries_against_an_address_with_nothing_listening_are_said_once_a_minut
     let (dir, store) = fresh_store();
     std::fs::write(dir.path().join("c.toml"), "max_retries = 3\n").unwrap();
     let config = dir.path().join("c.toml").to_string_lossy().into_owned();
-    let api = format!("http://127.0.0.1:{}/2.0", free_port());
+    // Nothing listens there: no test binds 127.0.0.2 (the whole of 127/8 is
+    // loopback), so no other test's server can take the port meanwhile.
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = format!("http://127.0.0.2:{port}/2.0");
     let started = Instant::now();
     let out = sync(&store, &api, &["--config", &config], &[]).await;
     let err = stderr(&out);
