@@ -103,6 +103,9 @@ async fn commits_pushed_while_a_first_crawl_was_interrupted_are_fetched_by_the_n
             "{stop:?} after {pages} pages: big is not mid-walk: {big:?}"
         );
 
+        // sled lets go of the store's lock a few milliseconds after the
+        // handle `stored_repo` used is dropped.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         sim.push(WS, "big", 5);
         sim.push(WS, "small", 2);
         let out = sync(&store, &api, &[], &[]).await;
@@ -753,6 +756,8 @@ async fn a_stale_address_file_never_makes_a_query_answer_from_another_store() {
         assert!(stderr(&out).contains("stale"), "{}", stderr(&out));
     }
     drop(held);
+    // sled lets go of the lock a few milliseconds after the handle is dropped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     // sync replaces the stale file (here: removes it; it runs no server).
     let out = sync(&store_a, &server_a.api_url(), &[], &[]).await;

@@ -128,7 +128,18 @@ fn a_store_from_a_newer_version_is_refused() {
         db.insert(b"mschema", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    match Store::open(dir.path()) {
+    // sled lets go of its file lock a few milliseconds after the last
+    // handle is dropped: retry a `Locked` briefly, as `open_store` does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let opened = loop {
+        match Store::open(dir.path()) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    match opened {
         Err(e @ StoreError::NewerSchema { found: 99, .. }) => {
             assert!(e.to_string().contains("upgrade bbcrawl"), "{e}");
         }
