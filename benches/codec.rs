@@ -87,21 +87,6 @@ fn repo_pages(
     pages
 }
 
-/// A record as the store keeps it (what `StoredCommit::from_record` does).
-fn stored(r: &CommitRecord) -> StoredCommit {
-    StoredCommit {
-        branch: r.branch.clone(),
-        hash: r.hash.clone(),
-        date: r.date,
-        author: r.author.clone(),
-        committer: r.committer.clone(),
-        message: r.message.clone(),
-        parents: r.parents.clone(),
-        reachable: true,
-        unreachable_since: None,
-    }
-}
-
 /// LEB128, as postcard writes lengths.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -672,11 +657,11 @@ fn main() {
     let records: Vec<CommitRecord> = measured_pages.iter().flatten().cloned().collect();
     let blocks: Vec<Vec<StoredCommit>> = measured_pages
         .iter()
-        .map(|p| p.iter().map(stored).collect())
+        .map(|p| p.iter().map(StoredCommit::from_record).collect())
         .collect();
     let training: Vec<Vec<StoredCommit>> = training_pages
         .iter()
-        .map(|p| p.iter().map(stored).collect())
+        .map(|p| p.iter().map(StoredCommit::from_record).collect())
         .collect();
     let n = records.len();
     eprintln!(

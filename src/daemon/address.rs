@@ -4,7 +4,7 @@
 //! the headers by which every answer names its process and store, so a
 //! file left by a killed daemon never leads the CLI to another store.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -63,12 +63,7 @@ pub(super) fn write_address(store_dir: &Path, addr: SocketAddr) -> Result<PathBu
         pid: std::process::id(),
     })
     .map_err(|e| err(e.into()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".daemon-")
-        .tempfile_in(store_dir)
-        .map_err(err)?;
-    tmp.write_all(&body).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(&path).map_err(|e| err(e.error))?;
+    // Owner-only: it tells where the query API listens.
+    crate::store::write_atomically(&path, &body, 0o600).map_err(err)?;
     Ok(path)
 }

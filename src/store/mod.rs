@@ -121,7 +121,8 @@ pub struct StoredCommit {
 }
 
 impl StoredCommit {
-    fn from_record(r: &CommitRecord) -> StoredCommit {
+    /// A record as stored: reachable, its repository left to the key.
+    pub fn from_record(r: &CommitRecord) -> StoredCommit {
         StoredCommit {
             branch: r.branch.clone(),
             hash: r.hash.clone(),
@@ -205,25 +206,34 @@ pub fn read_id(dir: &Path) -> Option<String> {
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }
 
-/// Writes a new random id into `dir` (atomically: no reader sees half).
+/// Writes a new random id into `dir`.
 fn write_id(dir: &Path) -> std::io::Result<String> {
     use rand::Rng;
-    use std::io::Write;
     let id = format!("{:032x}", rand::thread_rng().gen::<u128>());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".store-id-")
-        .tempfile_in(dir)?;
-    tmp.write_all(format!("{id}\n").as_bytes())?;
-    tmp.as_file().sync_all()?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Not a secret: the CLI of any user who may read the store reads it.
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.persist(dir.join(ID_FILE)).map_err(|e| e.error)?;
+    // Not a secret: the CLI of any user who may read the store reads it.
+    write_atomically(&dir.join(ID_FILE), format!("{id}\n").as_bytes(), 0o644)?;
     Ok(id)
+}
+
+/// Writes a small file beside the store's (its id, the daemon's address)
+/// atomically: a temporary file in the same directory, synced, given
+/// `mode`, then renamed over `path`, so a reader sees no file or a whole one.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bbcrawl-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 impl std::fmt::Debug for Store {
