@@ -63,7 +63,7 @@ struct Merge<'a> {
     streams: Vec<Entries<'a>>,
     /// Smallest print-order key first: (key, stream index).
     heap: BinaryHeap<Reverse<(OrderKey, usize)>>,
-    heads: Vec<Option<IndexEntry>>,
+    heads: Vec<Option<(IndexEntry, StoredCommit)>>,
     error: Option<StoreError>,
 }
 
@@ -84,7 +84,7 @@ impl<'a> Merge<'a> {
     fn pull(&mut self, i: usize) {
         match self.streams[i].next() {
             Some(Ok(e)) => {
-                self.heap.push(Reverse((e.order_key(), i)));
+                self.heap.push(Reverse((e.0.order_key(), i)));
                 self.heads[i] = Some(e);
             }
             Some(Err(e)) => {
@@ -96,7 +96,7 @@ impl<'a> Merge<'a> {
 }
 
 impl Iterator for Merge<'_> {
-    type Item = Result<IndexEntry, StoreError>;
+    type Item = Result<(IndexEntry, StoredCommit), StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.error.take() {
@@ -271,18 +271,13 @@ fn matching<'a>(
     Ok(Box::new(
         entries
             .filter(move |e| match e {
-                Ok(e) => (all || e.reachable) && selected.contains(&e.repo),
+                Ok((e, _)) => (all || e.reachable) && selected.contains(&e.repo),
                 Err(_) => true,
             })
             .filter_map(move |e| {
-                let e = match e {
+                let (e, c) = match e {
                     Ok(e) => e,
                     Err(err) => return Some(Err(QueryError::from(err))),
-                };
-                let c = match store.commit_by_id(e.repo, &e.hash) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => return None,
-                    Err(err) => return Some(Err(err.into())),
                 };
                 if !in_window(&window, &c.date) {
                     return None;
@@ -450,41 +445,85 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
         last: DateTime<Utc>,
         repos: HashSet<u32>,
     }
-    let mut acc: HashMap<String, Acc> = HashMap::new();
-    let mut add = |identity: String, e: &IndexEntry| {
-        let a = acc.entry(identity).or_insert_with(|| Acc {
+    fn add(acc: &mut HashMap<String, Acc>, identity: &str, at: DateTime<Utc>, repo: u32) {
+        let a = acc.entry(identity.to_owned()).or_insert_with(|| Acc {
             commits: 0,
-            first: e.at,
-            last: e.at,
+            first: at,
+            last: at,
             repos: HashSet::new(),
         });
         a.commits += 1;
-        a.first = a.first.min(e.at);
-        a.last = a.last.max(e.at);
-        a.repos.insert(e.repo);
-    };
+        a.first = a.first.min(at);
+        a.last = a.last.max(at);
+        a.repos.insert(repo);
+    }
+    let mut acc: HashMap<String, Acc> = HashMap::new();
     let repos = store.repos_by_id()?;
     let selected = selected_repos(&repos, f);
     if f.checks_each_commit() {
         // Per-commit checks: the commit query's matching, without a limit.
         for m in matching(store, f, selected)? {
             let (e, c) = m?;
-            add(c.author.identity(), &e);
+            add(&mut acc, &c.author.identity(), e.at, e.repo);
         }
-    } else {
-        for item in store.scan_author_index() {
-            let (identity, e) = item?;
-            if (!f.all && !e.reachable) || !selected.contains(&e.repo) {
+    } else if f.since.is_none() && f.until.is_none() && selected.len() == repos.len() {
+        // Everything: the aggregates kept at write time. An author with
+        // unreachable commits is counted from their postings instead
+        // (unless --all), as first/last/repositories may then differ.
+        for (identity, s) in store.all_author_stats()? {
+            if s.commits == 0 {
                 continue;
             }
-            let within = match index_in_window(f, e.at) {
-                Some(within) => within,
-                None => store
-                    .commit_by_id(e.repo, &e.hash)?
-                    .is_some_and(|c| in_window(f, &c.date)),
-            };
-            if within {
-                add(identity, &e);
+            if f.all || s.unreachable == 0 {
+                acc.insert(
+                    identity,
+                    Acc {
+                        commits: s.commits,
+                        first: crate::store::instant(s.first_ms),
+                        last: crate::store::instant(s.last_ms),
+                        repos: s.repos.into_iter().collect(),
+                    },
+                );
+            } else {
+                for item in store.scan_author(&identity, None, None) {
+                    let (e, _) = item?;
+                    if e.reachable {
+                        add(&mut acc, &identity, e.at, e.repo);
+                    }
+                }
+            }
+        }
+    } else {
+        // A window or some repositories: every author's postings. A
+        // commit is read only when its author has unreachable commits, or
+        // it lies in the very millisecond of a bound finer than that.
+        let unreachable: HashSet<String> = store
+            .all_author_stats()?
+            .into_iter()
+            .filter(|(_, s)| s.unreachable > 0)
+            .map(|(identity, _)| identity)
+            .collect();
+        for item in store.scan_postings() {
+            let (identity, postings) = item?;
+            let check_reachable = !f.all && unreachable.contains(&identity);
+            for p in postings {
+                if !selected.contains(&p.repo) {
+                    continue;
+                }
+                let at = crate::store::instant(p.ms);
+                let window = index_in_window(f, at);
+                if window == Some(false) {
+                    continue;
+                }
+                let within = if check_reachable || window.is_none() {
+                    let (e, c) = store.posted(&p)?;
+                    (f.all || e.reachable) && in_window(f, &c.date)
+                } else {
+                    true
+                };
+                if within {
+                    add(&mut acc, &identity, at, p.repo);
+                }
             }
         }
     }
@@ -548,7 +587,7 @@ pub fn stats(store: &Store) -> Result<Stats, QueryError> {
             .collect(),
         commits: totals.commits,
         reachable_commits: totals.reachable,
-        authors: store.authors()?.len() as u64,
+        authors: store.totals()?.authors,
         store_size_bytes: store.size_on_disk()?,
         last_pass: store.meta(keys::META_LAST_PASS)?,
     })

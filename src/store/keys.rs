@@ -1,37 +1,41 @@
 //! The key layout of the store: one sled tree, one byte of prefix per kind
-//! of entry, binary and compact, so that a page of commits, its index
-//! entries, its authors and the repository's cursor go into one atomic
-//! `apply_batch`, and a million commits stay well under a gigabyte.
+//! of entry, binary and compact, so that a page of commits, its postings,
+//! its aggregates and the repository's cursor go into one atomic
+//! `apply_batch`.
 //!
-//! | prefix | key                                         | value |
-//! |--------|---------------------------------------------|-------|
-//! | `m`    | `m` name                                    | meta (schema version, next repository id, last pass) |
-//! | `r`    | `r` workspace `\0` repository-uuid          | repository record (JSON) |
-//! | `c`    | `c` repo-id hash                            | commit (postcard, see `codec`) |
-//! | `d`    | `d` repo-id date ¬hash                      | reachable flag (by repository, newest last) |
-//! | `a`    | `a` identity `\0` date ¬hash ¬repo-id       | reachable flag (by author identity and date) |
-//! | `u`    | `u` identity                                | author record (JSON: names, e-mails, account) |
+//! Schema 2 keeps what sled tracks proportional to *pages* and *authors*,
+//! not commits (sled splits a leaf past 16 entries and keeps every node in
+//! its page table, so a key per commit is what made schema 1 grow):
 //!
-//! Two date indexes only: each extra index entry costs write throughput and
-//! (through sled's space amplification) about as much disk as the commit
-//! itself. Queries over everything merge the per-repository streams; `show`
-//! finds a hash prefix with one short range scan of `c` per repository.
+//! | prefix | key                                      | value |
+//! |--------|------------------------------------------|-------|
+//! | `m`    | `m` name                                 | meta (schema version, next repository id, last pass, totals) |
+//! | `r`    | `r` workspace `\0` repository-uuid        | repository record (JSON, with its commit counts) |
+//! | `b`    | `b` repo-id seq                          | block: the new commits of one stored page (see `block`) |
+//! | `s`    | `s` repo-id seq                          | block summary: newest and oldest millisecond, count, hash-prefix filter |
+//! | `p`    | `p` identity `\0` month chunk             | author postings: (date, repo-id, seq, slot) × ≤ 64 |
+//! | `g`    | `g` identity                             | author aggregate (postcard: commits, unreachable, first, last, repositories) |
+//! | `u`    | `u` identity                             | author record (JSON: names, e-mails, account) |
 //!
-//! - `repo-id`: a u32 given to each repository when first stored (big-endian).
-//! - `hash`: the 20 bytes of the 40-hex commit hash; `¬hash` its bitwise
-//!   complement, `¬repo-id` likewise, so a *reverse* scan yields newest
-//!   first, then hash ascending, then repository id ascending — the order
-//!   queries print.
-//! - `date`: the commit instant in UTC milliseconds (rounded down; the
-//!   commit record keeps the rest) as a big-endian u64 with the sign bit
-//!   flipped, so byte order is time order.
+//! - `repo-id`: a u32 given to each repository when first stored; `seq` a
+//!   u32 counting that repository's blocks in write order (both big-endian).
+//! - `month`: calendar month of the commit instant in UTC, as an i32
+//!   (`year × 12 + month − 1`) with the sign bit flipped, big-endian, so
+//!   byte order is time order; `chunk` a big-endian u32.
 //! - `identity`: the author's account uuid when known, else the lower-cased
 //!   e-mail, else the raw string (never contains `\0`).
+//! - `date`: the commit instant in UTC milliseconds (rounded down; the
+//!   block keeps the rest) as a big-endian u64 with the sign bit flipped.
+//!
+//! Schema 1 (read only to migrate it, see `migrate`) had a key per commit
+//! (`c` repo-id hash → postcard record, see `codec`) and two per-commit
+//! date indexes (`d` repo-id date ¬hash, `a` identity `\0` date ¬hash
+//! ¬repo-id, each → a reachable flag).
 
 use chrono::{DateTime, TimeZone, Utc};
 
 /// Schema version written by this build. Bump it when the layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Meta key holding the schema version.
 pub const META_SCHEMA: &[u8] = b"mschema";
@@ -39,14 +43,27 @@ pub const META_SCHEMA: &[u8] = b"mschema";
 pub const META_NEXT_ID: &[u8] = b"mnext_repo_id";
 /// Meta key holding the last pass summary.
 pub const META_LAST_PASS: &[u8] = b"mlast_pass";
+/// Meta key holding the store totals (postcard, see `Totals`).
+pub const META_TOTALS: &[u8] = b"mtotals";
+/// Meta key present while a schema-1 store is being migrated.
+pub const META_MIGRATING: &[u8] = b"mmigrating";
+
+/// Blocks of commits.
+pub const BLOCK: u8 = b'b';
+/// Block summaries.
+pub const SUMMARY: u8 = b's';
+/// Author postings.
+pub const POSTING: u8 = b'p';
+/// Author aggregates.
+pub const AUTHOR_STATS: u8 = b'g';
 
 /// Repository records.
 pub const REPO: u8 = b'r';
-/// Commit records.
+/// Commit records (schema 1).
 pub const COMMIT: u8 = b'c';
-/// (repository, date) index.
+/// (repository, date) index (schema 1).
 pub const BY_REPO: u8 = b'd';
-/// (author, date) index.
+/// (author, date) index (schema 1).
 pub const BY_AUTHOR: u8 = b'a';
 /// Author records.
 pub const AUTHOR: u8 = b'u';
@@ -164,6 +181,214 @@ pub fn author(identity: &str) -> Vec<u8> {
     k.push(AUTHOR);
     k.extend(identity.bytes().filter(|b| *b != 0));
     k
+}
+
+/// Key of a block (`BLOCK`) or its summary (`SUMMARY`).
+pub fn block(kind: u8, id: u32, seq: u32) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = kind;
+    k[1..5].copy_from_slice(&id.to_be_bytes());
+    k[5..9].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Prefix of one repository's blocks (`BLOCK`) or summaries (`SUMMARY`).
+pub fn blocks_prefix(kind: u8, id: u32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = kind;
+    k[1..5].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// (repository id, seq) of a block or summary key.
+pub fn parse_block(key: &[u8]) -> Option<(u32, u32)> {
+    let id = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?);
+    let seq = u32::from_be_bytes(key.get(5..9)?.try_into().ok()?);
+    (key.len() == 9).then_some((id, seq))
+}
+
+/// Calendar month (`year × 12 + month − 1`) of an instant in ms, UTC.
+pub fn month_of(ms: i64) -> i32 {
+    use chrono::Datelike;
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(t) => t.year() * 12 + t.month0() as i32,
+        None if ms < 0 => i32::MIN,
+        None => i32::MAX,
+    }
+}
+
+/// Prefix of one identity's postings.
+pub fn postings_prefix(identity: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + identity.len() + 6);
+    k.push(POSTING);
+    k.extend(identity.bytes().filter(|b| *b != 0));
+    k.push(0);
+    k
+}
+
+/// Prefix of one identity's postings of one month.
+pub fn postings_month(identity: &str, month: i32) -> Vec<u8> {
+    let mut k = postings_prefix(identity);
+    k.extend(((month as u32) ^ (1 << 31)).to_be_bytes());
+    k
+}
+
+/// Key of a postings chunk.
+pub fn postings(identity: &str, month: i32, chunk: u32) -> Vec<u8> {
+    let mut k = postings_month(identity, month);
+    k.extend(chunk.to_be_bytes());
+    k
+}
+
+/// (identity, month, chunk) of a postings key.
+pub fn parse_postings(key: &[u8]) -> Option<(&str, i32, u32)> {
+    let end = key.len().checked_sub(9)?;
+    if key.first() != Some(&POSTING) || key.get(end) != Some(&0) {
+        return None;
+    }
+    let identity = std::str::from_utf8(key.get(1..end)?).ok()?;
+    let month =
+        (u32::from_be_bytes(key.get(end + 1..end + 5)?.try_into().ok()?) ^ (1 << 31)) as i32;
+    let chunk = u32::from_be_bytes(key.get(end + 5..end + 9)?.try_into().ok()?);
+    Some((identity, month, chunk))
+}
+
+/// Key of an author aggregate.
+pub fn author_stats(identity: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + identity.len());
+    k.push(AUTHOR_STATS);
+    k.extend(identity.bytes().filter(|b| *b != 0));
+    k
+}
+
+/// Bytes of one posting.
+pub const POSTING_BYTES: usize = 17;
+
+/// Postings per chunk: a chunk is rewritten as postings join it.
+pub const POSTINGS_PER_CHUNK: usize = 64;
+
+/// One author posting: where a commit of theirs is stored, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posting {
+    /// Commit instant in ms (rounded down).
+    pub ms: i64,
+    /// Repository id.
+    pub repo: u32,
+    /// Block seq.
+    pub seq: u32,
+    /// Slot in the block.
+    pub slot: u8,
+}
+
+impl Posting {
+    /// The stored bytes.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend(((self.ms as u64) ^ (1 << 63)).to_be_bytes());
+        out.extend(self.repo.to_be_bytes());
+        out.extend(self.seq.to_be_bytes());
+        out.push(self.slot);
+    }
+
+    /// Every posting of a chunk value (`None` when its length is wrong).
+    pub fn decode_all(value: &[u8]) -> Option<Vec<Posting>> {
+        if value.len() % POSTING_BYTES != 0 {
+            return None;
+        }
+        value
+            .chunks_exact(POSTING_BYTES)
+            .map(|b| {
+                Some(Posting {
+                    ms: (u64::from_be_bytes(b[0..8].try_into().ok()?) ^ (1 << 63)) as i64,
+                    repo: u32::from_be_bytes(b[8..12].try_into().ok()?),
+                    seq: u32::from_be_bytes(b[12..16].try_into().ok()?),
+                    slot: b[16],
+                })
+            })
+            .collect()
+    }
+}
+
+/// Bits of a block summary's hash-prefix filter (one per first 12 bits).
+pub const FILTER_BITS: usize = 4096;
+
+/// The filter bit of a hash (or a prefix of ≥ 3 hex digits, as bytes).
+pub fn filter_bit(first_two: [u8; 2]) -> usize {
+    ((first_two[0] as usize) << 4) | (first_two[1] as usize >> 4)
+}
+
+/// A block's summary: what a reader needs to choose blocks without
+/// opening them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Repository id.
+    pub repo: u32,
+    /// Block seq.
+    pub seq: u32,
+    /// Newest commit instant in ms.
+    pub max_ms: i64,
+    /// Oldest commit instant in ms.
+    pub min_ms: i64,
+    /// Commits in the block.
+    pub count: u32,
+    /// Bit `filter_bit(hash)` set for each hash in the block.
+    pub filter: Vec<u8>,
+}
+
+impl Summary {
+    /// The summary of a block of `hashes` with these instants.
+    pub fn of(repo: u32, seq: u32, hashes: &[Hash], ms: impl Iterator<Item = i64>) -> Summary {
+        let (mut min_ms, mut max_ms) = (i64::MAX, i64::MIN);
+        for m in ms {
+            min_ms = min_ms.min(m);
+            max_ms = max_ms.max(m);
+        }
+        let mut filter = vec![0u8; FILTER_BITS / 8];
+        for h in hashes {
+            let bit = filter_bit([h[0], h[1]]);
+            filter[bit / 8] |= 1 << (bit % 8);
+        }
+        Summary {
+            repo,
+            seq,
+            max_ms,
+            min_ms,
+            count: hashes.len() as u32,
+            filter,
+        }
+    }
+
+    /// Whether the block may hold a hash whose filter bit is `bit`.
+    pub fn may_hold(&self, bit: usize) -> bool {
+        self.filter
+            .get(bit / 8)
+            .is_some_and(|b| b & (1 << (bit % 8)) != 0)
+    }
+
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20 + self.filter.len());
+        v.extend(self.max_ms.to_be_bytes());
+        v.extend(self.min_ms.to_be_bytes());
+        v.extend(self.count.to_be_bytes());
+        v.extend(&self.filter);
+        v
+    }
+
+    /// From a summary key and value.
+    pub fn decode(key: &[u8], value: &[u8]) -> Option<Summary> {
+        let (repo, seq) = parse_block(key)?;
+        if value.len() != 20 + FILTER_BITS / 8 {
+            return None;
+        }
+        Some(Summary {
+            repo,
+            seq,
+            max_ms: i64::from_be_bytes(value[0..8].try_into().ok()?),
+            min_ms: i64::from_be_bytes(value[8..16].try_into().ok()?),
+            count: u32::from_be_bytes(value[16..20].try_into().ok()?),
+            filter: value[20..].to_vec(),
+        })
+    }
 }
 
 /// One entry of a date-ordered index: which commit, when, and whether it

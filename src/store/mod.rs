@@ -9,21 +9,26 @@
 //! crash the store holds either the page and its cursor, or neither: a saved
 //! position is never ahead of stored data.
 
+pub mod block;
 pub mod codec;
 pub mod keys;
+mod migrate;
+mod read;
+mod write;
 
-use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::record::{Author, AuthorRecord, CommitRecord, Committer, RepoState};
-use keys::{flag, hash_hex, parse_hash};
-pub use keys::{Hash, IndexEntry};
+use crate::record::{Author, CommitRecord, Committer, RepoState};
+pub use keys::{Hash, IndexEntry, Posting, Summary};
+pub use migrate::MigrationProgress;
+pub use read::{instant, AuthorStats, Entries, Totals};
 
 /// sled's page cache. Explicit so memory use does not depend on sled's
 /// default (1 GiB). Measured over a 1M-commit crawl: 64 MiB gave a 256 MB
@@ -177,12 +182,23 @@ pub const ID_FILE: &str = "store-id";
 
 /// The embedded store.
 pub struct Store {
-    db: sled::Db,
+    /// sled; `None` only while dropping (see [`Store::settle`]).
+    slot: Option<sled::Db>,
     path: PathBuf,
     /// The next repository id to give (persisted with the batch using it).
     next_id: Mutex<u32>,
     /// The store's id ([`ID_FILE`]), when it has one.
     id: Option<String>,
+    /// The writer's per-repository hash indexes (see `write`).
+    writer: Mutex<write::WriterCache>,
+    /// Recently decoded blocks (see `read`).
+    blocks: Mutex<read::BlockCache>,
+    /// Bumped whenever a stored block is rewritten, so a reader never
+    /// caches a block it read before the rewrite.
+    generation: AtomicU64,
+    /// Whether this handle wrote anything (then dropping it settles sled's
+    /// log, see [`Store::settle`]).
+    wrote: AtomicBool,
 }
 
 /// How [`Store::open_with`] treats a directory without a store.
@@ -242,21 +258,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A boxed iterator over index entries.
-pub type Entries<'a> = Box<dyn Iterator<Item = Result<IndexEntry, StoreError>> + 'a>;
-
-/// The exclusive upper bound of all keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![u8::MAX; prefix.len() + 1]
-}
-
 impl Store {
     /// Opens the store in `dir`, or creates it there if the directory is
     /// missing or empty (`sync`, `run`); a directory holding anything else
@@ -312,24 +313,25 @@ impl Store {
                 }
             }
         };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            // The writer flushes on its own cadence and before reporting a
-            // pass done; no background flusher racing it.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(&path, e))?;
+        let db = open_sled(dir).map_err(|e| open_error(&path, e))?;
         let mut store = Store {
-            db,
+            slot: Some(db),
             path,
             next_id: Mutex::new(1),
             id: None,
+            writer: Mutex::new(write::WriterCache::default()),
+            blocks: Mutex::new(read::BlockCache::default()),
+            generation: AtomicU64::new(0),
+            wrote: AtomicBool::new(false),
         };
-        match store.db.get(keys::META_SCHEMA).map_err(|e| store.err(e))? {
+        match store
+            .db()
+            .get(keys::META_SCHEMA)
+            .map_err(|e| store.err(e))?
+        {
             // An empty sled database is what a crash right after creation
             // leaves: still ours to initialise, but never a reader's.
-            None if create == Create::Never || (!fresh && !store.db.is_empty()) => {
+            None if create == Create::Never || (!fresh && !store.db().is_empty()) => {
                 return Err(StoreError::NotAStore {
                     path: store.path.clone(),
                     why: "it is a sled database without bbcrawl's schema".into(),
@@ -337,11 +339,11 @@ impl Store {
             }
             None => {
                 store
-                    .db
+                    .db()
                     .insert(keys::META_SCHEMA, &keys::SCHEMA_VERSION.to_be_bytes())
                     .map_err(|e| store.err(e))?;
                 // The schema on disk before the store says it is one.
-                store.db.flush().map_err(|e| store.err(e))?;
+                store.db().flush().map_err(|e| store.err(e))?;
             }
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
@@ -354,9 +356,20 @@ impl Store {
                         supported: keys::SCHEMA_VERSION,
                     });
                 }
+                let migrating = store
+                    .db()
+                    .contains_key(keys::META_MIGRATING)
+                    .map_err(|e| store.err(e))?;
+                if found < keys::SCHEMA_VERSION || migrating {
+                    migrate::run(&store, found)?;
+                }
             }
         }
-        if let Some(v) = store.db.get(keys::META_NEXT_ID).map_err(|e| store.err(e))? {
+        if let Some(v) = store
+            .db()
+            .get(keys::META_NEXT_ID)
+            .map_err(|e| store.err(e))?
+        {
             let n = <[u8; 4]>::try_from(v.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| store.corrupt("repository id counter", "unreadable"))?;
@@ -375,6 +388,57 @@ impl Store {
             None => None,
         };
         Ok(store)
+    }
+
+    /// sled.
+    fn db(&self) -> &sled::Db {
+        match &self.slot {
+            Some(db) => db,
+            // Taken only in `drop`, after which nothing can call this.
+            None => unreachable!("the store is being dropped"),
+        }
+    }
+
+    /// Applies a batch, remembering that this handle wrote.
+    fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.wrote.store(true, Ordering::Relaxed);
+        self.db().apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Settles sled's log. sled replays everything written since a
+    /// database was last *opened* when it is next opened (that is when it
+    /// writes its snapshot), so the first query after a big crawl would pay
+    /// for the crawl. A handle that wrote therefore closes sled and opens it
+    /// once more before it goes away: the writer pays, not the next reader.
+    /// Called by `drop`; best effort (another process may take the lock in
+    /// between, and then that one settles it).
+    fn settle(&mut self) {
+        let Some(db) = self.slot.take() else { return };
+        if !self.wrote.load(Ordering::Relaxed) {
+            return;
+        }
+        if db.flush().is_err() {
+            return;
+        }
+        drop(db);
+        let started = std::time::Instant::now();
+        // sled lets go of its file lock a few milliseconds after the drop.
+        for _ in 0..100 {
+            match open_sled(&self.path) {
+                Ok(db) => {
+                    drop(db);
+                    tracing::debug!(store = %self.path.display(), elapsed = ?started.elapsed(), "store log settled");
+                    return;
+                }
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
+        }
     }
 
     /// The store's id (see [`ID_FILE`]), when it has one.
@@ -402,20 +466,13 @@ impl Store {
         serde_json::to_vec(v).map_err(|e| self.corrupt("cannot encode", e))
     }
 
-    fn encode_commit(&self, c: &StoredCommit) -> Result<Vec<u8>, StoreError> {
-        codec::encode(c).map_err(|e| StoreError::Invalid {
-            what: format!("commit {}", c.hash),
-            message: e.to_string(),
-        })
-    }
-
     /// Reads and decodes a JSON record (repositories, authors, meta).
     fn get_json<T: for<'de> Deserialize<'de>>(
         &self,
         key: &[u8],
         what: &str,
     ) -> Result<Option<T>, StoreError> {
-        match self.db.get(key).map_err(|e| self.err(e))? {
+        match self.db().get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -429,7 +486,7 @@ impl Store {
         prefix: u8,
         what: &str,
     ) -> Result<Vec<T>, StoreError> {
-        self.db
+        self.db()
             .scan_prefix([prefix])
             .map(|kv| {
                 let (_, v) = kv.map_err(|e| self.err(e))?;
@@ -479,324 +536,24 @@ impl Store {
         let mut batch = sled::Batch::default();
         self.assign_id(&mut repo, &mut batch)?;
         batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
-        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.apply(batch)?;
         Ok(repo)
-    }
-
-    /// A stored commit by repository id and hash.
-    pub fn commit_by_id(&self, repo: u32, hash: &Hash) -> Result<Option<StoredCommit>, StoreError> {
-        match self
-            .db
-            .get(keys::commit(repo, hash))
-            .map_err(|e| self.err(e))?
-        {
-            None => Ok(None),
-            Some(v) => codec::decode(hash, &v)
-                .map(Some)
-                .map_err(|e| self.corrupt("commit record", e)),
-        }
-    }
-
-    /// A stored commit.
-    pub fn commit(
-        &self,
-        workspace: &str,
-        uuid: &str,
-        hash: &str,
-    ) -> Result<Option<StoredCommit>, StoreError> {
-        let (Some(repo), Some(hash)) = (self.repo(workspace, uuid)?, parse_hash(hash)) else {
-            return Ok(None);
-        };
-        self.commit_by_id(repo.id, &hash)
-    }
-
-    /// Every stored commit of a repository, in hash order.
-    pub fn repo_commits<'a>(
-        &'a self,
-        workspace: &str,
-        uuid: &str,
-    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
-        match self.repo(workspace, uuid) {
-            Ok(Some(repo)) => self.commits_of(repo.id),
-            Ok(None) => Box::new(std::iter::empty()),
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        }
-    }
-
-    /// Every stored commit of a repository id, in hash order.
-    pub fn commits_of<'a>(
-        &'a self,
-        id: u32,
-    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
-        let prefix = keys::commit_prefix(id);
-        let skip = prefix.len();
-        Box::new(self.db.scan_prefix(prefix).map(move |kv| {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
-            codec::decode(&k[skip..], &v).map_err(|e| self.corrupt("commit record", e))
-        }))
-    }
-
-    fn author_record(&self, identity: &str) -> Result<Option<AuthorRecord>, StoreError> {
-        self.get_json(&keys::author(identity), "author record")
-    }
-
-    /// Every author record.
-    pub fn authors(&self) -> Result<Vec<AuthorRecord>, StoreError> {
-        self.scan_json(keys::AUTHOR, "author record")
-    }
-
-    /// Writes one page of commits, their index entries, their authors and
-    /// the repository record (with its saved position) in one atomic batch.
-    /// Commits already stored are not written again (a re-walk is
-    /// idempotent), except to mark them reachable again.
-    pub fn apply_page(
-        &self,
-        repo: &RepoState,
-        commits: &[CommitRecord],
-    ) -> Result<PageOutcome, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut repo = repo.clone();
-        self.assign_id(&mut repo, &mut batch)?;
-        let id = repo.id;
-        let mut seen = HashSet::with_capacity(commits.len());
-        let mut authors: HashMap<String, (AuthorRecord, bool)> = HashMap::new();
-        let mut new_commits = 0u64;
-        let mut revived = 0u64;
-        for c in commits {
-            let hash = parse_hash(&c.hash).ok_or_else(|| StoreError::Invalid {
-                what: format!("commit {:?}", c.hash),
-                message: "the hash is not 40 hex digits".into(),
-            })?;
-            if !seen.insert(hash) {
-                continue;
-            }
-            let key = keys::commit(id, &hash);
-            let identity = c.author.identity();
-            let at = c.date.with_timezone(&Utc);
-            match self.db.get(&key).map_err(|e| self.err(e))? {
-                Some(v) => {
-                    let mut stored =
-                        codec::decode(&hash, &v).map_err(|e| self.corrupt("commit record", e))?;
-                    if !stored.reachable {
-                        stored.reachable = true;
-                        stored.unreachable_since = None;
-                        revived += 1;
-                        batch.insert(key, self.encode_commit(&stored)?);
-                        self.set_flags(&mut batch, id, &stored, &hash, true);
-                    }
-                }
-                None => {
-                    new_commits += 1;
-                    batch.insert(key, self.encode_commit(&StoredCommit::from_record(c))?);
-                    batch.insert(keys::by_repo(id, at, &hash), &flag(true));
-                    batch.insert(keys::by_author(&identity, at, &hash, id), &flag(true));
-                    let entry = match authors.remove(&identity) {
-                        Some(e) => e,
-                        None => match self.author_record(&identity)? {
-                            Some(a) => (a, false),
-                            None => (
-                                AuthorRecord {
-                                    identity: identity.clone(),
-                                    ..AuthorRecord::default()
-                                },
-                                true,
-                            ),
-                        },
-                    };
-                    let (mut record, mut dirty) = entry;
-                    dirty |= record.absorb(&c.author);
-                    authors.insert(identity, (record, dirty));
-                }
-            }
-        }
-        for (identity, (record, dirty)) in &authors {
-            if *dirty {
-                batch.insert(keys::author(identity), self.json(record)?);
-            }
-        }
-        repo.commits_stored += new_commits;
-        repo.commits_unreachable = repo.commits_unreachable.saturating_sub(revived);
-        batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
-        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
-        Ok(PageOutcome { new_commits, repo })
-    }
-
-    /// Sets the reachable flag of a commit's three date indexes.
-    fn set_flags(
-        &self,
-        batch: &mut sled::Batch,
-        id: u32,
-        c: &StoredCommit,
-        hash: &Hash,
-        reachable: bool,
-    ) {
-        let at = c.date.with_timezone(&Utc);
-        batch.insert(keys::by_repo(id, at, hash), &flag(reachable));
-        batch.insert(
-            keys::by_author(&c.author.identity(), at, hash, id),
-            &flag(reachable),
-        );
-    }
-
-    /// After a full walk that ended at `head`: marks every stored commit of
-    /// the repository that `head` no longer reaches (through stored parents)
-    /// as unreachable since `at`, marks reached ones reachable, and saves
-    /// `repo` with the new count — all in one batch. Returns the repository
-    /// as saved and how many commits became unreachable.
-    pub fn mark_reachability(
-        &self,
-        repo: &RepoState,
-        head: &str,
-        at: DateTime<Utc>,
-    ) -> Result<(RepoState, u64), StoreError> {
-        let mut repo = repo.clone();
-        let mut batch = sled::Batch::default();
-        self.assign_id(&mut repo, &mut batch)?;
-        let mut all: HashMap<String, StoredCommit> = HashMap::new();
-        for c in self.commits_of(repo.id) {
-            let c = c?;
-            all.insert(c.hash.clone(), c);
-        }
-        let mut reached: HashSet<&str> = HashSet::new();
-        let mut stack: Vec<&str> = vec![head];
-        while let Some(h) = stack.pop() {
-            let Some(c) = all.get(h) else { continue };
-            if reached.insert(c.hash.as_str()) {
-                stack.extend(c.parents.iter().map(String::as_str));
-            }
-        }
-        let mut orphaned = 0u64;
-        let mut unreachable = 0u64;
-        for c in all.values() {
-            let now_reachable = reached.contains(c.hash.as_str());
-            if !now_reachable {
-                unreachable += 1;
-            }
-            if now_reachable != c.reachable {
-                let Some(hash) = parse_hash(&c.hash) else {
-                    continue;
-                };
-                let mut c = c.clone();
-                c.reachable = now_reachable;
-                c.unreachable_since = if now_reachable { None } else { Some(at) };
-                if !now_reachable {
-                    orphaned += 1;
-                }
-                batch.insert(keys::commit(repo.id, &hash), self.encode_commit(&c)?);
-                self.set_flags(&mut batch, repo.id, &c, &hash, now_reachable);
-            }
-        }
-        repo.commits_unreachable = unreachable;
-        batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
-        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
-        Ok((repo, orphaned))
-    }
-
-    fn range<'a>(
-        &'a self,
-        prefix: Vec<u8>,
-        since: Option<DateTime<Utc>>,
-        until: Option<DateTime<Utc>>,
-        parse: impl Fn(&[u8], &[u8]) -> Option<IndexEntry> + 'a,
-    ) -> Entries<'a> {
-        let start = match since {
-            Some(t) => [prefix.as_slice(), &keys::date8(t)].concat(),
-            None => prefix.clone(),
-        };
-        let end = match until {
-            Some(t) => [prefix.as_slice(), &keys::date8(t)].concat(),
-            None => prefix_end(&prefix),
-        };
-        if start >= end {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(
-            self.db
-                .range::<Vec<u8>, _>((Bound::Included(start), Bound::Excluded(end)))
-                .rev()
-                .map(move |kv| {
-                    let (k, v) = kv.map_err(|e| self.err(e))?;
-                    parse(&k, &v).ok_or_else(|| self.corrupt("index entry", hash_hex(&k)))
-                }),
-        )
-    }
-
-    /// One repository's commits, newest first, within `[since, until)`.
-    pub fn scan_repo(
-        &self,
-        id: u32,
-        since: Option<DateTime<Utc>>,
-        until: Option<DateTime<Utc>>,
-    ) -> Entries<'_> {
-        self.range(keys::by_repo_prefix(id), since, until, keys::parse_by_repo)
-    }
-
-    /// One author identity's commits, newest first, within `[since, until)`.
-    pub fn scan_author(
-        &self,
-        identity: &str,
-        since: Option<DateTime<Utc>>,
-        until: Option<DateTime<Utc>>,
-    ) -> Entries<'_> {
-        let prefix = keys::by_author_prefix(identity);
-        let len = prefix.len();
-        self.range(prefix, since, until, move |k, v| {
-            keys::parse_by_author(k, len, v)
-        })
-    }
-
-    /// Every (identity, commit) pair of the author index, in key order.
-    pub fn scan_author_index(
-        &self,
-    ) -> impl Iterator<Item = Result<(String, IndexEntry), StoreError>> + '_ {
-        self.db.scan_prefix([keys::BY_AUTHOR]).map(move |kv| {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
-            keys::split_by_author(&k, &v)
-                .ok_or_else(|| self.corrupt("author index entry", hash_hex(&k)))
-        })
-    }
-
-    /// Commits whose hash starts with `prefix` (hex), across repositories:
-    /// (hash, repository id) pairs. One short range scan per repository.
-    pub fn find_hash_prefix(&self, prefix: &str) -> Result<Vec<(Hash, u32)>, StoreError> {
-        // The hashes it can name: from the prefix padded with 0s to it
-        // padded with fs (nothing when it is not hex, or too long).
-        let (Some(lo), Some(hi)) = (
-            keys::parse_hash(&format!("{prefix:0<40}")),
-            keys::parse_hash(&format!("{prefix:f<40}")),
-        ) else {
-            return Ok(vec![]);
-        };
-        let mut out = Vec::new();
-        for repo in self.repos()? {
-            let skip = keys::commit_prefix(repo.id).len();
-            for kv in self
-                .db
-                .range(keys::commit(repo.id, &lo)..=keys::commit(repo.id, &hi))
-            {
-                let (k, _) = kv.map_err(|e| self.err(e))?;
-                if let Ok(hash) = Hash::try_from(&k[skip..]) {
-                    out.push((hash, repo.id));
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Writes everything to disk; returns the bytes flushed. Blocking: call
     /// it from the writer's own thread.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        self.db.flush().map_err(|e| self.err(e))
+        self.db().flush().map_err(|e| self.err(e))
     }
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(|e| self.err(e))
+        self.db().size_on_disk().map_err(|e| self.err(e))
     }
 
     /// Saves a small JSON document under a meta name (e.g. the last pass).
     pub fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        self.db
+        self.db()
             .insert(key, self.json(value)?)
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -806,6 +563,23 @@ impl Store {
     pub fn meta<T: for<'de> Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         self.get_json(key, "meta record")
     }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// Opens sled in `dir` with the store's settings.
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_BYTES)
+        // The writer flushes on its own cadence and before reporting a
+        // pass done; no background flusher racing it.
+        .flush_every_ms(None)
+        .open()
 }
 
 fn sled_error(path: &Path, e: sled::Error) -> StoreError {

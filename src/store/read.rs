@@ -1,0 +1,680 @@
+//! Reads: blocks (through a small cache of decoded ones), newest-first
+//! streams of one repository (from block summaries) and of one author (from
+//! postings), hash lookups (through the summaries' prefix filters), and the
+//! write-time aggregates. Any thread may call these.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::block::Columns;
+use super::keys::{self, Hash, IndexEntry, Posting, Summary, BLOCK, SUMMARY};
+use super::{Store, StoreError, StoredCommit};
+use crate::record::{AuthorRecord, RepoState};
+
+/// A newest-first stream of commits with their index entries.
+pub type Entries<'a> =
+    Box<dyn Iterator<Item = Result<(IndexEntry, StoredCommit), StoreError>> + 'a>;
+
+/// Decoded blocks kept for reuse.
+const CACHED_BLOCKS: usize = 128;
+
+/// A repository's commits are exported in hash order, sorted in memory
+/// this many at a time at most (a bigger repository takes several passes
+/// over its blocks).
+const SORT_AT_ONCE: usize = 100_000;
+
+/// Recently decoded blocks, oldest first out.
+#[derive(Debug, Default)]
+pub struct BlockCache {
+    blocks: HashMap<(u32, u32), Arc<Columns>>,
+    order: VecDeque<(u32, u32)>,
+}
+
+/// Store-wide totals, kept in the same batch as every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Commits stored.
+    pub commits: u64,
+    /// Of those, unreachable.
+    pub unreachable: u64,
+    /// Distinct author identities.
+    pub authors: u64,
+    /// Blocks written.
+    pub blocks: u64,
+}
+
+impl Totals {
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+}
+
+/// One author identity's aggregate over every stored commit of theirs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorStats {
+    /// Commits stored.
+    pub commits: u64,
+    /// Of those, unreachable.
+    pub unreachable: u64,
+    /// Oldest commit instant, ms.
+    pub first_ms: i64,
+    /// Newest commit instant, ms.
+    pub last_ms: i64,
+    /// Repository ids with commits of theirs, ascending.
+    pub repos: Vec<u32>,
+}
+
+impl AuthorStats {
+    /// Counts one more commit.
+    pub fn add(&mut self, ms: i64, repo: u32) {
+        if self.commits == 0 {
+            self.first_ms = ms;
+            self.last_ms = ms;
+        } else {
+            self.first_ms = self.first_ms.min(ms);
+            self.last_ms = self.last_ms.max(ms);
+        }
+        self.commits += 1;
+        if let Err(at) = self.repos.binary_search(&repo) {
+            self.repos.insert(at, repo);
+        }
+    }
+
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+}
+
+/// An instant from index milliseconds.
+pub fn instant(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// A decoded commit waiting in a stream, ordered by print order.
+struct Pending {
+    entry: IndexEntry,
+    commit: StoredCommit,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.entry.order_key() == other.entry.order_key()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.entry.order_key().cmp(&other.entry.order_key())
+    }
+}
+
+/// Milliseconds window of a stream: `[since, until)`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+impl Window {
+    fn new(since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> Window {
+        Window {
+            since: since.map(|t| t.timestamp_millis()),
+            until: until.map(|t| t.timestamp_millis()),
+        }
+    }
+
+    fn holds(&self, ms: i64) -> bool {
+        self.since.is_none_or(|s| ms >= s) && self.until.is_none_or(|u| ms < u)
+    }
+
+    fn overlaps(&self, min_ms: i64, max_ms: i64) -> bool {
+        self.since.is_none_or(|s| max_ms >= s) && self.until.is_none_or(|u| min_ms < u)
+    }
+}
+
+/// One repository newest first: blocks are opened newest summary first,
+/// and a commit is given out once no unopened block can hold a newer one.
+struct RepoStream<'a> {
+    store: &'a Store,
+    blocks: Vec<Summary>,
+    next: usize,
+    heap: BinaryHeap<Reverse<Pending>>,
+    window: Window,
+}
+
+impl Iterator for RepoStream<'_> {
+    type Item = Result<(IndexEntry, StoredCommit), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let top = self
+                .heap
+                .peek()
+                .map(|Reverse(p)| p.entry.at.timestamp_millis());
+            if let Some(b) = self.blocks.get(self.next) {
+                if top.is_none_or(|t| b.max_ms >= t) {
+                    self.next += 1;
+                    let cols = match self.store.block(b.repo, b.seq) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            self.next = self.blocks.len();
+                            return Some(Err(e));
+                        }
+                    };
+                    for i in 0..cols.len() {
+                        let ms = cols.date_ms(i);
+                        if self.window.holds(ms) {
+                            self.heap.push(Reverse(Pending {
+                                entry: IndexEntry {
+                                    at: instant(ms),
+                                    hash: *cols.hash(i),
+                                    repo: b.repo,
+                                    reachable: cols.reachable(i),
+                                },
+                                commit: cols.commit(i),
+                            }));
+                        }
+                    }
+                    continue;
+                }
+            }
+            return self.heap.pop().map(|Reverse(p)| Ok((p.entry, p.commit)));
+        }
+    }
+}
+
+/// One author identity newest first: a month of postings at a time,
+/// sorted; commits read a run of one millisecond at a time.
+struct AuthorStream<'a> {
+    store: &'a Store,
+    iter: std::iter::Rev<sled::Iter>,
+    /// The first posting chunk of the next month, read ahead.
+    ahead: Option<(i32, Vec<Posting>)>,
+    month: Vec<Posting>,
+    pos: usize,
+    ready: VecDeque<(IndexEntry, StoredCommit)>,
+    window: Window,
+    done: bool,
+}
+
+impl AuthorStream<'_> {
+    /// Reads the next month's postings (newest month first).
+    fn next_month(&mut self) -> Result<bool, StoreError> {
+        let (month, mut postings) = match self.ahead.take() {
+            Some(a) => a,
+            None => match self.read_chunk()? {
+                Some(a) => a,
+                None => return Ok(false),
+            },
+        };
+        loop {
+            match self.read_chunk()? {
+                Some((m, more)) if m == month => postings.extend(more),
+                other => {
+                    self.ahead = other;
+                    break;
+                }
+            }
+        }
+        postings.retain(|p| self.window.holds(p.ms));
+        postings.sort_by_key(|p| std::cmp::Reverse(p.ms));
+        self.month = postings;
+        self.pos = 0;
+        Ok(true)
+    }
+
+    fn read_chunk(&mut self) -> Result<Option<(i32, Vec<Posting>)>, StoreError> {
+        let Some(kv) = self.iter.next() else {
+            return Ok(None);
+        };
+        let (k, v) = kv.map_err(|e| self.store.err(e))?;
+        let (_, month, _) = keys::parse_postings(&k)
+            .ok_or_else(|| self.store.corrupt("postings key", keys::hash_hex(&k)))?;
+        let postings = Posting::decode_all(&v).ok_or_else(|| {
+            self.store
+                .corrupt("postings", "a chunk of the wrong length")
+        })?;
+        Ok(Some((month, postings)))
+    }
+
+    /// Reads the commits of the next run of one millisecond.
+    fn next_run(&mut self) -> Result<(), StoreError> {
+        let ms = self.month[self.pos].ms;
+        let mut run = Vec::new();
+        while let Some(p) = self.month.get(self.pos).filter(|p| p.ms == ms) {
+            let p = *p;
+            self.pos += 1;
+            let cols = self.store.block(p.repo, p.seq)?;
+            let i = p.slot as usize;
+            if i >= cols.len() {
+                return Err(self
+                    .store
+                    .corrupt("postings", format!("slot {i} of a block of {}", cols.len())));
+            }
+            run.push(Pending {
+                entry: IndexEntry {
+                    at: instant(cols.date_ms(i)),
+                    hash: *cols.hash(i),
+                    repo: p.repo,
+                    reachable: cols.reachable(i),
+                },
+                commit: cols.commit(i),
+            });
+        }
+        run.sort();
+        self.ready
+            .extend(run.into_iter().map(|p| (p.entry, p.commit)));
+        Ok(())
+    }
+}
+
+impl Iterator for AuthorStream<'_> {
+    type Item = Result<(IndexEntry, StoredCommit), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(x) = self.ready.pop_front() {
+                return Some(Ok(x));
+            }
+            if self.done {
+                return None;
+            }
+            let step = if self.pos < self.month.len() {
+                self.next_run().map(|()| true)
+            } else {
+                self.next_month()
+            };
+            match step {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// The exclusive upper bound of all keys starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+impl Store {
+    /// The store totals.
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        match self.db().get(keys::META_TOTALS).map_err(|e| self.err(e))? {
+            None => Ok(Totals::default()),
+            Some(v) => postcard::from_bytes(&v).map_err(|e| self.corrupt("store totals", e)),
+        }
+    }
+
+    /// One author identity's aggregate.
+    pub fn author_stats(&self, identity: &str) -> Result<Option<AuthorStats>, StoreError> {
+        match self
+            .db()
+            .get(keys::author_stats(identity))
+            .map_err(|e| self.err(e))?
+        {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt("author aggregate", e)),
+        }
+    }
+
+    /// Every author aggregate, by identity.
+    pub fn all_author_stats(&self) -> Result<Vec<(String, AuthorStats)>, StoreError> {
+        self.db()
+            .scan_prefix([keys::AUTHOR_STATS])
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                let identity = String::from_utf8_lossy(&k[1..]).into_owned();
+                let stats =
+                    postcard::from_bytes(&v).map_err(|e| self.corrupt("author aggregate", e))?;
+                Ok((identity, stats))
+            })
+            .collect()
+    }
+
+    pub(super) fn author_record(&self, identity: &str) -> Result<Option<AuthorRecord>, StoreError> {
+        self.get_json(&keys::author(identity), "author record")
+    }
+
+    /// Every author record.
+    pub fn authors(&self) -> Result<Vec<AuthorRecord>, StoreError> {
+        self.scan_json(keys::AUTHOR, "author record")
+    }
+
+    /// A block as stored, decoded (not cached: the writer changes it).
+    pub(super) fn read_block(&self, id: u32, seq: u32) -> Result<Columns, StoreError> {
+        match self
+            .db()
+            .get(keys::block(BLOCK, id, seq))
+            .map_err(|e| self.err(e))?
+        {
+            None => Err(self.corrupt(
+                "commit block",
+                format!("block {seq} of repository {id} is missing"),
+            )),
+            Some(v) => Columns::decode(&v).map_err(|e| self.corrupt("commit block", e)),
+        }
+    }
+
+    /// A block, decoded, from the cache when there.
+    pub fn block(&self, id: u32, seq: u32) -> Result<Arc<Columns>, StoreError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        {
+            let cache = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(b) = cache.blocks.get(&(id, seq)) {
+                return Ok(b.clone());
+            }
+        }
+        let b = Arc::new(self.read_block(id, seq)?);
+        let mut cache = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) == generation
+            && !cache.blocks.contains_key(&(id, seq))
+        {
+            if cache.order.len() >= CACHED_BLOCKS {
+                if let Some(old) = cache.order.pop_front() {
+                    cache.blocks.remove(&old);
+                }
+            }
+            cache.blocks.insert((id, seq), b.clone());
+            cache.order.push_back((id, seq));
+        }
+        Ok(b)
+    }
+
+    /// After blocks were rewritten: no reader may reuse what it decoded.
+    pub(super) fn blocks_rewritten(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut cache = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        cache.blocks.clear();
+        cache.order.clear();
+    }
+
+    /// A repository's block summaries, in seq order.
+    pub fn summaries(&self, id: u32) -> Result<Vec<Summary>, StoreError> {
+        self.db()
+            .scan_prefix(keys::blocks_prefix(SUMMARY, id))
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                Summary::decode(&k, &v)
+                    .ok_or_else(|| self.corrupt("block summary", keys::hash_hex(&k)))
+            })
+            .collect()
+    }
+
+    /// One repository's commits, newest first, within `[since, until)`
+    /// (instants rounded down to the millisecond).
+    pub fn scan_repo(
+        &self,
+        id: u32,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Entries<'_> {
+        let window = Window::new(since, until);
+        let mut blocks = match self.summaries(id) {
+            Ok(b) => b,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        blocks.retain(|b| b.count > 0 && window.overlaps(b.min_ms, b.max_ms));
+        blocks.sort_by(|a, b| b.max_ms.cmp(&a.max_ms).then(a.seq.cmp(&b.seq)));
+        Box::new(RepoStream {
+            store: self,
+            blocks,
+            next: 0,
+            heap: BinaryHeap::new(),
+            window,
+        })
+    }
+
+    /// One author identity's commits, newest first, within `[since, until)`
+    /// (instants rounded down to the millisecond).
+    pub fn scan_author(
+        &self,
+        identity: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Entries<'_> {
+        let window = Window::new(since, until);
+        let start = match window.since {
+            Some(s) => keys::postings_month(identity, keys::month_of(s)),
+            None => keys::postings_prefix(identity),
+        };
+        let end = match window.until {
+            Some(u) => prefix_end(&keys::postings_month(identity, keys::month_of(u))),
+            None => prefix_end(&keys::postings_prefix(identity)),
+        };
+        if start >= end {
+            return Box::new(std::iter::empty());
+        }
+        let iter = self
+            .db()
+            .range::<Vec<u8>, _>((Bound::Included(start), Bound::Excluded(end)))
+            .rev();
+        Box::new(AuthorStream {
+            store: self,
+            iter,
+            ahead: None,
+            month: Vec::new(),
+            pos: 0,
+            ready: VecDeque::new(),
+            window,
+            done: false,
+        })
+    }
+
+    /// Every posting of every identity, in key order.
+    pub fn scan_postings(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, Vec<Posting>), StoreError>> + '_ {
+        self.db().scan_prefix([keys::POSTING]).map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let (identity, _, _) = keys::parse_postings(&k)
+                .ok_or_else(|| self.corrupt("postings key", keys::hash_hex(&k)))?;
+            let postings = Posting::decode_all(&v)
+                .ok_or_else(|| self.corrupt("postings", "a chunk of the wrong length"))?;
+            Ok((identity.to_owned(), postings))
+        })
+    }
+
+    /// The commit a posting points at.
+    pub fn posted(&self, p: &Posting) -> Result<(IndexEntry, StoredCommit), StoreError> {
+        let cols = self.block(p.repo, p.seq)?;
+        let i = p.slot as usize;
+        if i >= cols.len() {
+            return Err(self.corrupt("postings", format!("slot {i} of a block of {}", cols.len())));
+        }
+        Ok((
+            IndexEntry {
+                at: instant(cols.date_ms(i)),
+                hash: *cols.hash(i),
+                repo: p.repo,
+                reachable: cols.reachable(i),
+            },
+            cols.commit(i),
+        ))
+    }
+
+    /// A stored commit by repository id and hash.
+    pub fn commit_by_id(&self, repo: u32, hash: &Hash) -> Result<Option<StoredCommit>, StoreError> {
+        let bit = keys::filter_bit([hash[0], hash[1]]);
+        for s in self.summaries(repo)? {
+            if !s.may_hold(bit) {
+                continue;
+            }
+            let cols = self.block(repo, s.seq)?;
+            if let Some(i) = cols.hashes().iter().position(|h| h == hash) {
+                return Ok(Some(cols.commit(i)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A stored commit.
+    pub fn commit(
+        &self,
+        workspace: &str,
+        uuid: &str,
+        hash: &str,
+    ) -> Result<Option<StoredCommit>, StoreError> {
+        let (Some(repo), Some(hash)) = (self.repo(workspace, uuid)?, keys::parse_hash(hash)) else {
+            return Ok(None);
+        };
+        self.commit_by_id(repo.id, &hash)
+    }
+
+    /// Every stored commit of a repository, in hash order.
+    pub fn repo_commits<'a>(
+        &'a self,
+        workspace: &str,
+        uuid: &str,
+    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
+        match self.repo(workspace, uuid) {
+            Ok(Some(repo)) => self.commits_of(repo.id),
+            Ok(None) => Box::new(std::iter::empty()),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    /// Every stored commit of a repository id, in hash order. Sorted in
+    /// memory [`SORT_AT_ONCE`] commits at a time at most: a bigger
+    /// repository is read in several passes, each over a range of hashes.
+    pub fn commits_of<'a>(
+        &'a self,
+        id: u32,
+    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
+        let ranges = match self.hash_ranges(id) {
+            Ok(r) => r,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        Box::new(
+            ranges
+                .into_iter()
+                .flat_map(move |(lo, hi)| match self.commits_in(id, lo, hi) {
+                    Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                }),
+        )
+    }
+
+    /// Hash ranges `[lo, hi)` (`None` = unbounded) splitting a repository
+    /// into parts of at most [`SORT_AT_ONCE`] commits.
+    #[allow(clippy::type_complexity)]
+    fn hash_ranges(&self, id: u32) -> Result<Vec<(Option<Hash>, Option<Hash>)>, StoreError> {
+        let total: u64 = self.summaries(id)?.iter().map(|s| u64::from(s.count)).sum();
+        if total as usize <= SORT_AT_ONCE {
+            return Ok(vec![(None, None)]);
+        }
+        let mut hashes = Vec::with_capacity(total as usize);
+        for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
+            let (_, v) = kv.map_err(|e| self.err(e))?;
+            let (h, _) =
+                super::block::decode_head(&v).map_err(|e| self.corrupt("commit block", e))?;
+            hashes.extend(h);
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        let mut bounds: Vec<Option<Hash>> = vec![None];
+        bounds.extend(
+            hashes
+                .iter()
+                .step_by(SORT_AT_ONCE)
+                .skip(1)
+                .map(|h| Some(*h)),
+        );
+        bounds.push(None);
+        Ok(bounds.windows(2).map(|w| (w[0], w[1])).collect())
+    }
+
+    /// A repository's commits with hashes in `[lo, hi)`, sorted by hash.
+    fn commits_in(
+        &self,
+        id: u32,
+        lo: Option<Hash>,
+        hi: Option<Hash>,
+    ) -> Result<Vec<StoredCommit>, StoreError> {
+        let mut out: Vec<(Hash, StoredCommit)> = Vec::new();
+        for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
+            let (_, v) = kv.map_err(|e| self.err(e))?;
+            let cols = Columns::decode(&v).map_err(|e| self.corrupt("commit block", e))?;
+            for i in 0..cols.len() {
+                let h = *cols.hash(i);
+                if lo.is_none_or(|lo| h >= lo) && hi.is_none_or(|hi| h < hi) {
+                    out.push((h, cols.commit(i)));
+                }
+            }
+        }
+        out.sort_unstable_by_key(|(h, _)| *h);
+        Ok(out.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// Commits whose hash starts with `prefix` (hex, at least 3 digits),
+    /// across repositories: (hash, repository id) pairs, from the blocks
+    /// whose summaries' filters admit the prefix.
+    pub fn find_hash_prefix(&self, prefix: &str) -> Result<Vec<(Hash, u32)>, StoreError> {
+        let (Some(lo), Some(hi)) = (
+            keys::parse_hash(&format!("{prefix:0<40}")),
+            keys::parse_hash(&format!("{prefix:f<40}")),
+        ) else {
+            return Ok(vec![]);
+        };
+        if prefix.len() < 3 || lo[0] != hi[0] || lo[1] >> 4 != hi[1] >> 4 {
+            return Err(StoreError::Invalid {
+                what: format!("hash prefix {prefix:?}"),
+                message: "give at least 3 hex digits".into(),
+            });
+        }
+        let bit = keys::filter_bit([lo[0], lo[1]]);
+        let mut out = Vec::new();
+        for kv in self.db().scan_prefix([SUMMARY]) {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let s = Summary::decode(&k, &v)
+                .ok_or_else(|| self.corrupt("block summary", keys::hash_hex(&k)))?;
+            if !s.may_hold(bit) {
+                continue;
+            }
+            let cols = self.block(s.repo, s.seq)?;
+            out.extend(
+                cols.hashes()
+                    .iter()
+                    .filter(|h| **h >= lo && **h <= hi)
+                    .map(|h| (*h, s.repo)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether every stored commit of the repository is reachable.
+    pub fn all_reachable(repo: &RepoState) -> bool {
+        repo.commits_unreachable == 0
+    }
+}
