@@ -1,0 +1,350 @@
+//! A schema-1 store answers exactly as it did: `tests/fixtures/schema1-store`
+//! was written by bbcrawl at commit e5e8f50 (store schema 1), and
+//! `expected/` holds what that binary printed for each command below. Every
+//! test works on a copy of the fixture (the fixture itself is never opened)
+//! and runs the real binary, which must exit 0 and print the same bytes;
+//! `query stats` is compared as JSON without `store_size_bytes`. Standard
+//! error is not looked at (a newer binary may announce a migration there).
+//!
+//! The fixture must never be regenerated with newer code: see its README.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// The fixture, as committed.
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema1-store")
+}
+
+/// Entries of the fixture directory that are not part of the store.
+const NOT_STORE: &[&str] = &["expected", "README.md"];
+
+/// Copies the store files of `src` into `dst` (created), subdirectories
+/// (sled's `blobs/`) included, leaving out [`NOT_STORE`] at the top level.
+fn copy_store(src: &Path, dst: &Path) {
+    copy_tree(src, dst, NOT_STORE);
+}
+
+fn copy_tree(src: &Path, dst: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(dst).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
+    let entries = std::fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    for entry in entries {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == **s) {
+            continue;
+        }
+        let (from, to) = (entry.path(), dst.join(&name));
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&from, &to, &[]);
+        } else {
+            std::fs::copy(&from, &to)
+                .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.display(), to.display()));
+        }
+    }
+}
+
+/// A copy of the fixture's store in a temporary directory (alive as long
+/// as the guard).
+fn fixture_copy() -> (tempfile::TempDir, PathBuf) {
+    let (dir, store) = fresh_store();
+    copy_store(&fixture(), &store);
+    (dir, store)
+}
+
+/// The recorded standard output `expected/NAME`.
+fn expected(name: &str) -> Vec<u8> {
+    let path = fixture().join("expected").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `bbcrawl --store STORE ARGS…` with a clean environment and `COLUMNS=100`
+/// (as recorded): exit 0, and its standard output.
+async fn run(store: &Path, args: &[&str]) -> Vec<u8> {
+    let mut all = vec!["--store", store.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = bbcrawl(store.parent().unwrap(), &all, &[("COLUMNS", "100")]).await;
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    o.stdout
+}
+
+/// Where two outputs first differ, for a readable failure.
+fn first_difference(got: &[u8], want: &[u8]) -> String {
+    let got_s = String::from_utf8_lossy(got);
+    let want_s = String::from_utf8_lossy(want);
+    let (mut g, mut w) = (got_s.lines(), want_s.lines());
+    for n in 1.. {
+        match (g.next(), w.next()) {
+            (Some(a), Some(b)) if a == b => continue,
+            (None, None) => break,
+            (a, b) => return format!("line {n}:\n  got:  {a:?}\n  want: {b:?}"),
+        }
+    }
+    "same lines, different bytes (line endings?)".to_owned()
+}
+
+/// Runs `args` on `store` and compares its standard output with
+/// `expected/NAME`, byte for byte.
+async fn check(store: &Path, name: &str, args: &[&str]) {
+    let got = run(store, args).await;
+    let want = expected(name);
+    assert!(
+        got == want,
+        "{args:?}: output differs from expected/{name} ({} bytes, {} expected); first difference at {}",
+        got.len(),
+        want.len(),
+        first_difference(&got, &want)
+    );
+}
+
+#[tokio::test]
+async fn export_prints_what_schema_1_printed() {
+    let (_dir, store) = fixture_copy();
+    check(&store, "export.ndjson", &["export", "--format", "ndjson"]).await;
+    check(
+        &store,
+        "export-all.ndjson",
+        &["export", "--all", "--format", "ndjson"],
+    )
+    .await;
+    check(&store, "export.csv", &["export", "--format", "csv"]).await;
+}
+
+#[tokio::test]
+async fn query_commits_prints_what_schema_1_printed() {
+    let (_dir, store) = fixture_copy();
+    check(
+        &store,
+        "commits-all.ndjson",
+        &["query", "commits", "--all", "--format", "ndjson"],
+    )
+    .await;
+    check(
+        &store,
+        "commits-limit-100.ndjson",
+        &["query", "commits", "--format", "ndjson", "--limit", "100"],
+    )
+    .await;
+    check(
+        &store,
+        "commits-repo.ndjson",
+        &[
+            "query",
+            "commits",
+            "--repo",
+            "data-pipeline",
+            "--limit",
+            "50",
+            "--format",
+            "ndjson",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn filtered_commit_queries_print_what_schema_1_printed() {
+    let (_dir, store) = fixture_copy();
+    check(
+        &store,
+        "commits-author-since.ndjson",
+        &[
+            "query",
+            "commits",
+            "--author",
+            "jane",
+            "--since",
+            "2024-03-01",
+            "--limit",
+            "50",
+            "--format",
+            "ndjson",
+        ],
+    )
+    .await;
+    // The upper bound falls inside the millisecond of three `clock` commits.
+    check(
+        &store,
+        "commits-until-since.json",
+        &[
+            "query",
+            "commits",
+            "--until",
+            "2024-03-01T09:37:07.123999999Z",
+            "--since",
+            "2024-02-25",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    check(
+        &store,
+        "commits-grep.ndjson",
+        &["query", "commits", "--grep", "retry", "--format", "ndjson"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn query_authors_prints_what_schema_1_printed() {
+    let (_dir, store) = fixture_copy();
+    check(
+        &store,
+        "authors.ndjson",
+        &["query", "authors", "--format", "ndjson"],
+    )
+    .await;
+    check(
+        &store,
+        "authors-all.ndjson",
+        &["query", "authors", "--all", "--format", "ndjson"],
+    )
+    .await;
+    // The lower bound falls inside the millisecond of three `clock` commits.
+    check(
+        &store,
+        "authors-since.ndjson",
+        &[
+            "query",
+            "authors",
+            "--since",
+            "2024-03-01T09:37:07.1232Z",
+            "--format",
+            "ndjson",
+        ],
+    )
+    .await;
+    // A renamed repository (it was `auth-service`).
+    check(
+        &store,
+        "authors-repo.ndjson",
+        &[
+            "query",
+            "authors",
+            "--repo",
+            "identity-service",
+            "--format",
+            "ndjson",
+        ],
+    )
+    .await;
+}
+
+/// `query stats --format json` without `store_size_bytes`, parsed (the
+/// binary prints the `repositories` map in no fixed key order).
+fn stats_without_size(out: &[u8]) -> Value {
+    let mut v: Value = serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)));
+    let rows = v.as_array_mut().expect("stats is a JSON array");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    for row in rows.iter_mut() {
+        let fields = row.as_object_mut().expect("a stats row is an object");
+        assert!(
+            fields.remove("store_size_bytes").is_some(),
+            "no store_size_bytes in {fields:?}"
+        );
+    }
+    v
+}
+
+#[tokio::test]
+async fn query_repos_and_stats_print_what_schema_1_printed() {
+    let (_dir, store) = fixture_copy();
+    check(
+        &store,
+        "repos.json",
+        &["query", "repos", "--format", "json"],
+    )
+    .await;
+    let got = run(&store, &["query", "stats", "--format", "json"]).await;
+    assert_eq!(
+        stats_without_size(&got),
+        stats_without_size(&expected("stats.json")),
+        "query stats (store_size_bytes aside)"
+    );
+}
+
+#[tokio::test]
+async fn show_prints_what_schema_1_printed() {
+    let (_dir, store) = fixture_copy();
+    // In payments-api and its fork.
+    check(
+        &store,
+        "show-forked.json",
+        &[
+            "show",
+            "cc2065341fdc329cdd4bc35b751c64cdf18bf402",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    // A web-app commit the force push left unreachable.
+    check(&store, "show-prefix.txt", &["show", "820610e"]).await;
+}
+
+#[tokio::test]
+async fn tables_print_what_schema_1_printed() {
+    let (_dir, store) = fixture_copy();
+    check(
+        &store,
+        "commits-table.txt",
+        &["query", "commits", "--format", "table", "--limit", "20"],
+    )
+    .await;
+    check(
+        &store,
+        "authors-table.txt",
+        &["query", "authors", "--format", "table"],
+    )
+    .await;
+}
+
+#[test]
+fn the_fixture_is_a_schema_1_store() {
+    let (_dir, store) = fixture_copy();
+    for name in ["conf", "db", "store-id"] {
+        assert!(store.join(name).is_file(), "no {name} in the fixture");
+    }
+    assert!(
+        !store.join("daemon.json").exists(),
+        "the fixture holds a daemon.json"
+    );
+    let db = sled::open(&store).unwrap();
+    let schema = db.get(b"mschema").unwrap().expect("no mschema key");
+    assert_eq!(schema.as_ref(), 1u32.to_be_bytes(), "schema version");
+}
+
+#[test]
+fn the_copy_helper_copies_subdirectories() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (src, dst) = (src.path(), dst.path().join("store"));
+    std::fs::write(src.join("db"), b"db bytes").unwrap();
+    std::fs::create_dir_all(src.join("blobs/1/2")).unwrap();
+    std::fs::write(src.join("blobs/7"), b"blob 7").unwrap();
+    std::fs::write(src.join("blobs/1/2/42"), b"blob 42").unwrap();
+    std::fs::create_dir_all(src.join("blobs/empty")).unwrap();
+    std::fs::create_dir_all(src.join("expected")).unwrap();
+    std::fs::write(src.join("expected/out.ndjson"), b"{}").unwrap();
+    std::fs::write(src.join("README.md"), b"# fixture").unwrap();
+
+    copy_store(src, &dst);
+
+    assert_eq!(std::fs::read(dst.join("db")).unwrap(), b"db bytes");
+    assert_eq!(std::fs::read(dst.join("blobs/7")).unwrap(), b"blob 7");
+    assert_eq!(std::fs::read(dst.join("blobs/1/2/42")).unwrap(), b"blob 42");
+    assert!(dst.join("blobs/empty").is_dir());
+    assert!(
+        !dst.join("expected").exists(),
+        "expected/ is not a store file"
+    );
+    assert!(
+        !dst.join("README.md").exists(),
+        "README.md is not a store file"
+    );
+}
