@@ -444,6 +444,8 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
         first: DateTime<Utc>,
         last: DateTime<Utc>,
         repos: HashSet<u32>,
+        /// Counted at write time (the aggregates), else `repos.len()`.
+        repo_count: Option<u64>,
     }
     fn add(acc: &mut HashMap<String, Acc>, identity: &str, at: DateTime<Utc>, repo: u32) {
         let a = acc.entry(identity.to_owned()).or_insert_with(|| Acc {
@@ -451,6 +453,7 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
             first: at,
             last: at,
             repos: HashSet::new(),
+            repo_count: None,
         });
         a.commits += 1;
         a.first = a.first.min(at);
@@ -481,7 +484,8 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
                         commits: s.commits,
                         first: crate::store::instant(s.first_ms),
                         last: crate::store::instant(s.last_ms),
-                        repos: s.repos.into_iter().collect(),
+                        repos: HashSet::new(),
+                        repo_count: Some(s.repos),
                     },
                 );
             } else {
@@ -544,7 +548,7 @@ pub fn authors(store: &Store, f: &CommitFilter) -> Result<Vec<AuthorRow>, QueryE
                 commits: a.commits,
                 first: a.first,
                 last: a.last,
-                repositories: a.repos.len() as u64,
+                repositories: a.repo_count.unwrap_or(a.repos.len() as u64),
             }
         })
         .collect();

@@ -3,8 +3,9 @@
 //! its aggregates and the repository's cursor go into one atomic
 //! `apply_batch`.
 //!
-//! Schema 2 keeps what sled tracks proportional to *pages* and *authors*,
-//! not commits (sled splits a leaf past 16 entries and keeps every node in
+//! Schema 2 keeps what sled tracks proportional to *pages* and *authors*
+//! (a key per block, and one per author per block they wrote in), not
+//! commits (sled splits a leaf past 16 entries and keeps every node in
 //! its page table, so a key per commit is what made schema 1 grow):
 //!
 //! | prefix | key                                      | value |
@@ -13,15 +14,13 @@
 //! | `r`    | `r` workspace `\0` repository-uuid        | repository record (JSON, with its commit counts) |
 //! | `b`    | `b` repo-id seq                          | block: the new commits of one stored page (see `block`) |
 //! | `s`    | `s` repo-id seq                          | block summary: newest and oldest millisecond, count, hash-prefix filter |
-//! | `p`    | `p` identity `\0` month chunk             | author postings: (date, repo-id, seq, slot) × ≤ 64 |
-//! | `g`    | `g` identity                             | author aggregate (postcard: commits, unreachable, first, last, repositories) |
+//! | `p`    | `p` identity `\0` date repo-id seq        | author postings: (date, slot) of their commits in one block; `date` their newest there |
+//! | `g`    | `g` identity                             | author aggregate (postcard: commits, unreachable, first, last, repository count) |
+//! | `q`    | `q` identity `\0` repo-id                 | (empty) the author has commits in the repository |
 //! | `u`    | `u` identity                             | author record (JSON: names, e-mails, account) |
 //!
 //! - `repo-id`: a u32 given to each repository when first stored; `seq` a
 //!   u32 counting that repository's blocks in write order (both big-endian).
-//! - `month`: calendar month of the commit instant in UTC, as an i32
-//!   (`year × 12 + month − 1`) with the sign bit flipped, big-endian, so
-//!   byte order is time order; `chunk` a big-endian u32.
 //! - `identity`: the author's account uuid when known, else the lower-cased
 //!   e-mail, else the raw string (never contains `\0`).
 //! - `date`: the commit instant in UTC milliseconds (rounded down; the
@@ -56,6 +55,8 @@ pub const SUMMARY: u8 = b's';
 pub const POSTING: u8 = b'p';
 /// Author aggregates.
 pub const AUTHOR_STATS: u8 = b'g';
+/// (author, repository) pairs.
+pub const AUTHOR_REPO: u8 = b'q';
 
 /// Repository records.
 pub const REPO: u8 = b'r';
@@ -207,50 +208,55 @@ pub fn parse_block(key: &[u8]) -> Option<(u32, u32)> {
     (key.len() == 9).then_some((id, seq))
 }
 
-/// Calendar month (`year × 12 + month − 1`) of an instant in ms, UTC.
-pub fn month_of(ms: i64) -> i32 {
-    use chrono::Datelike;
-    match Utc.timestamp_millis_opt(ms).single() {
-        Some(t) => t.year() * 12 + t.month0() as i32,
-        None if ms < 0 => i32::MIN,
-        None => i32::MAX,
-    }
-}
-
 /// Prefix of one identity's postings.
 pub fn postings_prefix(identity: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + identity.len() + 6);
+    let mut k = Vec::with_capacity(2 + identity.len() + 16);
     k.push(POSTING);
     k.extend(identity.bytes().filter(|b| *b != 0));
     k.push(0);
     k
 }
 
-/// Prefix of one identity's postings of one month.
-pub fn postings_month(identity: &str, month: i32) -> Vec<u8> {
+/// Key of the postings of one identity in one block: its newest commit
+/// there comes first, so a reverse scan meets blocks newest first.
+pub fn postings(identity: &str, max_ms: i64, id: u32, seq: u32) -> Vec<u8> {
+    let mut k = postings_from(identity, max_ms);
+    k.extend(id.to_be_bytes());
+    k.extend(seq.to_be_bytes());
+    k
+}
+
+/// Start of one identity's postings whose newest commit is at or after
+/// `ms`.
+pub fn postings_from(identity: &str, ms: i64) -> Vec<u8> {
     let mut k = postings_prefix(identity);
-    k.extend(((month as u32) ^ (1 << 31)).to_be_bytes());
+    k.extend(((ms as u64) ^ (1 << 63)).to_be_bytes());
     k
 }
 
-/// Key of a postings chunk.
-pub fn postings(identity: &str, month: i32, chunk: u32) -> Vec<u8> {
-    let mut k = postings_month(identity, month);
-    k.extend(chunk.to_be_bytes());
-    k
-}
-
-/// (identity, month, chunk) of a postings key.
-pub fn parse_postings(key: &[u8]) -> Option<(&str, i32, u32)> {
-    let end = key.len().checked_sub(9)?;
+/// (identity, newest ms, repository id, seq) of a postings key.
+pub fn parse_postings(key: &[u8]) -> Option<(&str, i64, u32, u32)> {
+    let end = key.len().checked_sub(17)?;
     if key.first() != Some(&POSTING) || key.get(end) != Some(&0) {
         return None;
     }
     let identity = std::str::from_utf8(key.get(1..end)?).ok()?;
-    let month =
-        (u32::from_be_bytes(key.get(end + 1..end + 5)?.try_into().ok()?) ^ (1 << 31)) as i32;
-    let chunk = u32::from_be_bytes(key.get(end + 5..end + 9)?.try_into().ok()?);
-    Some((identity, month, chunk))
+    let max_ms =
+        (u64::from_be_bytes(key.get(end + 1..end + 9)?.try_into().ok()?) ^ (1 << 63)) as i64;
+    let id = u32::from_be_bytes(key.get(end + 9..end + 13)?.try_into().ok()?);
+    let seq = u32::from_be_bytes(key.get(end + 13..end + 17)?.try_into().ok()?);
+    Some((identity, max_ms, id, seq))
+}
+
+/// Key marking that an identity has commits in a repository (written
+/// once: the aggregate counts repositories without listing them).
+pub fn author_repo(identity: &str, id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + identity.len());
+    k.push(AUTHOR_REPO);
+    k.extend(identity.bytes().filter(|b| *b != 0));
+    k.push(0);
+    k.extend(id.to_be_bytes());
+    k
 }
 
 /// Key of an author aggregate.
@@ -261,11 +267,8 @@ pub fn author_stats(identity: &str) -> Vec<u8> {
     k
 }
 
-/// Bytes of one posting.
-pub const POSTING_BYTES: usize = 17;
-
-/// Postings per chunk: a chunk is rewritten as postings join it.
-pub const POSTINGS_PER_CHUNK: usize = 64;
+/// Bytes of one posting in a value: the instant in ms and the slot.
+pub const POSTING_BYTES: usize = 9;
 
 /// One author posting: where a commit of theirs is stored, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,30 +284,31 @@ pub struct Posting {
 }
 
 impl Posting {
-    /// The stored bytes.
+    /// Appends the value bytes (the key holds repository and block).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend(((self.ms as u64) ^ (1 << 63)).to_be_bytes());
-        out.extend(self.repo.to_be_bytes());
-        out.extend(self.seq.to_be_bytes());
         out.push(self.slot);
     }
 
-    /// Every posting of a chunk value (`None` when its length is wrong).
-    pub fn decode_all(value: &[u8]) -> Option<Vec<Posting>> {
+    /// The identity, newest ms and postings of one key and value (`None`
+    /// when malformed).
+    pub fn decode_all(key: &[u8], value: &[u8]) -> Option<(String, i64, Vec<Posting>)> {
+        let (identity, max_ms, repo, seq) = parse_postings(key)?;
         if value.len() % POSTING_BYTES != 0 {
             return None;
         }
-        value
+        let postings = value
             .chunks_exact(POSTING_BYTES)
             .map(|b| {
                 Some(Posting {
                     ms: (u64::from_be_bytes(b[0..8].try_into().ok()?) ^ (1 << 63)) as i64,
-                    repo: u32::from_be_bytes(b[8..12].try_into().ok()?),
-                    seq: u32::from_be_bytes(b[12..16].try_into().ok()?),
-                    slot: b[16],
+                    repo,
+                    seq,
+                    slot: b[8],
                 })
             })
-            .collect()
+            .collect::<Option<Vec<_>>>()?;
+        Some((identity.to_owned(), max_ms, postings))
     }
 }
 

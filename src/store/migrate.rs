@@ -12,7 +12,6 @@
 //! the last pass are the same in both schemas and are not touched. The
 //! last batch counts the authors and removes the mark.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -20,8 +19,9 @@ use chrono::Utc;
 
 use super::block::Columns;
 use super::codec;
-use super::keys::{self, Hash, Posting, Summary, BLOCK, SUMMARY};
-use super::read::{AuthorStats, Totals};
+use super::keys::{self, Hash, Summary, BLOCK, SUMMARY};
+use super::read::Totals;
+use super::write::AuthorChanges;
 use super::{Store, StoreError, StoredCommit};
 
 /// Progress of a migration, for a caller that wants to show it.
@@ -219,48 +219,26 @@ fn write_block(
         .encode()
         .map_err(|e| store.corrupt("commit record", e))?;
     batch.insert(&keys::block(BLOCK, id, seq), bytes);
-    let hashes: Vec<Hash> = commits.iter().map(|(h, _)| *h).collect();
-    let summary = Summary::of(id, seq, &hashes, (0..cols.len()).map(|i| cols.date_ms(i)));
+    let summary = Summary::of(
+        id,
+        seq,
+        cols.hashes(),
+        (0..cols.len()).map(|i| cols.date_ms(i)),
+    );
     batch.insert(&keys::block(SUMMARY, id, seq), summary.encode());
-    let mut groups: BTreeMap<(String, i32), Vec<Posting>> = BTreeMap::new();
-    let mut stats: BTreeMap<String, AuthorStats> = BTreeMap::new();
+    let mut authors = AuthorChanges::new();
+    authors.add_block(store, batch, id, seq, &cols)?;
     let mut totals: Totals = store.totals()?;
-    for (slot, (hash, c)) in commits.iter().enumerate() {
-        let identity = c.author.identity();
-        let ms = c.date.timestamp_millis();
-        groups
-            .entry((identity.clone(), keys::month_of(ms)))
-            .or_default()
-            .push(Posting {
-                ms,
-                repo: id,
-                seq,
-                slot: slot as u8,
-            });
-        if !stats.contains_key(&identity) {
-            let s = store.author_stats(&identity)?.unwrap_or_default();
-            stats.insert(identity.clone(), s);
-        }
-        if let Some(s) = stats.get_mut(&identity) {
-            s.add(ms, id);
-            if !c.reachable {
-                s.unreachable += 1;
-            }
-        }
+    for (hash, c) in commits {
         totals.commits += 1;
         if !c.reachable {
             totals.unreachable += 1;
         }
         let at = c.date.with_timezone(&Utc);
         batch.remove(keys::commit(id, hash));
-        batch.remove(keys::by_author(&identity, at, hash, id));
+        batch.remove(keys::by_author(&c.author.identity(), at, hash, id));
     }
-    for ((identity, month), postings) in &groups {
-        store.append_postings(batch, identity, *month, postings)?;
-    }
-    for (identity, s) in &stats {
-        batch.insert(keys::author_stats(identity), s.encode());
-    }
+    authors.write(store, batch, &mut totals)?;
     totals.blocks += 1;
     batch.insert(keys::META_TOTALS, totals.encode());
     Ok(())

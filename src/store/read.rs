@@ -67,13 +67,13 @@ pub struct AuthorStats {
     pub first_ms: i64,
     /// Newest commit instant, ms.
     pub last_ms: i64,
-    /// Repository ids with commits of theirs, ascending.
-    pub repos: Vec<u32>,
+    /// Repositories with commits of theirs.
+    pub repos: u64,
 }
 
 impl AuthorStats {
-    /// Counts one more commit.
-    pub fn add(&mut self, ms: i64, repo: u32) {
+    /// Counts one more commit (its repository is counted by the caller).
+    pub fn add(&mut self, ms: i64) {
         if self.commits == 0 {
             self.first_ms = ms;
             self.last_ms = ms;
@@ -82,9 +82,6 @@ impl AuthorStats {
             self.last_ms = self.last_ms.max(ms);
         }
         self.commits += 1;
-        if let Err(at) = self.repos.binary_search(&repo) {
-            self.repos.insert(at, repo);
-        }
     }
 
     /// The stored bytes.
@@ -198,88 +195,82 @@ impl Iterator for RepoStream<'_> {
     }
 }
 
-/// One author identity newest first: a month of postings at a time,
-/// sorted; commits read a run of one millisecond at a time.
+/// Where a commit is: repository id, block seq, slot.
+type Place = (u32, u32, u8);
+
+/// One author identity newest first. Their postings keys come newest
+/// block first (by the newest commit of theirs in it); postings wait in a
+/// heap until no key still unread can hold a newer one, then the commits
+/// of one millisecond are read and given out in print order.
 struct AuthorStream<'a> {
     store: &'a Store,
     iter: std::iter::Rev<sled::Iter>,
-    /// The first posting chunk of the next month, read ahead.
-    ahead: Option<(i32, Vec<Posting>)>,
-    month: Vec<Posting>,
-    pos: usize,
+    /// The next key's postings, read ahead: (newest ms, postings).
+    ahead: Option<(i64, Vec<Posting>)>,
+    exhausted: bool,
+    /// Postings read, newest first.
+    heap: BinaryHeap<(i64, Reverse<Place>)>,
     ready: VecDeque<(IndexEntry, StoredCommit)>,
     window: Window,
     done: bool,
 }
 
 impl AuthorStream<'_> {
-    /// Reads the next month's postings (newest month first).
-    fn next_month(&mut self) -> Result<bool, StoreError> {
-        let (month, mut postings) = match self.ahead.take() {
-            Some(a) => a,
-            None => match self.read_chunk()? {
-                Some(a) => a,
-                None => return Ok(false),
-            },
-        };
-        loop {
-            match self.read_chunk()? {
-                Some((m, more)) if m == month => postings.extend(more),
-                other => {
-                    self.ahead = other;
-                    break;
+    /// Reads the next key ahead, if not yet read.
+    fn peek_key(&mut self) -> Result<Option<i64>, StoreError> {
+        if self.ahead.is_none() && !self.exhausted {
+            match self.iter.next() {
+                None => self.exhausted = true,
+                Some(kv) => {
+                    let (k, v) = kv.map_err(|e| self.store.err(e))?;
+                    let (_, max_ms, postings) = Posting::decode_all(&k, &v)
+                        .ok_or_else(|| self.store.corrupt("postings", keys::hash_hex(&k)))?;
+                    self.ahead = Some((max_ms, postings));
                 }
             }
         }
-        postings.retain(|p| self.window.holds(p.ms));
-        postings.sort_by_key(|p| std::cmp::Reverse(p.ms));
-        self.month = postings;
-        self.pos = 0;
-        Ok(true)
+        Ok(self.ahead.as_ref().map(|(m, _)| *m))
     }
 
-    fn read_chunk(&mut self) -> Result<Option<(i32, Vec<Posting>)>, StoreError> {
-        let Some(kv) = self.iter.next() else {
-            return Ok(None);
-        };
-        let (k, v) = kv.map_err(|e| self.store.err(e))?;
-        let (_, month, _) = keys::parse_postings(&k)
-            .ok_or_else(|| self.store.corrupt("postings key", keys::hash_hex(&k)))?;
-        let postings = Posting::decode_all(&v).ok_or_else(|| {
-            self.store
-                .corrupt("postings", "a chunk of the wrong length")
-        })?;
-        Ok(Some((month, postings)))
-    }
-
-    /// Reads the commits of the next run of one millisecond.
-    fn next_run(&mut self) -> Result<(), StoreError> {
-        let ms = self.month[self.pos].ms;
-        let mut run = Vec::new();
-        while let Some(p) = self.month.get(self.pos).filter(|p| p.ms == ms) {
-            let p = *p;
-            self.pos += 1;
-            let cols = self.store.block(p.repo, p.seq)?;
-            let i = p.slot as usize;
-            if i >= cols.len() {
-                return Err(self
-                    .store
-                    .corrupt("postings", format!("slot {i} of a block of {}", cols.len())));
+    /// Fills the heap until its newest posting is known to be the newest
+    /// left, then reads the commits of that millisecond into `ready`.
+    fn step(&mut self) -> Result<bool, StoreError> {
+        loop {
+            let top = self.heap.peek().map(|(ms, _)| *ms);
+            match self.peek_key()? {
+                Some(max_ms) if top.is_none_or(|t| max_ms >= t) => {
+                    if let Some((_, postings)) = self.ahead.take() {
+                        for p in postings {
+                            if self.window.holds(p.ms) {
+                                self.heap.push((p.ms, Reverse((p.repo, p.seq, p.slot))));
+                            }
+                        }
+                    }
+                }
+                _ => break,
             }
-            run.push(Pending {
-                entry: IndexEntry {
-                    at: instant(cols.date_ms(i)),
-                    hash: *cols.hash(i),
-                    repo: p.repo,
-                    reachable: cols.reachable(i),
-                },
-                commit: cols.commit(i),
-            });
+        }
+        let Some(&(ms, _)) = self.heap.peek() else {
+            return Ok(false);
+        };
+        let mut run = Vec::new();
+        while let Some(&(m, Reverse((repo, seq, slot)))) = self.heap.peek() {
+            if m != ms {
+                break;
+            }
+            self.heap.pop();
+            let (entry, commit) = self.store.posted(&Posting {
+                ms,
+                repo,
+                seq,
+                slot,
+            })?;
+            run.push(Pending { entry, commit });
         }
         run.sort();
         self.ready
             .extend(run.into_iter().map(|p| (p.entry, p.commit)));
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -294,12 +285,7 @@ impl Iterator for AuthorStream<'_> {
             if self.done {
                 return None;
             }
-            let step = if self.pos < self.month.len() {
-                self.next_run().map(|()| true)
-            } else {
-                self.next_month()
-            };
-            match step {
+            match self.step() {
                 Ok(true) => {}
                 Ok(false) => {
                     self.done = true;
@@ -466,16 +452,10 @@ impl Store {
     ) -> Entries<'_> {
         let window = Window::new(since, until);
         let start = match window.since {
-            Some(s) => keys::postings_month(identity, keys::month_of(s)),
+            Some(s) => keys::postings_from(identity, s),
             None => keys::postings_prefix(identity),
         };
-        let end = match window.until {
-            Some(u) => prefix_end(&keys::postings_month(identity, keys::month_of(u))),
-            None => prefix_end(&keys::postings_prefix(identity)),
-        };
-        if start >= end {
-            return Box::new(std::iter::empty());
-        }
+        let end = prefix_end(&keys::postings_prefix(identity));
         let iter = self
             .db()
             .range::<Vec<u8>, _>((Bound::Included(start), Bound::Excluded(end)))
@@ -484,25 +464,23 @@ impl Store {
             store: self,
             iter,
             ahead: None,
-            month: Vec::new(),
-            pos: 0,
+            exhausted: false,
+            heap: BinaryHeap::new(),
             ready: VecDeque::new(),
             window,
             done: false,
         })
     }
 
-    /// Every posting of every identity, in key order.
+    /// Every identity's postings, a block at a time, in key order.
     pub fn scan_postings(
         &self,
     ) -> impl Iterator<Item = Result<(String, Vec<Posting>), StoreError>> + '_ {
         self.db().scan_prefix([keys::POSTING]).map(move |kv| {
             let (k, v) = kv.map_err(|e| self.err(e))?;
-            let (identity, _, _) = keys::parse_postings(&k)
-                .ok_or_else(|| self.corrupt("postings key", keys::hash_hex(&k)))?;
-            let postings = Posting::decode_all(&v)
-                .ok_or_else(|| self.corrupt("postings", "a chunk of the wrong length"))?;
-            Ok((identity.to_owned(), postings))
+            let (identity, _, postings) = Posting::decode_all(&k, &v)
+                .ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))?;
+            Ok((identity, postings))
         })
     }
 

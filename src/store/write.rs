@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::block::{self, Columns};
-use super::keys::{self, parse_hash, Hash, Posting, Summary, BLOCK, POSTING_BYTES, SUMMARY};
+use super::keys::{self, parse_hash, Hash, Posting, Summary, BLOCK, SUMMARY};
 use super::read::{AuthorStats, Totals};
 use super::{PageOutcome, Store, StoreError, StoredCommit};
 use crate::record::{AuthorRecord, CommitRecord, RepoState};
@@ -59,17 +59,20 @@ impl WriterCache {
     }
 }
 
-/// Author aggregates and records a batch changes, read once each.
-struct AuthorChanges {
+/// Author aggregates, (author, repository) pairs and author records a
+/// batch changes, each read once.
+pub(super) struct AuthorChanges {
     stats: HashMap<String, AuthorStats>,
+    pairs: HashSet<(String, u32)>,
     records: HashMap<String, (AuthorRecord, bool)>,
     new_identities: u64,
 }
 
 impl AuthorChanges {
-    fn new() -> AuthorChanges {
+    pub(super) fn new() -> AuthorChanges {
         AuthorChanges {
             stats: HashMap::new(),
+            pairs: HashSet::new(),
             records: HashMap::new(),
             new_identities: 0,
         }
@@ -90,7 +93,56 @@ impl AuthorChanges {
         }
     }
 
-    fn write(
+    /// Indexes a new block: one postings key per author in it, their
+    /// aggregates (commits, unreachable, first, last, repositories).
+    pub(super) fn add_block(
+        &mut self,
+        store: &Store,
+        batch: &mut sled::Batch,
+        id: u32,
+        seq: u32,
+        cols: &Columns,
+    ) -> Result<(), StoreError> {
+        let mut by_author: BTreeMap<String, Vec<Posting>> = BTreeMap::new();
+        for i in 0..cols.len() {
+            let identity = cols.author(i).identity();
+            let ms = cols.date_ms(i);
+            by_author
+                .entry(identity.clone())
+                .or_default()
+                .push(Posting {
+                    ms,
+                    repo: id,
+                    seq,
+                    slot: i as u8,
+                });
+            let s = self.stats(store, &identity)?;
+            s.add(ms);
+            if !cols.reachable(i) {
+                s.unreachable += 1;
+            }
+        }
+        for (identity, postings) in by_author {
+            let max_ms = postings.iter().map(|p| p.ms).max().unwrap_or(i64::MIN);
+            let mut value = Vec::with_capacity(postings.len() * keys::POSTING_BYTES);
+            for p in &postings {
+                p.encode(&mut value);
+            }
+            batch.insert(keys::postings(&identity, max_ms, id, seq), value);
+            let pair = (identity, id);
+            if !self.pairs.contains(&pair) {
+                let key = keys::author_repo(&pair.0, id);
+                if !store.db().contains_key(&key).map_err(|e| store.err(e))? {
+                    batch.insert(key, &[]);
+                    self.stats(store, &pair.0)?.repos += 1;
+                }
+                self.pairs.insert(pair);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn write(
         self,
         store: &Store,
         batch: &mut sled::Batch,
@@ -135,45 +187,6 @@ impl Store {
             index.next_seq = seq + 1;
         }
         Ok(index)
-    }
-
-    /// Appends postings of one identity and month after its last chunk.
-    pub(super) fn append_postings(
-        &self,
-        batch: &mut sled::Batch,
-        identity: &str,
-        month: i32,
-        new: &[Posting],
-    ) -> Result<(), StoreError> {
-        let last = self
-            .db()
-            .scan_prefix(keys::postings_month(identity, month))
-            .next_back()
-            .transpose()
-            .map_err(|e| self.err(e))?;
-        let (mut chunk, mut value) = match last {
-            Some((k, v)) => {
-                let (_, _, chunk) = keys::parse_postings(&k)
-                    .ok_or_else(|| self.corrupt("postings key", keys::hash_hex(&k)))?;
-                (chunk, v.to_vec())
-            }
-            None => (0, Vec::new()),
-        };
-        for p in new {
-            if value.len() / POSTING_BYTES >= keys::POSTINGS_PER_CHUNK {
-                batch.insert(
-                    keys::postings(identity, month, chunk),
-                    std::mem::take(&mut value),
-                );
-                chunk = chunk.checked_add(1).ok_or_else(|| StoreError::Invalid {
-                    what: format!("the commits of {identity}"),
-                    message: "too many in one month".into(),
-                })?;
-            }
-            p.encode(&mut value);
-        }
-        batch.insert(keys::postings(identity, month, chunk), value);
-        Ok(())
     }
 
     /// Writes one page of commits, their postings, their authors and the
@@ -230,7 +243,6 @@ impl Store {
         }
         let mut placed: Vec<(Hash, u32, u8)> = Vec::with_capacity(fresh.len());
         let mut next_seq = index.next_seq;
-        let mut groups: BTreeMap<(String, i32), Vec<Posting>> = BTreeMap::new();
         for part in fresh.chunks(BLOCK_COMMITS) {
             let seq = next_seq;
             next_seq += 1;
@@ -244,23 +256,17 @@ impl Store {
                 .encode()
                 .map_err(|e| self.invalid(format!("a page of {}", repo.full_name), e))?;
             batch.insert(&keys::block(BLOCK, id, seq), bytes);
-            let hashes: Vec<Hash> = part.iter().map(|(h, _)| *h).collect();
-            let summary = Summary::of(id, seq, &hashes, (0..cols.len()).map(|i| cols.date_ms(i)));
+            let summary = Summary::of(
+                id,
+                seq,
+                cols.hashes(),
+                (0..cols.len()).map(|i| cols.date_ms(i)),
+            );
             batch.insert(&keys::block(SUMMARY, id, seq), summary.encode());
+            authors.add_block(self, &mut batch, id, seq, &cols)?;
             for (slot, (hash, c)) in part.iter().enumerate() {
                 placed.push((*hash, seq, slot as u8));
                 let identity = c.author.identity();
-                let ms = c.date.timestamp_millis();
-                groups
-                    .entry((identity.clone(), keys::month_of(ms)))
-                    .or_default()
-                    .push(Posting {
-                        ms,
-                        repo: id,
-                        seq,
-                        slot: slot as u8,
-                    });
-                authors.stats(self, &identity)?.add(ms, id);
                 if !authors.records.contains_key(&identity) {
                     let record = match self.author_record(&identity)? {
                         Some(a) => (a, false),
@@ -278,9 +284,6 @@ impl Store {
                     *dirty |= record.absorb(&c.author);
                 }
             }
-        }
-        for ((identity, month), postings) in &groups {
-            self.append_postings(&mut batch, identity, *month, postings)?;
         }
         let new_commits = fresh.len() as u64;
         authors.write(self, &mut batch, &mut totals)?;
