@@ -16,6 +16,8 @@
 use chrono::{DateTime, FixedOffset, Offset, TimeDelta, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
 use super::keys::{hash_hex, parse_hash, Hash};
 use super::StoredCommit;
 use crate::record::{parse_raw, Author, Committer};
@@ -98,6 +100,10 @@ pub struct Columns {
     committer: Vec<BlockCommitter>,
     parents: Vec<Vec<Parent>>,
     messages: Vec<String>,
+    /// Name and e-mail parsed from each author's and committer's raw
+    /// identity, once per block (not stored).
+    #[serde(skip)]
+    parsed: HashMap<String, (Option<String>, Option<String>)>,
 }
 
 /// Position of `x` in `table`, adding it if new.
@@ -132,6 +138,7 @@ impl Columns {
             parents: Vec::with_capacity(commits.len()),
             messages: Vec::with_capacity(commits.len()),
             hashes: Vec::new(),
+            parsed: HashMap::new(),
         };
         for c in commits {
             b.reachable.push(c.reachable);
@@ -200,7 +207,33 @@ impl Columns {
             *ms = acc;
         }
         b.check()?;
+        let raws = b
+            .authors
+            .iter()
+            .filter_map(|a| a.raw.as_deref())
+            .chain(b.committer.iter().filter_map(|c| match c {
+                BlockCommitter::Raw(Some(r)) => Some(r.as_str()),
+                _ => None,
+            }));
+        let mut parsed = HashMap::new();
+        for raw in raws {
+            if !parsed.contains_key(raw) {
+                parsed.insert(raw.to_owned(), parse_raw(raw));
+            }
+        }
+        b.parsed = parsed;
         Ok(b)
+    }
+
+    /// Name and e-mail of a raw identity.
+    fn names(&self, raw: Option<&str>) -> (Option<String>, Option<String>) {
+        match raw {
+            None => (None, None),
+            Some(r) => match self.parsed.get(r) {
+                Some(p) => p.clone(),
+                None => parse_raw(r),
+            },
+        }
     }
 
     fn check(&self) -> Result<(), BlockError> {
@@ -295,7 +328,7 @@ impl Columns {
     /// Commit `i`'s author.
     pub fn author(&self, i: usize) -> Author {
         let a = &self.authors[self.author[i] as usize];
-        let (name, email) = a.raw.as_deref().map(parse_raw).unwrap_or((None, None));
+        let (name, email) = self.names(a.raw.as_deref());
         Author {
             raw: a.raw.clone(),
             name,
@@ -323,7 +356,7 @@ impl Columns {
             BlockCommitter::Raw(raw) => Some(raw.clone()),
         };
         let committer = committer_raw.map(|raw| {
-            let (name, email) = raw.as_deref().map(parse_raw).unwrap_or((None, None));
+            let (name, email) = self.names(raw.as_deref());
             Committer { raw, name, email }
         });
         StoredCommit {
