@@ -14,6 +14,7 @@ mod freshness;
 mod hostile;
 mod hostile_input;
 mod kit;
+mod model;
 mod precision;
 mod query;
 mod quirks;
