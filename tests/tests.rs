@@ -15,6 +15,7 @@ mod hostile;
 mod hostile_input;
 mod kit;
 mod migrate;
+mod model;
 mod precision;
 mod query;
 mod quirks;
