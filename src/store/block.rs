@@ -207,14 +207,14 @@ impl Columns {
             *ms = acc;
         }
         b.check()?;
-        let raws = b
-            .authors
-            .iter()
-            .filter_map(|a| a.raw.as_deref())
-            .chain(b.committer.iter().filter_map(|c| match c {
-                BlockCommitter::Raw(Some(r)) => Some(r.as_str()),
-                _ => None,
-            }));
+        let raws =
+            b.authors
+                .iter()
+                .filter_map(|a| a.raw.as_deref())
+                .chain(b.committer.iter().filter_map(|c| match c {
+                    BlockCommitter::Raw(Some(r)) => Some(r.as_str()),
+                    _ => None,
+                }));
         let mut parsed = HashMap::new();
         for raw in raws {
             if !parsed.contains_key(raw) {

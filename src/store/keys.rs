@@ -14,7 +14,7 @@
 //! | `r`    | `r` workspace `\0` repository-uuid        | repository record (JSON, with its commit counts) |
 //! | `b`    | `b` repo-id seq                          | block: the new commits of one stored page (see `block`) |
 //! | `s`    | `s` repo-id seq                          | block summary: newest and oldest millisecond, count, hash-prefix filter |
-//! | `p`    | `p` identity `\0` date repo-id seq        | author postings: (date, slot) of their commits in one block; `date` their newest there |
+//! | `p`    | `p` identity `\0` ¬date repo-id seq       | author postings: (date, slot) of their commits in one block; `date` their newest there |
 //! | `g`    | `g` identity                             | author aggregate (postcard: commits, unreachable, first, last, repository count) |
 //! | `q`    | `q` identity `\0` repo-id                 | (empty) the author has commits in the repository |
 //! | `u`    | `u` identity                             | author record (JSON: names, e-mails, account) |
@@ -217,8 +217,10 @@ pub fn postings_prefix(identity: &str) -> Vec<u8> {
     k
 }
 
-/// Key of the postings of one identity in one block: its newest commit
-/// there comes first, so a reverse scan meets blocks newest first.
+/// Key of the postings of one identity in one block, after the instant of
+/// its newest commit there *inverted*, so a forward scan meets blocks
+/// newest first (sled 0.34's reverse scans can panic on keys rich in
+/// `0xff` bytes, as dates just before 1970 are).
 pub fn postings(identity: &str, max_ms: i64, id: u32, seq: u32) -> Vec<u8> {
     let mut k = postings_from(identity, max_ms);
     k.extend(id.to_be_bytes());
@@ -226,11 +228,11 @@ pub fn postings(identity: &str, max_ms: i64, id: u32, seq: u32) -> Vec<u8> {
     k
 }
 
-/// Start of one identity's postings whose newest commit is at or after
-/// `ms`.
+/// Prefix of one identity's postings whose newest commit is at `ms`:
+/// those at or after `ms` sort up to the end of this prefix.
 pub fn postings_from(identity: &str, ms: i64) -> Vec<u8> {
     let mut k = postings_prefix(identity);
-    k.extend(((ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend((!((ms as u64) ^ (1 << 63))).to_be_bytes());
     k
 }
 
@@ -241,8 +243,8 @@ pub fn parse_postings(key: &[u8]) -> Option<(&str, i64, u32, u32)> {
         return None;
     }
     let identity = std::str::from_utf8(key.get(1..end)?).ok()?;
-    let max_ms =
-        (u64::from_be_bytes(key.get(end + 1..end + 9)?.try_into().ok()?) ^ (1 << 63)) as i64;
+    let inverted = u64::from_be_bytes(key.get(end + 1..end + 9)?.try_into().ok()?);
+    let max_ms = (!inverted ^ (1 << 63)) as i64;
     let id = u32::from_be_bytes(key.get(end + 9..end + 13)?.try_into().ok()?);
     let seq = u32::from_be_bytes(key.get(end + 13..end + 17)?.try_into().ok()?);
     Some((identity, max_ms, id, seq))
@@ -477,6 +479,23 @@ mod tests {
         let c = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
         assert!(date8(a) < date8(b) && date8(b) < date8(c));
         assert_eq!(from_date8(&date8(c)), Some(c));
+    }
+
+    #[test]
+    fn postings_keys_round_trip_and_sort_newest_block_first() {
+        let ms = [-5_000i64, -1, 0, 1_700_000_000_000, i64::MIN, i64::MAX];
+        for m in ms {
+            let k = postings("jane@x", m, 7, 9);
+            assert_eq!(parse_postings(&k), Some(("jane@x", m, 7, 9)));
+            // At or after `m`: within the `postings_from(m)` prefix or before it.
+            assert!(k.starts_with(&postings_from("jane@x", m)));
+        }
+        let mut keys: Vec<Vec<u8>> = ms.iter().map(|m| postings("x", *m, 1, 1)).collect();
+        keys.sort();
+        let order: Vec<i64> = keys.iter().map(|k| parse_postings(k).unwrap().1).collect();
+        let mut newest_first = ms.to_vec();
+        newest_first.sort_by_key(|m| std::cmp::Reverse(*m));
+        assert_eq!(order, newest_first);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The first batch sets the schema to 2 and a `migrating` mark, so an older
 //! bbcrawl refuses the store from then on (it is newer than it knows) and
 //! a newer one knows to finish the job. Then, repository by repository, the
-//! newest (at most) 100 commits still in the schema-1 layout become one
+//! oldest (at most) 100 commits still in the schema-1 layout become one
 //! block: in ONE batch the block, its summary, its authors' postings and
 //! aggregates and the totals are written and the commits' schema-1 keys
 //! (record and both index entries) removed. A `kill -9` at any moment thus
@@ -74,8 +74,11 @@ pub(super) fn run(store: &Store, found: u32) -> Result<(), StoreError> {
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
     for repo in &repos {
+        // Blocks already written by an interrupted run come first.
+        let mut seq = store.summaries(repo.id)?.last().map_or(0, |s| s.seq + 1);
         loop {
-            let moved = move_newest(store, repo.id)?;
+            let moved = move_next(store, repo.id, seq)?;
+            seq += 1;
             if moved == 0 {
                 break;
             }
@@ -133,16 +136,17 @@ pub(super) fn run(store: &Store, found: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Moves the newest (at most 100) schema-1 commits of repository `id` into
-/// one block, in one batch. Returns how many moved (0: none left).
-fn move_newest(store: &Store, id: u32) -> Result<u64, StoreError> {
+/// Moves the oldest (at most 100) schema-1 commits of repository `id` (by
+/// its date index: forward, as sled 0.34's reverse scans can panic on keys
+/// rich in `0xff` bytes) into block `seq`, in one batch. Returns how many
+/// moved (0: none left).
+fn move_next(store: &Store, id: u32, seq: u32) -> Result<u64, StoreError> {
     let db = store.db();
     let mut batch = sled::Batch::default();
     let mut commits: Vec<(Hash, StoredCommit)> = Vec::new();
     let index_keys: Vec<sled::IVec> = db
         .scan_prefix(keys::by_repo_prefix(id))
         .keys()
-        .rev()
         .take(super::write::BLOCK_COMMITS)
         .collect::<Result<_, _>>()
         .map_err(|e| store.err(e))?;
@@ -172,7 +176,7 @@ fn move_newest(store: &Store, id: u32) -> Result<u64, StoreError> {
     }
     let moved = index_keys.len().max(commits.len()) as u64;
     if !commits.is_empty() {
-        write_block(store, &mut batch, id, &commits)?;
+        write_block(store, &mut batch, id, seq, &commits)?;
     }
     store.apply(batch)?;
     Ok(moved)
@@ -198,21 +202,9 @@ fn write_block(
     store: &Store,
     batch: &mut sled::Batch,
     id: u32,
+    seq: u32,
     commits: &[(Hash, StoredCommit)],
 ) -> Result<(), StoreError> {
-    let db = store.db();
-    let seq = match db
-        .scan_prefix(keys::blocks_prefix(BLOCK, id))
-        .keys()
-        .next_back()
-        .transpose()
-        .map_err(|e| store.err(e))?
-    {
-        Some(k) => keys::parse_block(&k)
-            .map(|(_, s)| s + 1)
-            .ok_or_else(|| store.corrupt("block key", keys::hash_hex(&k)))?,
-        None => 0,
-    };
     let stored: Vec<StoredCommit> = commits.iter().map(|(_, c)| c.clone()).collect();
     let cols = Columns::of(&stored).map_err(|e| store.corrupt("commit record", e))?;
     let bytes = cols

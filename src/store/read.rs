@@ -204,7 +204,7 @@ type Place = (u32, u32, u8);
 /// of one millisecond are read and given out in print order.
 struct AuthorStream<'a> {
     store: &'a Store,
-    iter: std::iter::Rev<sled::Iter>,
+    iter: sled::Iter,
     /// The next key's postings, read ahead: (newest ms, postings).
     ahead: Option<(i64, Vec<Posting>)>,
     exhausted: bool,
@@ -451,15 +451,16 @@ impl Store {
         until: Option<DateTime<Utc>>,
     ) -> Entries<'_> {
         let window = Window::new(since, until);
-        let start = match window.since {
-            Some(s) => keys::postings_from(identity, s),
-            None => keys::postings_prefix(identity),
+        // Newest first, forward: up to the blocks whose newest commit of
+        // theirs is at `since`.
+        let prefix = keys::postings_prefix(identity);
+        let end = match window.since {
+            Some(s) => prefix_end(&keys::postings_from(identity, s)),
+            None => prefix_end(&prefix),
         };
-        let end = prefix_end(&keys::postings_prefix(identity));
         let iter = self
             .db()
-            .range::<Vec<u8>, _>((Bound::Included(start), Bound::Excluded(end)))
-            .rev();
+            .range::<Vec<u8>, _>((Bound::Included(prefix), Bound::Excluded(end)));
         Box::new(AuthorStream {
             store: self,
             iter,
