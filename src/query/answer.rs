@@ -28,9 +28,54 @@ pub fn answer(store: &Store, req: &Request, mut out: &mut dyn Write) -> Result<(
         ),
         Question::Stats => write_stats(&mut out, format, width, stats(store)?),
         Question::Show { hash } => write_show(&mut out, format, &show(store, hash)?),
-        Question::Export { all } => write_rows(&mut out, format, width, export(store, *all)?),
+        Question::Export { all } => {
+            let records = export(store, *all)?;
+            // Reading (decompressing, decoding) on a second thread while
+            // this one prints: the two take about as long as each other.
+            std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(EXPORT_QUEUE);
+                scope.spawn(move || {
+                    let mut batch = Vec::with_capacity(EXPORT_BATCH);
+                    for r in records {
+                        match r {
+                            Ok(c) => {
+                                batch.push(c);
+                                if batch.len() == EXPORT_BATCH
+                                    && tx.send(Ok(std::mem::take(&mut batch))).is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                    if !batch.is_empty() {
+                        let _ = tx.send(Ok(batch));
+                    }
+                });
+                let rows = rx.into_iter().flat_map(|b: Result<Vec<CommitRecord>, _>| {
+                    let (ok, err) = match b {
+                        Ok(v) => (v, None),
+                        Err(e) => (Vec::new(), Some(Err(e))),
+                    };
+                    ok.into_iter().map(Ok).chain(err)
+                });
+                // Dropping the receiver (an error, a closed pipe) stops
+                // the reader at its next send.
+                write_rows(&mut out, format, width, rows)
+            })
+        }
     }
 }
+
+/// Records handed from the reading thread to the printing one at a time.
+const EXPORT_BATCH: usize = 512;
+
+/// Batches the reading thread may be ahead.
+const EXPORT_QUEUE: usize = 8;
 
 /// Rows already read, as the row streams the printers take.
 fn ok<T>(rows: Vec<T>) -> impl Iterator<Item = Result<T, super::QueryError>> {

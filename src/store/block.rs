@@ -339,8 +339,23 @@ impl Columns {
         }
     }
 
+    /// Every commit, in slot order, moving the messages out.
+    pub fn into_commits(mut self) -> Vec<StoredCommit> {
+        let messages = std::mem::take(&mut self.messages);
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| self.build(i, m))
+            .collect()
+    }
+
     /// Commit `i`.
     pub fn commit(&self, i: usize) -> StoredCommit {
+        self.build(i, self.messages[i].clone())
+    }
+
+    /// Commit `i` with its message.
+    fn build(&self, i: usize, message: String) -> StoredCommit {
         let offset = FixedOffset::east_opt(self.offsets_s[i]).unwrap_or_else(|| Utc.fix());
         let date = offset
             .timestamp_millis_opt(self.date_ms[i])
@@ -365,7 +380,7 @@ impl Columns {
             date,
             author,
             committer,
-            message: self.messages[i].clone(),
+            message,
             parents: self.parent_hashes(i).map(|h| hash_hex(&h)).collect(),
             reachable: self.reachable[i],
             unreachable_since: self.unreachable_since_ms[i]

@@ -536,7 +536,7 @@ impl Store {
         &'a self,
         workspace: &str,
         uuid: &str,
-    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
+    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + Send + 'a> {
         match self.repo(workspace, uuid) {
             Ok(Some(repo)) => self.commits_of(repo.id),
             Ok(None) => Box::new(std::iter::empty()),
@@ -550,7 +550,7 @@ impl Store {
     pub fn commits_of<'a>(
         &'a self,
         id: u32,
-    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + 'a> {
+    ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + Send + 'a> {
         let ranges = match self.hash_ranges(id) {
             Ok(r) => r,
             Err(e) => return Box::new(std::iter::once(Err(e))),
@@ -605,10 +605,10 @@ impl Store {
         for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
             let (_, v) = kv.map_err(|e| self.err(e))?;
             let cols = Columns::decode(&v).map_err(|e| self.corrupt("commit block", e))?;
-            for i in 0..cols.len() {
-                let h = *cols.hash(i);
+            let hashes = cols.hashes().to_vec();
+            for (h, c) in hashes.into_iter().zip(cols.into_commits()) {
                 if lo.is_none_or(|lo| h >= lo) && hi.is_none_or(|hi| h < hi) {
-                    out.push((h, cols.commit(i)));
+                    out.push((h, c));
                 }
             }
         }
