@@ -311,3 +311,213 @@ pub fn hash(seed: u64) -> String {
     }
     out
 }
+
+/// A child process measured by [`run_measured`]: wall time, peak RSS and CPU
+/// time as `wait4(2)` reports them to a small reaper process (see
+/// [`measure_child_main`]).
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Spawn to exit, as the reaper saw it.
+    pub wall: Duration,
+    /// `ru_maxrss` of the child, KiB: the kernel's high-water mark of its
+    /// resident set (`VmHWM` at exit), exact, no polling.
+    pub peak_rss_kb: u64,
+    /// `VmHWM` of the reaper when it spawned the child, KiB: an upper bound
+    /// of what `ru_maxrss` may hold from before the child's `exec`.
+    pub reaper_rss_kb: u64,
+    /// User + system CPU seconds of the child.
+    pub cpu: f64,
+    /// The exit code, or `-signal` when a signal ended it.
+    pub code: i32,
+    /// Bytes and lines written to stdout (when it was counted).
+    pub stdout_bytes: u64,
+    pub stdout_lines: u64,
+    /// The first 64 KiB of stdout (when it was counted).
+    pub stdout_head: Vec<u8>,
+    pub stderr: String,
+}
+
+/// `struct rusage` of 64-bit Linux: two `timeval`s, then 14 `long`s.
+#[repr(C)]
+struct RUsage([i64; 18]);
+
+extern "C" {
+    fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut RUsage) -> i32;
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Sends `sig` to `pid` (15 = SIGTERM, 9 = SIGKILL).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid this bench spawned; no memory involved.
+    unsafe {
+        kill(pid as i32, sig);
+    }
+}
+
+/// Waits for the child `pid` (spawned by this process and not yet waited
+/// for) and returns its exit code (`-signal` if killed), `ru_maxrss` in KiB
+/// and CPU seconds. Beware: Linux counts in `ru_maxrss` the resident set of
+/// the process image the child replaced at `exec` — with `vfork`/
+/// `posix_spawn` (what `std::process` uses) that is the *parent's*. Hence
+/// [`run_measured`] spawns through a small reaper.
+pub fn wait_rusage(pid: u32) -> (i32, u64, f64) {
+    let mut status = 0i32;
+    let mut ru = RUsage([0; 18]);
+    loop {
+        // SAFETY: both pointers are to live, properly sized locals.
+        let r = unsafe { wait4(pid as i32, &mut status, 0, &mut ru) };
+        if r == pid as i32 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted,
+            "wait4({pid}): {e}"
+        );
+    }
+    let code = if status & 0x7f == 0 {
+        (status >> 8) & 0xff
+    } else {
+        -(status & 0x7f)
+    };
+    let cpu = ru.0[0] as f64 + ru.0[1] as f64 / 1e6 + ru.0[2] as f64 + ru.0[3] as f64 / 1e6;
+    (code, ru.0[4] as u64, cpu)
+}
+
+/// `VmHWM` of a running process, KiB.
+pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    peak_rss_kb(pid)
+}
+
+/// The argument that makes a bench binary a reaper (see [`measure_child_main`]).
+pub const MEASURE_FLAG: &str = "--bench-measure-child";
+
+/// Call first in a bench's `main`: when started as
+/// `BENCH --bench-measure-child RESULT PROGRAM ARGS…` (by [`measured_command`]),
+/// this process — a fresh, small image — spawns `PROGRAM ARGS…` with its own
+/// environment and stdio, reaps it with `wait4`, writes
+/// `code ru_maxrss_kb cpu_s wall_ns own_vmhwm_kb` to RESULT and exits with
+/// the child's status. Its own resident set (a few MB) bounds what the
+/// child's `ru_maxrss` can inherit, far below any bbcrawl process.
+pub fn measure_child_main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let Some(pos) = args.iter().position(|a| a == MEASURE_FLAG) else {
+        return;
+    };
+    let result = PathBuf::from(&args[pos + 1]);
+    let own = peak_rss_kb(std::process::id()).unwrap_or(0);
+    let t = Instant::now();
+    let child = Command::new(&args[pos + 2])
+        .args(&args[pos + 3..])
+        .spawn()
+        .expect("reaper: spawn");
+    let (code, rss, cpu) = wait_rusage(child.id());
+    let wall = t.elapsed();
+    std::fs::write(
+        &result,
+        format!("{code} {rss} {cpu} {} {own}\n", wall.as_nanos()),
+    )
+    .expect("reaper: write result");
+    std::process::exit(if code >= 0 { code } else { 128 - code });
+}
+
+static MAX_REAPER_KB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The largest `VmHWM` of a reaper so far, KiB (what a child's `ru_maxrss`
+/// could at most have inherited).
+pub fn max_reaper_rss_kb() -> u64 {
+    MAX_REAPER_KB.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A command that runs `program` under this bench's reaper; add the
+/// program's arguments, environment and stdio as usual, then
+/// [`run_measured`].
+pub fn measured_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-tmp");
+    std::fs::create_dir_all(&dir).expect("create bench dir");
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let result = dir.join(format!("rusage-{}-{n}", std::process::id()));
+    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    cmd.arg(MEASURE_FLAG).arg(result).arg(program);
+    cmd
+}
+
+/// Runs a [`measured_command`] to its end (see [`Measured`]). Stdout is
+/// read and counted when `count_stdout` (else set it yourself, e.g.
+/// `Stdio::null()`); stderr is collected.
+pub fn run_measured(cmd: &mut Command, count_stdout: bool) -> Measured {
+    use std::io::Read;
+    let args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+    assert_eq!(
+        args.first().copied(),
+        Some(std::ffi::OsStr::new(MEASURE_FLAG))
+    );
+    let result = PathBuf::from(args[1]);
+    if count_stdout {
+        cmd.stdout(Stdio::piped());
+    }
+    cmd.stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the reaper");
+    let err = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = err {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let (mut bytes, mut lines, mut head) = (0u64, 0u64, Vec::new());
+    if let Some(mut out) = child.stdout.take() {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = out.read(&mut buf).expect("read stdout");
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            if head.len() < 1 << 16 {
+                let take = n.min((1 << 16) - head.len());
+                head.extend_from_slice(&buf[..take]);
+            }
+        }
+    }
+    child.wait().expect("wait for the reaper");
+    let stderr = err_reader.join().unwrap_or_default();
+    let text = std::fs::read_to_string(&result)
+        .unwrap_or_else(|e| panic!("reaper result {}: {e}\n{stderr}", result.display()));
+    let _ = std::fs::remove_file(&result);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    MAX_REAPER_KB.fetch_max(num(4) as u64, std::sync::atomic::Ordering::Relaxed);
+    Measured {
+        wall: Duration::from_nanos(num(3) as u64),
+        peak_rss_kb: num(1) as u64,
+        reaper_rss_kb: num(4) as u64,
+        cpu: num(2),
+        code: num(0) as i32,
+        stdout_bytes: bytes,
+        stdout_lines: lines,
+        stdout_head: head,
+        stderr,
+    }
+}
+
+/// Copies a directory tree (regular files and directories only).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<u64> {
+    std::fs::create_dir_all(to)?;
+    let mut bytes = 0;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let dest = to.join(e.file_name());
+        if ft.is_dir() {
+            bytes += copy_dir(&e.path(), &dest)?;
+        } else if ft.is_file() {
+            bytes += std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(bytes)
+}
