@@ -7,8 +7,8 @@ use std::io::Write;
 
 use super::output::{self, write_rows, write_show, write_stats, OutputError};
 use super::{
-    authors, commits, export, repos, show, stats, AuthorRow, Format, Question, RepoRow, Request,
-    Stats,
+    authors, commits, export, export_order, repos, show, stats, AuthorRow, Format, Question,
+    RepoRow, Request, Stats,
 };
 use crate::record::CommitRecord;
 use crate::store::Store;
@@ -28,54 +28,153 @@ pub fn answer(store: &Store, req: &Request, mut out: &mut dyn Write) -> Result<(
         ),
         Question::Stats => write_stats(&mut out, format, width, stats(store)?),
         Question::Show { hash } => write_show(&mut out, format, &show(store, hash)?),
-        Question::Export { all } => {
-            let records = export(store, *all)?;
-            // Reading (decompressing, decoding) on a second thread while
-            // this one prints: the two take about as long as each other.
-            std::thread::scope(|scope| {
-                let (tx, rx) = std::sync::mpsc::sync_channel(EXPORT_QUEUE);
-                scope.spawn(move || {
-                    let mut batch = Vec::with_capacity(EXPORT_BATCH);
-                    for r in records {
-                        match r {
-                            Ok(c) => {
-                                batch.push(c);
-                                if batch.len() == EXPORT_BATCH
-                                    && tx.send(Ok(std::mem::take(&mut batch))).is_err()
-                                {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                                return;
-                            }
-                        }
-                    }
-                    if !batch.is_empty() {
-                        let _ = tx.send(Ok(batch));
-                    }
-                });
-                let rows = rx.into_iter().flat_map(|b: Result<Vec<CommitRecord>, _>| {
-                    let (ok, err) = match b {
-                        Ok(v) => (v, None),
-                        Err(e) => (Vec::new(), Some(Err(e))),
-                    };
-                    ok.into_iter().map(Ok).chain(err)
-                });
-                // Dropping the receiver (an error, a closed pipe) stops
-                // the reader at its next send.
-                write_rows(&mut out, format, width, rows)
-            })
+        Question::Export { all } if matches!(format, Format::Ndjson | Format::Json) => {
+            export_json(store, *all, format == Format::Ndjson, out)
         }
+        Question::Export { all } => write_rows(&mut out, format, width, export(store, *all)?),
     }
 }
 
-/// Records handed from the reading thread to the printing one at a time.
-const EXPORT_BATCH: usize = 512;
+/// What a worker of [`export_json`] hands over for one repository.
+enum Part {
+    /// Printed records (each followed by `\n`, or preceded by `,`).
+    Bytes(Vec<u8>),
+    /// The repository is done.
+    Done,
+    /// Reading failed.
+    Failed(super::QueryError),
+}
 
-/// Batches the reading thread may be ahead.
-const EXPORT_QUEUE: usize = 8;
+/// Workers print up to this many bytes before handing them over.
+const PART_BYTES: usize = 256 << 10;
+
+/// How many repositories a worker may be ahead of the one being written.
+const WINDOW: usize = 8;
+
+/// `export` as NDJSON or JSON: repositories are read and printed on
+/// worker threads (one repository each at a time), and written here in
+/// export order — the same bytes as printing them one by one, at the speed
+/// of the cores (reading a block and printing its records take about as
+/// long as each other, and a thread that both allocates and frees its own
+/// records does not fight the allocator).
+fn export_json(
+    store: &Store,
+    all: bool,
+    ndjson: bool,
+    out: &mut dyn Write,
+) -> Result<(), OutputError> {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let repos = export_order(store)?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4);
+    let next = AtomicUsize::new(0);
+    let written = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Part)>(4 * workers);
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (repos, next, written, stop) = (&repos, &next, &written, &stop);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(repo) = repos.get(i) else { return };
+                while i > written.load(Ordering::Acquire) + WINDOW {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let mut buf = Vec::new();
+                for c in store.commits_of(repo.id) {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let c = match c {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send((i, Part::Failed(e.into())));
+                            return;
+                        }
+                    };
+                    if !(all || c.reachable) {
+                        continue;
+                    }
+                    if !ndjson {
+                        buf.push(b',');
+                    }
+                    if let Err(e) = serde_json::to_writer(&mut buf, &c.into_record(repo)) {
+                        let _ = tx.send((
+                            i,
+                            Part::Failed(super::QueryError::Store(
+                                crate::store::StoreError::Invalid {
+                                    what: "a commit record".into(),
+                                    message: e.to_string(),
+                                },
+                            )),
+                        ));
+                        return;
+                    }
+                    if ndjson {
+                        buf.push(b'\n');
+                    }
+                    if buf.len() >= PART_BYTES
+                        && tx.send((i, Part::Bytes(std::mem::take(&mut buf)))).is_err()
+                    {
+                        return;
+                    }
+                }
+                if tx.send((i, Part::Bytes(buf))).is_err() || tx.send((i, Part::Done)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let result = (|| {
+            if !ndjson {
+                out.write_all(b"[")?;
+            }
+            let mut first = true;
+            let mut current = 0usize;
+            let mut pending: BTreeMap<usize, VecDeque<Part>> = BTreeMap::new();
+            for (i, part) in rx.iter() {
+                pending.entry(i).or_default().push_back(part);
+                while let Some(queue) = pending.get_mut(&current) {
+                    let Some(part) = queue.pop_front() else { break };
+                    match part {
+                        Part::Bytes(b) => {
+                            let b = if first && !ndjson && !b.is_empty() {
+                                first = false;
+                                &b[1..]
+                            } else {
+                                &b[..]
+                            };
+                            out.write_all(b)?;
+                        }
+                        Part::Done => {
+                            pending.remove(&current);
+                            current += 1;
+                            written.store(current, Ordering::Release);
+                        }
+                        Part::Failed(e) => return Err(OutputError::from(e)),
+                    }
+                }
+            }
+            if !ndjson {
+                out.write_all(b"]\n")?;
+            }
+            out.flush()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            stop.store(true, Ordering::Release);
+        }
+        drop(rx);
+        result
+    })
+}
 
 /// Rows already read, as the row streams the printers take.
 fn ok<T>(rows: Vec<T>) -> impl Iterator<Item = Result<T, super::QueryError>> {
@@ -114,5 +213,89 @@ pub fn table_from_json(
         Question::Show { .. } => {
             output::write_show(&mut out, Format::Text, &rows::<CommitRecord>(json)?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Author, RepoState};
+    use chrono::{DateTime, Utc};
+
+    fn record(repo: &RepoState, i: usize) -> CommitRecord {
+        CommitRecord {
+            workspace: repo.workspace.clone(),
+            repo: repo.slug.clone(),
+            repo_uuid: repo.uuid.clone(),
+            branch: "main".into(),
+            hash: format!("{:040x}", i * 7919 + repo.slug.len()),
+            date: DateTime::parse_from_rfc3339("2024-05-01T11:37:07+02:00").unwrap()
+                + chrono::Duration::minutes(i as i64),
+            author: Author {
+                raw: Some(format!("Dev {} <dev{}@x.io>", i % 3, i % 3)),
+                name: Some(format!("Dev {}", i % 3)),
+                email: Some(format!("dev{}@x.io", i % 3)),
+                uuid: None,
+                account_id: None,
+                display_name: None,
+            },
+            committer: None,
+            message: format!("change \"{i}\"\n\nbody é"),
+            parents: vec![],
+            reachable: true,
+        }
+    }
+
+    /// The parallel NDJSON/JSON export prints exactly what printing the
+    /// records one by one prints.
+    #[test]
+    fn the_parallel_export_prints_the_bytes_of_the_serial_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let serial = |store: &Store, format: Format, all: bool| {
+            let mut out = Vec::new();
+            write_rows(&mut out, format, 80, export(store, all).unwrap()).unwrap();
+            out
+        };
+        let parallel = |store: &Store, format: Format, all: bool| {
+            let mut out = Vec::new();
+            export_json(store, all, format == Format::Ndjson, &mut out).unwrap();
+            out
+        };
+        let check = |store: &Store| {
+            for format in [Format::Ndjson, Format::Json] {
+                for all in [false, true] {
+                    assert_eq!(
+                        String::from_utf8(parallel(store, format, all)).unwrap(),
+                        String::from_utf8(serial(store, format, all)).unwrap(),
+                        "{format:?} all={all}"
+                    );
+                }
+            }
+        };
+        check(&store);
+        // Repositories of 0, 1, many commits (more than a part), in an
+        // order unlike export order, one with unreachable commits.
+        for (n, slug) in [(0usize, "m"), (3000, "b"), (1, "z"), (250, "a"), (40, "k")] {
+            let mut repo = RepoState::new(
+                "ws",
+                &format!("{{{slug}}}"),
+                slug,
+                &format!("ws/{slug}"),
+                Utc::now(),
+            );
+            let commits: Vec<CommitRecord> = (0..n).map(|i| record(&repo, i)).collect();
+            for page in commits.chunks(100) {
+                repo = store.apply_page(&repo, page).unwrap().repo;
+            }
+            if n == 0 {
+                store.put_repo(&repo).unwrap();
+            }
+            if slug == "k" {
+                let head = record(&repo, 10).hash;
+                store.mark_reachability(&repo, &head, Utc::now()).unwrap();
+            }
+        }
+        check(&store);
     }
 }

@@ -313,8 +313,7 @@ pub fn export<'a>(
     store: &'a Store,
     all: bool,
 ) -> Result<impl Iterator<Item = Result<CommitRecord, QueryError>> + 'a, QueryError> {
-    let mut repos = store.repos()?;
-    repos.sort_by(|a, b| (&a.workspace, &a.slug, &a.uuid).cmp(&(&b.workspace, &b.slug, &b.uuid)));
+    let repos = export_order(store)?;
     Ok(repos.into_iter().flat_map(move |repo| {
         let id = repo.id;
         store.commits_of(id).filter_map(move |c| match c {
@@ -323,6 +322,13 @@ pub fn export<'a>(
             Err(e) => Some(Err(e.into())),
         })
     }))
+}
+
+/// The repositories in `export` order: by workspace, slug, uuid.
+pub fn export_order(store: &Store) -> Result<Vec<RepoState>, QueryError> {
+    let mut repos = store.repos()?;
+    repos.sort_by(|a, b| (&a.workspace, &a.slug, &a.uuid).cmp(&(&b.workspace, &b.slug, &b.uuid)));
+    Ok(repos)
 }
 
 /// `show`: every stored commit (across repositories) whose hash is `hash`
