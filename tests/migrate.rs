@@ -348,3 +348,129 @@ fn the_copy_helper_copies_subdirectories() {
         "README.md is not a store file"
     );
 }
+
+/// Counts of the fixture copy's keys by layout, read with sled directly
+/// (never through bbcrawl, which would carry the migration on): schema-1
+/// commit records, schema-2 blocks, and whether the migration mark is set.
+fn layout(store: &Path) -> (usize, usize, bool) {
+    let db = sled::open(store).unwrap();
+    let old = db.scan_prefix(b"c").count();
+    let blocks = db.scan_prefix(b"b").count();
+    let marked = db.contains_key(b"mmigrating").unwrap();
+    (old, blocks, marked)
+}
+
+/// `kill -9` at three moments of the in-place migration (each once it has
+/// begun, at a random point), then a run to the end: every commit once,
+/// and every answer the bytes schema 1 printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_killed_three_times_ends_exact() {
+    use rand::Rng;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (_dir, store) = fixture_copy();
+    let (mut old, blocks, marked) = layout(&store);
+    assert!(
+        old > 3000 && blocks == 0 && !marked,
+        "{old} {blocks} {marked}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for kill in 1..=3 {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
+        cmd.args(["--store", store.to_str().unwrap(), "query", "stats"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // A pause after each batch of 100, so the migration of this
+            // small store lasts long enough to be killed in the middle.
+            .env("BBCRAWL_TEST_MIGRATION_PAUSE_MS", "25")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("migrating the store") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .expect("no migration notice within 30 s");
+        assert!(
+            started,
+            "kill {kill}: the run ended without announcing a migration"
+        );
+        let after = rand::thread_rng().gen_range(30..200);
+        tokio::time::sleep(std::time::Duration::from_millis(after)).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "kill {kill}: the migration ended before the kill"
+        );
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        let (left, blocks, marked) = layout(&store);
+        assert!(marked, "kill {kill}: the migration mark is gone");
+        assert!(
+            left < old && left > 0 && blocks > 0,
+            "kill {kill} after {after} ms: {old} → {left} schema-1 records, {blocks} blocks"
+        );
+        old = left;
+    }
+    check(
+        &store,
+        "export-all.ndjson",
+        &["export", "--all", "--format", "ndjson"],
+    )
+    .await;
+    let (left, _, marked) = layout(&store);
+    assert_eq!(
+        (left, marked),
+        (0, false),
+        "schema-1 records left after the migration ended"
+    );
+    check(&store, "export.ndjson", &["export", "--format", "ndjson"]).await;
+    check(
+        &store,
+        "commits-all.ndjson",
+        &["query", "commits", "--all", "--format", "ndjson"],
+    )
+    .await;
+    check(
+        &store,
+        "authors.ndjson",
+        &["query", "authors", "--format", "ndjson"],
+    )
+    .await;
+    check(
+        &store,
+        "authors-all.ndjson",
+        &["query", "authors", "--all", "--format", "ndjson"],
+    )
+    .await;
+    let stats = stats_without_size(&run(&store, &["query", "stats", "--format", "json"]).await);
+    assert_eq!(stats, stats_without_size(&expected("stats.json")));
+}
+
+/// A migrated store says so once, then opens as schema 2 without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_is_announced_once_and_an_older_bbcrawl_is_refused_after() {
+    let (_dir, store) = fixture_copy();
+    let args = ["--store", store.to_str().unwrap(), "query", "stats"];
+    let first = bbcrawl(store.parent().unwrap(), &args, &[]).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let err = stderr(&first);
+    assert!(
+        err.contains("migrating the store") && err.contains("schema 1 to schema 2"),
+        "{err}"
+    );
+    assert!(err.contains("store migrated to schema 2"), "{err}");
+    let second = bbcrawl(store.parent().unwrap(), &args, &[]).await;
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("migrat"), "{}", stderr(&second));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let db = sled::open(&store).unwrap();
+    let schema = db.get(b"mschema").unwrap().expect("no mschema key");
+    // A bbcrawl that knows only schema 1 refuses a store of schema 2.
+    assert_eq!(schema.as_ref(), 2u32.to_be_bytes(), "schema version");
+}
