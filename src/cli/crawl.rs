@@ -78,10 +78,12 @@ pub(super) async fn sync(
     let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
     let progress = SyncProgress::start(progress_mode(g), client.clone());
     let observer: Arc<dyn PassObserver> = progress.clone();
-    let crawler = Crawler::start(client, store, observer);
+    let crawler = Crawler::start(client, Arc::clone(&store), observer);
     let end = crawler
         .pass_until(pass_options(&cfg, repos, full), signal)
         .await;
+    drop(crawler);
+    close_store(store).await;
     progress.finish();
     let (result, stopped_by) = match end {
         PassEnd::Finished(r) => (r, None),
@@ -151,6 +153,33 @@ pub(super) async fn run_daemon(
         pass: pass_options(&cfg, Vec::new(), false),
         observer,
     };
-    daemon::run(client, store, opts, metrics, shutdown).await?;
+    let ran = daemon::run(client, Arc::clone(&store), opts, metrics, shutdown).await;
+    close_store(store).await;
+    ran?;
     Ok(exit::SUCCESS)
+}
+
+/// Lets go of the store once the actors have (the writer's last flush
+/// done), on a blocking thread: dropping the last handle of a store that
+/// was written settles sled's log (`Store::settle`), so the next process to
+/// open it does not replay this one's writes. Best effort: after a few
+/// two seconds of an actor still holding it (a request stalled past the
+/// drain deadline), the process exits anyway (and the
+/// next open settles instead).
+async fn close_store(store: Arc<Store>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut store = store;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => {
+                let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+                return;
+            }
+            Err(shared) if std::time::Instant::now() < deadline => {
+                store = shared;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(_) => return,
+        }
+    }
 }
