@@ -349,29 +349,32 @@ fn the_copy_helper_copies_subdirectories() {
     );
 }
 
-/// Counts of the fixture copy's keys by layout, read with sled directly
-/// (never through bbcrawl, which would carry the migration on): schema-1
-/// commit records, schema-2 blocks, and whether the migration mark is set.
-fn layout(store: &Path) -> (usize, usize, bool) {
+/// The fixture copy's schema-1 records and schema version, read with sled
+/// directly (never through bbcrawl, which would carry the migration on).
+fn old_layout(store: &Path) -> (usize, Vec<u8>) {
     let db = sled::open(store).unwrap();
-    let old = db.scan_prefix(b"c").count();
-    let blocks = db.scan_prefix(b"b").count();
-    let marked = db.contains_key(b"mmigrating").unwrap();
-    (old, blocks, marked)
+    let records = db.scan_prefix(b"c").count();
+    let schema = db
+        .get(b"mschema")
+        .unwrap()
+        .map(|v| v.to_vec())
+        .unwrap_or_default();
+    (records, schema)
 }
 
-/// `kill -9` at three moments of the in-place migration (each once it has
-/// begun, at a random point), then a run to the end: every commit once,
-/// and every answer the bytes schema 1 printed.
+/// `kill -9` at three moments of the migration (each once it has begun, at
+/// a random point), then a run to the end: the old store is untouched by
+/// every killed run, and the finished one answers every question with the
+/// bytes schema 1 printed — every commit once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_killed_three_times_ends_exact() {
     use rand::Rng;
     use tokio::io::{AsyncBufReadExt, BufReader};
     let (_dir, store) = fixture_copy();
-    let (mut old, blocks, marked) = layout(&store);
+    let (records, schema) = old_layout(&store);
     assert!(
-        old > 3000 && blocks == 0 && !marked,
-        "{old} {blocks} {marked}"
+        records > 3000 && schema == 1u32.to_be_bytes(),
+        "{records} {schema:?}"
     );
     std::thread::sleep(std::time::Duration::from_millis(100));
     for kill in 1..=3 {
@@ -379,7 +382,7 @@ async fn a_migration_killed_three_times_ends_exact() {
         cmd.args(["--store", store.to_str().unwrap(), "query", "stats"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            // A pause after each batch of 100, so the migration of this
+            // A pause after each block of 100, so the migration of this
             // small store lasts long enough to be killed in the middle.
             .env("BBCRAWL_TEST_MIGRATION_PAUSE_MS", "25")
             .stdout(std::process::Stdio::null())
@@ -401,7 +404,7 @@ async fn a_migration_killed_three_times_ends_exact() {
             started,
             "kill {kill}: the run ended without announcing a migration"
         );
-        let after = rand::thread_rng().gen_range(30..200);
+        let after = rand::thread_rng().gen_range(30..300);
         tokio::time::sleep(std::time::Duration::from_millis(after)).await;
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -409,13 +412,16 @@ async fn a_migration_killed_three_times_ends_exact() {
         );
         child.start_kill().unwrap();
         child.wait().await.unwrap();
-        let (left, blocks, marked) = layout(&store);
-        assert!(marked, "kill {kill}: the migration mark is gone");
+        let work = store.join("migrating-v2");
         assert!(
-            left < old && left > 0 && blocks > 0,
-            "kill {kill} after {after} ms: {old} → {left} schema-1 records, {blocks} blocks"
+            work.is_dir() && !work.join("COMPLETE").exists(),
+            "kill {kill} after {after} ms: no half-built copy"
         );
-        old = left;
+        assert_eq!(
+            old_layout(&store),
+            (records, schema.clone()),
+            "kill {kill}: the old store changed"
+        );
     }
     check(
         &store,
@@ -423,11 +429,9 @@ async fn a_migration_killed_three_times_ends_exact() {
         &["export", "--all", "--format", "ndjson"],
     )
     .await;
-    let (left, _, marked) = layout(&store);
-    assert_eq!(
-        (left, marked),
-        (0, false),
-        "schema-1 records left after the migration ended"
+    assert!(
+        !store.join("migrating-v2").exists(),
+        "the copy's directory is left"
     );
     check(&store, "export.ndjson", &["export", "--format", "ndjson"]).await;
     check(
@@ -450,6 +454,67 @@ async fn a_migration_killed_three_times_ends_exact() {
     .await;
     let stats = stats_without_size(&run(&store, &["query", "stats", "--format", "json"]).await);
     assert_eq!(stats, stats_without_size(&expected("stats.json")));
+    let id = std::fs::read_to_string(fixture().join("store-id")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(store.join("store-id")).unwrap(),
+        id,
+        "the store id changed"
+    );
+}
+
+/// The swap of a finished copy, interrupted at each step, is finished by
+/// the next open: the copy's data, never the old store's, never none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_swap_is_finished_by_the_next_open() {
+    // A finished migration, to take its files as "the complete copy".
+    let (_done_dir, done) = fixture_copy();
+    run(&done, &["query", "stats"]).await;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let sled_files = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n == "conf" || n == "db" || n == "blobs" || n.starts_with("snap."))
+            .collect();
+        v.sort();
+        v
+    };
+    for (step, moved) in [
+        ("COMPLETE", 0usize),
+        ("OLD_REMOVED", 0),
+        ("OLD_REMOVED", 1),
+        ("OLD_REMOVED", 2),
+    ] {
+        let (_dir, store) = fixture_copy();
+        let work = store.join("migrating-v2");
+        copy_tree(&done, &work, &["store-id", ".migration.lock"]);
+        std::fs::write(work.join("COMPLETE"), b"").unwrap();
+        if step == "OLD_REMOVED" {
+            for f in sled_files(&store) {
+                let p = store.join(&f);
+                if p.is_dir() {
+                    std::fs::remove_dir_all(p).unwrap()
+                } else {
+                    std::fs::remove_file(p).unwrap()
+                }
+            }
+            std::fs::write(work.join("OLD_REMOVED"), b"").unwrap();
+            for f in sled_files(&work).into_iter().take(moved) {
+                std::fs::rename(work.join(&f), store.join(&f)).unwrap();
+            }
+        }
+        check(
+            &store,
+            "export-all.ndjson",
+            &["export", "--all", "--format", "ndjson"],
+        )
+        .await;
+        assert!(
+            !work.exists(),
+            "{step}/{moved}: the copy's directory is left"
+        );
+        assert_eq!(sled_files(&store), sled_files(&done), "{step}/{moved}");
+    }
 }
 
 /// A migrated store says so once, then opens as schema 2 without a word.

@@ -51,6 +51,10 @@ const PART_BYTES: usize = 256 << 10;
 /// How many repositories a worker may be ahead of the one being written.
 const WINDOW: usize = 8;
 
+/// Printed bytes waiting for their turn, at most (beyond one part per
+/// worker): a worker ahead of the repository being written waits.
+const PENDING_BYTES: usize = 16 << 20;
+
 /// `export` as NDJSON or JSON: repositories are read and printed on
 /// worker threads (one repository each at a time), and written here in
 /// export order — the same bytes as printing them one by one, at the speed
@@ -72,20 +76,37 @@ fn export_json(
         .clamp(1, 4);
     let next = AtomicUsize::new(0);
     let written = AtomicUsize::new(0);
+    let queued = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Part)>(4 * workers);
         for _ in 0..workers {
             let tx = tx.clone();
-            let (repos, next, written, stop) = (&repos, &next, &written, &stop);
+            let (repos, next, written, queued, stop) = (&repos, &next, &written, &queued, &stop);
+            // Waits while this worker is too far ahead (never when its
+            // repository is the one being written); false: stop.
+            let wait_turn = move |i: usize, far: usize| loop {
+                if stop.load(Ordering::Acquire) {
+                    return false;
+                }
+                let current = written.load(Ordering::Acquire);
+                if i <= current
+                    || (i <= current.saturating_add(far)
+                        && queued.load(Ordering::Acquire) < PENDING_BYTES)
+                {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            };
             scope.spawn(move || loop {
+                let send = |i: usize, b: Vec<u8>| {
+                    queued.fetch_add(b.len(), Ordering::AcqRel);
+                    tx.send((i, Part::Bytes(b))).is_ok()
+                };
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(repo) = repos.get(i) else { return };
-                while i > written.load(Ordering::Acquire) + WINDOW {
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
+                if !wait_turn(i, WINDOW) {
+                    return;
                 }
                 let mut buf = Vec::new();
                 for c in store.commits_of(repo.id) {
@@ -121,12 +142,12 @@ fn export_json(
                         buf.push(b'\n');
                     }
                     if buf.len() >= PART_BYTES
-                        && tx.send((i, Part::Bytes(std::mem::take(&mut buf)))).is_err()
+                        && !(wait_turn(i, usize::MAX) && send(i, std::mem::take(&mut buf)))
                     {
                         return;
                     }
                 }
-                if tx.send((i, Part::Bytes(buf))).is_err() || tx.send((i, Part::Done)).is_err() {
+                if !(send(i, buf) && tx.send((i, Part::Done)).is_ok()) {
                     return;
                 }
             });
@@ -145,6 +166,7 @@ fn export_json(
                     let Some(part) = queue.pop_front() else { break };
                     match part {
                         Part::Bytes(b) => {
+                            queued.fetch_sub(b.len(), Ordering::AcqRel);
                             let b = if first && !ndjson && !b.is_empty() {
                                 first = false;
                                 &b[1..]

@@ -44,8 +44,6 @@ pub const META_NEXT_ID: &[u8] = b"mnext_repo_id";
 pub const META_LAST_PASS: &[u8] = b"mlast_pass";
 /// Meta key holding the store totals (postcard, see `Totals`).
 pub const META_TOTALS: &[u8] = b"mtotals";
-/// Meta key present while a schema-1 store is being migrated.
-pub const META_MIGRATING: &[u8] = b"mmigrating";
 
 /// Blocks of commits.
 pub const BLOCK: u8 = b'b';

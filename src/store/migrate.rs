@@ -1,28 +1,43 @@
-//! Schema 1 → 2, in place, when a schema-1 store is opened.
+//! Schema 1 → 2 when a schema-1 store is opened: a new store is written
+//! beside the old one, inside the store directory, then swapped in.
 //!
-//! The first batch sets the schema to 2 and a `migrating` mark, so an older
-//! bbcrawl refuses the store from then on (it is newer than it knows) and
-//! a newer one knows to finish the job. Then, repository by repository, the
-//! oldest (at most) 100 commits still in the schema-1 layout become one
-//! block: in ONE batch the block, its summary, its authors' postings and
-//! aggregates and the totals are written and the commits' schema-1 keys
-//! (record and both index entries) removed. A `kill -9` at any moment thus
-//! leaves every commit in exactly one of the layouts, and the next open
-//! carries on from what is left. Repository records, author records and
-//! the last pass are the same in both schemas and are not touched. The
-//! last batch counts the authors and removes the mark.
+//! Why not in place: sled costs about 10 µs per key written or removed, and
+//! schema 1 holds three keys per commit — removing them alone would hold a
+//! million-commit store for over half a minute. Reading them in order costs
+//! little, and the new layout writes a few keys per hundred commits.
+//!
+//! 1. Under `<store>/.migration.lock` (held to the end, so no other bbcrawl
+//!    touches the store meanwhile) and the old store's own sled lock, a new
+//!    sled database is built in `<store>/migrating-v2/`: repository and
+//!    author records and the last pass copied as they are, then each
+//!    repository's commits, oldest first by its date index, a hundred to a
+//!    block. The old store is only read.
+//! 2. The new database is flushed and closed, and `migrating-v2/COMPLETE`
+//!    is written (and synced).
+//! 3. The old store is closed; its sled files at the top of the directory
+//!    are removed and `migrating-v2/OLD_REMOVED` written; the new files are
+//!    moved up; `migrating-v2/` is removed. The store id and the daemon's
+//!    address file stay where they are.
+//!
+//! A `kill -9` at any moment leaves one of these states, which the next
+//! open recognises before it opens sled ([`resume`]): no `COMPLETE` → the
+//! half-built copy is removed and the migration starts again from the
+//! intact old store; `COMPLETE` → the swap is finished. So every commit ends
+//! up stored exactly once, and the old store is removed only after the new
+//! one is complete on disk.
 
+use std::collections::HashSet;
+use std::fs::File;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-use chrono::Utc;
 
 use super::block::Columns;
 use super::codec;
 use super::keys::{self, Hash, Summary, BLOCK, SUMMARY};
 use super::read::Totals;
 use super::write::AuthorChanges;
-use super::{Store, StoreError, StoredCommit};
+use super::{Create, Store, StoreError, StoredCommit};
 
 /// Progress of a migration, for a caller that wants to show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,24 +52,139 @@ pub struct MigrationProgress {
 /// the middle of a small store's migration. Not for users.
 const PAUSE_ENV: &str = "BBCRAWL_TEST_MIGRATION_PAUSE_MS";
 
-/// Migrates `store` (schema `found`) to schema 2.
-pub(super) fn run(store: &Store, found: u32) -> Result<(), StoreError> {
-    let db = store.db();
-    if found < keys::SCHEMA_VERSION {
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::META_SCHEMA, &keys::SCHEMA_VERSION.to_be_bytes());
-        batch.insert(keys::META_MIGRATING, &found.to_be_bytes());
-        store.apply(batch)?;
-        store.flush()?;
+/// Where the new store is built, inside the store directory.
+pub const WORK_DIR: &str = "migrating-v2";
+/// In [`WORK_DIR`]: the new store is complete.
+const COMPLETE: &str = "COMPLETE";
+/// In [`WORK_DIR`]: the old store's files are gone.
+const OLD_REMOVED: &str = "OLD_REMOVED";
+/// Held (locked) for the whole migration and swap.
+const LOCK_FILE: &str = ".migration.lock";
+
+/// Commits per block written by the migration.
+const BLOCK_COMMITS: usize = super::write::BLOCK_COMMITS;
+
+/// The migration lock of a store directory, held while alive.
+pub(super) struct MigrationLock {
+    _file: File,
+}
+
+fn io_error(dir: &Path, what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: dir.to_path_buf(),
+        message: format!("migrating to schema 2: {what}: {e}"),
     }
-    let repos = store.repos()?;
+}
+
+/// Takes the migration lock of `dir`, or says the store is locked.
+fn lock(dir: &Path) -> Result<MigrationLock, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error(dir, "cannot open the migration lock", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(MigrationLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(dir, "cannot lock", e)),
+    }
+}
+
+/// Syncs a directory, so renames and removals in it are durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes an empty marker file durably.
+fn mark(dir: &Path, name: &str) -> std::io::Result<()> {
+    File::create(dir.join(name))?.sync_all()?;
+    sync_dir(dir)
+}
+
+/// sled's files in a directory: `conf`, `db`, `snap.*`, `blobs`.
+fn sled_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "conf" || name == "db" || name == "blobs" || name.starts_with("snap.") {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+fn remove(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Before sled is opened in `dir`: finishes what an interrupted migration
+/// left (see the module doc). Nothing to do in a store without
+/// [`WORK_DIR`]; a held lock (another process migrating) is `Locked`.
+pub(super) fn resume(dir: &Path, held: Option<MigrationLock>) -> Result<(), StoreError> {
+    let work = dir.join(WORK_DIR);
+    if !work.is_dir() {
+        return Ok(());
+    }
+    let _lock = match held {
+        Some(l) => l,
+        None => lock(dir)?,
+    };
+    let err = |what: &str, e: std::io::Error| io_error(dir, what, e);
+    if !work.join(COMPLETE).exists() {
+        tracing::info!(store = %dir.display(), "removing the incomplete schema-2 copy an interrupted migration left; the migration starts again");
+        std::fs::remove_dir_all(&work).map_err(|e| err("cannot remove the incomplete copy", e))?;
+        sync_dir(dir).map_err(|e| err("cannot sync", e))?;
+        return Ok(());
+    }
+    if !work.join(OLD_REMOVED).exists() {
+        for f in sled_files(dir).map_err(|e| err("cannot list the old store", e))? {
+            remove(&f).map_err(|e| err("cannot remove the old store", e))?;
+        }
+        sync_dir(dir).map_err(|e| err("cannot sync", e))?;
+        mark(&work, OLD_REMOVED).map_err(|e| err("cannot mark the old store removed", e))?;
+    }
+    for f in sled_files(&work).map_err(|e| err("cannot list the new store", e))? {
+        if let Some(name) = f.file_name() {
+            std::fs::rename(&f, dir.join(name))
+                .map_err(|e| err("cannot move the new store up", e))?;
+        }
+    }
+    sync_dir(dir).map_err(|e| err("cannot sync", e))?;
+    std::fs::remove_dir_all(&work).map_err(|e| err("cannot remove the migration directory", e))?;
+    sync_dir(dir).map_err(|e| err("cannot sync", e))?;
+    Ok(())
+}
+
+/// Migrates the schema-`found` store `old` (open, its sled lock held) into
+/// a complete schema-2 copy in [`WORK_DIR`]; the caller closes `old` and
+/// calls [`resume`] with the returned lock to swap it in.
+pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> {
+    let dir = old.path().to_path_buf();
+    let held = lock(&dir)?;
+    let work = dir.join(WORK_DIR);
+    if work.exists() {
+        std::fs::remove_dir_all(&work)
+            .map_err(|e| io_error(&dir, "cannot remove an old copy", e))?;
+    }
+    std::fs::create_dir(&work)
+        .map_err(|e| io_error(&dir, "cannot create the copy's directory", e))?;
+    let repos = old.repos()?;
     let total: u64 = repos.iter().map(|r| r.commits_stored).sum();
-    let mut done = store.totals()?.commits;
     let started = Instant::now();
     tracing::info!(
-        store = %store.path().display(),
+        store = %dir.display(),
         commits = total,
-        "migrating the store from schema {found} to schema 2 (blocks of commits): the store is usable when this ends; an interruption loses nothing, the next start carries on"
+        "migrating the store from schema {found} to schema 2 (blocks of commits): a new copy is written beside the old one, then replaces it; the store is usable when this ends; an interruption loses nothing (the old store is removed only once the copy is complete)"
     );
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -66,120 +196,131 @@ pub(super) fn run(store: &Store, found: u32) -> Result<(), StoreError> {
         ) {
             bar.set_style(style);
         }
-        bar.set_position(done);
         bar
     });
     let pause = std::env::var(PAUSE_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
+    let new = Store::open_with(&work, Create::IfEmpty)?;
+    // The copy's own id file: the store keeps the one it has.
+    let _ = std::fs::remove_file(work.join(super::ID_FILE));
+    copy_records(old, &new)?;
+    let mut done = 0u64;
     for repo in &repos {
-        // Blocks already written by an interrupted run come first.
-        let mut seq = store.summaries(repo.id)?.last().map_or(0, |s| s.seq + 1);
+        let id = repo.id;
+        let mut seq = 0u32;
+        let mut seen: HashSet<Hash> = HashSet::new();
+        // Oldest first by the repository's date index: blocks then hold
+        // neighbouring dates, as a crawl's do.
+        let mut index = old.db().scan_prefix(keys::by_repo_prefix(id)).keys();
+        let mut moved_any =
+            |commits: Vec<(Hash, StoredCommit)>, seq: &mut u32| -> Result<(), StoreError> {
+                if commits.is_empty() {
+                    return Ok(());
+                }
+                let mut batch = sled::Batch::default();
+                write_block(&new, &mut batch, id, *seq, &commits)?;
+                new.apply(batch)?;
+                *seq += 1;
+                done += commits.len() as u64;
+                if let Some(bar) = &bar {
+                    bar.set_position(done);
+                }
+                if let Some(p) = pause {
+                    new.flush()?;
+                    std::thread::sleep(p);
+                }
+                Ok(())
+            };
         loop {
-            let moved = move_next(store, repo.id, seq)?;
-            seq += 1;
-            if moved == 0 {
-                break;
-            }
-            done += moved;
-            if let Some(bar) = &bar {
-                bar.set_position(done);
-            }
-            if let Some(p) = pause {
-                store.flush()?;
-                std::thread::sleep(p);
-            }
-        }
-    }
-    // Anything of schema 1 no repository record names (none in a store
-    // bbcrawl wrote) is dropped, never left to be read as schema 2.
-    for prefix in [keys::COMMIT, keys::BY_REPO, keys::BY_AUTHOR] {
-        loop {
-            let stale: Vec<sled::IVec> = db
-                .scan_prefix([prefix])
-                .keys()
-                .take(1000)
+            let chunk: Vec<sled::IVec> = index
+                .by_ref()
+                .take(BLOCK_COMMITS)
                 .collect::<Result<_, _>>()
-                .map_err(|e| store.err(e))?;
-            if stale.is_empty() {
+                .map_err(|e| old.err(e))?;
+            if chunk.is_empty() {
                 break;
             }
-            tracing::warn!(
-                keys = stale.len(),
-                "dropping schema-1 entries of no known repository"
-            );
-            let mut batch = sled::Batch::default();
-            for k in stale {
-                batch.remove(k);
+            let mut commits = Vec::with_capacity(chunk.len());
+            for k in &chunk {
+                let Some(entry) = keys::parse_by_repo(k, &[1]) else {
+                    continue;
+                };
+                if !seen.insert(entry.hash) {
+                    continue;
+                }
+                if let Some(c) = old_commit(old, id, &entry.hash)? {
+                    commits.push((entry.hash, c));
+                }
             }
-            store.apply(batch)?;
+            moved_any(commits, &mut seq)?;
         }
+        // Records without an index entry (none in a store bbcrawl wrote).
+        let prefix = keys::commit_prefix(id);
+        let skip = prefix.len();
+        let mut rest = Vec::new();
+        for kv in old.db().scan_prefix(prefix) {
+            let (k, v) = kv.map_err(|e| old.err(e))?;
+            let hash = Hash::try_from(&k[skip..])
+                .map_err(|_| old.corrupt("commit key", keys::hash_hex(&k)))?;
+            if seen.contains(&hash) {
+                continue;
+            }
+            rest.push((
+                hash,
+                codec::decode(&hash, &v).map_err(|e| old.corrupt("commit record", e))?,
+            ));
+            if rest.len() == BLOCK_COMMITS {
+                moved_any(std::mem::take(&mut rest), &mut seq)?;
+            }
+        }
+        moved_any(rest, &mut seq)?;
     }
-    let mut totals = store.totals()?;
-    totals.authors = db.scan_prefix([keys::AUTHOR]).count() as u64;
+    let mut totals = new.totals()?;
+    totals.authors = new.db().scan_prefix([keys::AUTHOR]).count() as u64;
     let mut batch = sled::Batch::default();
     batch.insert(keys::META_TOTALS, totals.encode());
-    batch.remove(keys::META_MIGRATING);
-    store.apply(batch)?;
-    store.flush()?;
+    new.apply(batch)?;
+    new.flush()?;
+    // Dropping the copy settles its log, so the first open after the swap
+    // is quick.
+    drop(new);
+    mark(&work, COMPLETE).map_err(|e| io_error(&dir, "cannot mark the copy complete", e))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
-        store = %store.path().display(),
+        store = %dir.display(),
         commits = done,
         seconds = format_args!("{secs:.1}"),
         "store migrated to schema 2"
     );
-    Ok(())
+    Ok(held)
 }
 
-/// Moves the oldest (at most 100) schema-1 commits of repository `id` (by
-/// its date index: forward, as sled 0.34's reverse scans can panic on keys
-/// rich in `0xff` bytes) into block `seq`, in one batch. Returns how many
-/// moved (0: none left).
-fn move_next(store: &Store, id: u32, seq: u32) -> Result<u64, StoreError> {
-    let db = store.db();
-    let mut batch = sled::Batch::default();
-    let mut commits: Vec<(Hash, StoredCommit)> = Vec::new();
-    let index_keys: Vec<sled::IVec> = db
-        .scan_prefix(keys::by_repo_prefix(id))
-        .keys()
-        .take(super::write::BLOCK_COMMITS)
-        .collect::<Result<_, _>>()
-        .map_err(|e| store.err(e))?;
-    for k in &index_keys {
-        batch.remove(k.clone());
-        let Some(entry) = keys::parse_by_repo(k, &[1]) else {
-            continue;
-        };
-        if let Some(c) = old_commit(store, id, &entry.hash)? {
-            commits.push((entry.hash, c));
+/// Copies repository records, author records and meta (but the schema
+/// version) as they are.
+fn copy_records(old: &Store, new: &Store) -> Result<(), StoreError> {
+    for prefix in [keys::REPO, keys::AUTHOR, b'm'] {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in old.db().scan_prefix([prefix]) {
+            let (k, v) = kv.map_err(|e| old.err(e))?;
+            if k.as_ref() == keys::META_SCHEMA || k.as_ref() == keys::META_TOTALS {
+                continue;
+            }
+            batch.insert(k, v);
+            n += 1;
+            if n == 1000 {
+                new.apply(std::mem::take(&mut batch))?;
+                n = 0;
+            }
         }
+        new.apply(batch)?;
     }
-    if index_keys.is_empty() {
-        // Records without an index entry (none in a store bbcrawl wrote).
-        let prefix = keys::commit_prefix(id);
-        let skip = prefix.len();
-        for kv in db.scan_prefix(prefix).take(super::write::BLOCK_COMMITS) {
-            let (k, v) = kv.map_err(|e| store.err(e))?;
-            let hash = Hash::try_from(&k[skip..])
-                .map_err(|_| store.corrupt("commit key", keys::hash_hex(&k)))?;
-            let c = codec::decode(&hash, &v).map_err(|e| store.corrupt("commit record", e))?;
-            commits.push((hash, c));
-        }
-        if commits.is_empty() {
-            return Ok(0);
-        }
-    }
-    let moved = index_keys.len().max(commits.len()) as u64;
-    if !commits.is_empty() {
-        write_block(store, &mut batch, id, seq, &commits)?;
-    }
-    store.apply(batch)?;
-    Ok(moved)
+    Ok(())
 }
 
 /// A schema-1 commit record.
@@ -197,7 +338,7 @@ fn old_commit(store: &Store, id: u32, hash: &Hash) -> Result<Option<StoredCommit
 }
 
 /// Adds to `batch`: the block of `commits`, its summary, postings,
-/// aggregates and totals, and the removal of their schema-1 keys.
+/// aggregates and totals.
 fn write_block(
     store: &Store,
     batch: &mut sled::Batch,
@@ -221,14 +362,11 @@ fn write_block(
     let mut authors = AuthorChanges::new();
     authors.add_block(store, batch, id, seq, &cols)?;
     let mut totals: Totals = store.totals()?;
-    for (hash, c) in commits {
+    for (_, c) in commits {
         totals.commits += 1;
         if !c.reachable {
             totals.unreachable += 1;
         }
-        let at = c.date.with_timezone(&Utc);
-        batch.remove(keys::commit(id, hash));
-        batch.remove(keys::by_author(&c.author.identity(), at, hash, id));
     }
     authors.write(store, batch, &mut totals)?;
     totals.blocks += 1;

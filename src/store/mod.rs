@@ -274,6 +274,8 @@ impl Store {
     }
 
     fn open_with(dir: &Path, create: Create) -> Result<Store, StoreError> {
+        // What an interrupted schema migration left, first.
+        migrate::resume(dir, None)?;
         let path = dir.to_path_buf();
         let not_a_store = |why: &str| StoreError::NotAStore {
             path: path.clone(),
@@ -356,12 +358,11 @@ impl Store {
                         supported: keys::SCHEMA_VERSION,
                     });
                 }
-                let migrating = store
-                    .db()
-                    .contains_key(keys::META_MIGRATING)
-                    .map_err(|e| store.err(e))?;
-                if found < keys::SCHEMA_VERSION || migrating {
-                    migrate::run(&store, found)?;
+                if found < keys::SCHEMA_VERSION {
+                    let lock = migrate::run(&store, found)?;
+                    drop(store);
+                    migrate::resume(dir, Some(lock))?;
+                    return Store::open_with(dir, create);
                 }
             }
         }

@@ -27,7 +27,7 @@ const CACHED_BLOCKS: usize = 128;
 /// A repository's commits are exported in hash order, sorted in memory
 /// this many at a time at most (a bigger repository takes several passes
 /// over its blocks).
-const SORT_AT_ONCE: usize = 100_000;
+const SORT_AT_ONCE: usize = 50_000;
 
 /// Recently decoded blocks, oldest first out.
 #[derive(Debug, Default)]
@@ -594,26 +594,35 @@ impl Store {
         Ok(bounds.windows(2).map(|w| (w[0], w[1])).collect())
     }
 
-    /// A repository's commits with hashes in `[lo, hi)`, sorted by hash.
+    /// A repository's commits with hashes in `[lo, hi)`, sorted by hash:
+    /// their blocks are held decoded (compact: a table of authors, no
+    /// copies) and each commit is built as it is taken.
     fn commits_in(
         &self,
         id: u32,
         lo: Option<Hash>,
         hi: Option<Hash>,
-    ) -> Result<Vec<StoredCommit>, StoreError> {
-        let mut out: Vec<(Hash, StoredCommit)> = Vec::new();
+    ) -> Result<impl Iterator<Item = StoredCommit> + Send, StoreError> {
+        let mut blocks: Vec<Columns> = Vec::new();
+        let mut order: Vec<(Hash, u32, u8)> = Vec::new();
         for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
             let (_, v) = kv.map_err(|e| self.err(e))?;
             let cols = Columns::decode(&v).map_err(|e| self.corrupt("commit block", e))?;
-            let hashes = cols.hashes().to_vec();
-            for (h, c) in hashes.into_iter().zip(cols.into_commits()) {
-                if lo.is_none_or(|lo| h >= lo) && hi.is_none_or(|hi| h < hi) {
-                    out.push((h, c));
+            let b = blocks.len() as u32;
+            let before = order.len();
+            for (i, h) in cols.hashes().iter().enumerate() {
+                if lo.is_none_or(|lo| *h >= lo) && hi.is_none_or(|hi| *h < hi) {
+                    order.push((*h, b, i as u8));
                 }
             }
+            if order.len() > before {
+                blocks.push(cols);
+            }
         }
-        out.sort_unstable_by_key(|(h, _)| *h);
-        Ok(out.into_iter().map(|(_, c)| c).collect())
+        order.sort_unstable();
+        Ok(order
+            .into_iter()
+            .map(move |(_, b, i)| blocks[b as usize].commit(i as usize)))
     }
 
     /// Commits whose hash starts with `prefix` (hex, at least 3 digits),
