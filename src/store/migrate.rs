@@ -85,12 +85,12 @@ fn lock(dir: &Path) -> Result<MigrationLock, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| io_error(dir, "cannot open the migration lock", e))?;
-    match file.try_lock() {
+    match fs2::FileExt::try_lock_exclusive(&file) {
         Ok(()) => Ok(MigrationLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+        Err(e) if e.kind() == fs2::lock_contended_error().kind() => Err(StoreError::Locked {
             path: dir.to_path_buf(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error(dir, "cannot lock", e)),
+        Err(e) => Err(io_error(dir, "cannot lock", e)),
     }
 }
 
