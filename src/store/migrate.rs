@@ -256,7 +256,11 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
             }
             moved_any(commits, &mut seq)?;
         }
-        // Records without an index entry (none in a store bbcrawl wrote).
+        // Records without an index entry: none in a store bbcrawl wrote,
+        // where the index holds as many as the repository record counts.
+        if seen.len() as u64 >= repo.commits_stored {
+            continue;
+        }
         let prefix = keys::commit_prefix(id);
         let skip = prefix.len();
         let mut rest = Vec::new();

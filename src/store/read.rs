@@ -27,7 +27,7 @@ const CACHED_BLOCKS: usize = 128;
 /// A repository's commits are exported in hash order, sorted in memory
 /// this many at a time at most (a bigger repository takes several passes
 /// over its blocks).
-const SORT_AT_ONCE: usize = 50_000;
+const SORT_AT_ONCE: usize = 20_000;
 
 /// Recently decoded blocks, oldest first out.
 #[derive(Debug, Default)]
@@ -103,6 +103,31 @@ struct Pending {
     commit: StoredCommit,
 }
 
+/// A commit waiting in a repository stream: its block (shared by its
+/// neighbours) and slot; built only when given out.
+struct Slot {
+    entry: IndexEntry,
+    block: Arc<Columns>,
+    slot: usize,
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.entry.order_key() == other.entry.order_key()
+    }
+}
+impl Eq for Slot {}
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Slot {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.entry.order_key().cmp(&other.entry.order_key())
+    }
+}
+
 impl PartialEq for Pending {
     fn eq(&self, other: &Self) -> bool {
         self.entry.order_key() == other.entry.order_key()
@@ -150,7 +175,7 @@ struct RepoStream<'a> {
     store: &'a Store,
     blocks: Vec<Summary>,
     next: usize,
-    heap: BinaryHeap<Reverse<Pending>>,
+    heap: BinaryHeap<Reverse<Slot>>,
     window: Window,
 }
 
@@ -176,21 +201,25 @@ impl Iterator for RepoStream<'_> {
                     for i in 0..cols.len() {
                         let ms = cols.date_ms(i);
                         if self.window.holds(ms) {
-                            self.heap.push(Reverse(Pending {
+                            self.heap.push(Reverse(Slot {
                                 entry: IndexEntry {
                                     at: instant(ms),
                                     hash: *cols.hash(i),
                                     repo: b.repo,
                                     reachable: cols.reachable(i),
                                 },
-                                commit: cols.commit(i),
+                                block: Arc::clone(&cols),
+                                slot: i,
                             }));
                         }
                     }
                     continue;
                 }
             }
-            return self.heap.pop().map(|Reverse(p)| Ok((p.entry, p.commit)));
+            return self
+                .heap
+                .pop()
+                .map(|Reverse(p)| Ok((p.entry, p.block.commit(p.slot))));
         }
     }
 }
@@ -607,15 +636,19 @@ impl Store {
         let mut order: Vec<(Hash, u32, u8)> = Vec::new();
         for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
             let (_, v) = kv.map_err(|e| self.err(e))?;
-            let cols = Columns::decode(&v).map_err(|e| self.corrupt("commit block", e))?;
+            let mut cols = Columns::decode(&v).map_err(|e| self.corrupt("commit block", e))?;
             let b = blocks.len() as u32;
             let before = order.len();
+            let mut keep = vec![false; cols.len()];
             for (i, h) in cols.hashes().iter().enumerate() {
                 if lo.is_none_or(|lo| *h >= lo) && hi.is_none_or(|hi| *h < hi) {
                     order.push((*h, b, i as u8));
+                    keep[i] = true;
                 }
             }
             if order.len() > before {
+                // Messages are most of a block: only this part's are kept.
+                cols.drop_messages(&keep);
                 blocks.push(cols);
             }
         }
