@@ -339,16 +339,6 @@ impl Columns {
         }
     }
 
-    /// Frees the messages of the slots not kept (their commits must not be
-    /// built afterwards).
-    pub fn drop_messages(&mut self, keep: &[bool]) {
-        for (m, k) in self.messages.iter_mut().zip(keep) {
-            if !k {
-                *m = String::new();
-            }
-        }
-    }
-
     /// Every commit, in slot order, moving the messages out.
     pub fn into_commits(mut self) -> Vec<StoredCommit> {
         let messages = std::mem::take(&mut self.messages);

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod keys;
 mod migrate;
 mod read;
+mod sorted;
 mod write;
 
 use std::collections::HashMap;

@@ -24,11 +24,6 @@ pub type Entries<'a> =
 /// Decoded blocks kept for reuse.
 const CACHED_BLOCKS: usize = 128;
 
-/// A repository's commits are exported in hash order, sorted in memory
-/// this many at a time at most (a bigger repository takes several passes
-/// over its blocks).
-const SORT_AT_ONCE: usize = 20_000;
-
 /// Recently decoded blocks, oldest first out.
 #[derive(Debug, Default)]
 pub struct BlockCache {
@@ -573,89 +568,13 @@ impl Store {
         }
     }
 
-    /// Every stored commit of a repository id, in hash order. Sorted in
-    /// memory [`SORT_AT_ONCE`] commits at a time at most: a bigger
-    /// repository is read in several passes, each over a range of hashes.
+    /// Every stored commit of a repository id, in hash order (see
+    /// `sorted`: bounded memory whatever the repository's size).
     pub fn commits_of<'a>(
         &'a self,
         id: u32,
     ) -> Box<dyn Iterator<Item = Result<StoredCommit, StoreError>> + Send + 'a> {
-        let ranges = match self.hash_ranges(id) {
-            Ok(r) => r,
-            Err(e) => return Box::new(std::iter::once(Err(e))),
-        };
-        Box::new(
-            ranges
-                .into_iter()
-                .flat_map(move |(lo, hi)| match self.commits_in(id, lo, hi) {
-                    Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
-                    Err(e) => vec![Err(e)],
-                }),
-        )
-    }
-
-    /// Hash ranges `[lo, hi)` (`None` = unbounded) splitting a repository
-    /// into parts of at most [`SORT_AT_ONCE`] commits.
-    #[allow(clippy::type_complexity)]
-    fn hash_ranges(&self, id: u32) -> Result<Vec<(Option<Hash>, Option<Hash>)>, StoreError> {
-        let total: u64 = self.summaries(id)?.iter().map(|s| u64::from(s.count)).sum();
-        if total as usize <= SORT_AT_ONCE {
-            return Ok(vec![(None, None)]);
-        }
-        let mut hashes = Vec::with_capacity(total as usize);
-        for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
-            let (_, v) = kv.map_err(|e| self.err(e))?;
-            let (h, _) =
-                super::block::decode_head(&v).map_err(|e| self.corrupt("commit block", e))?;
-            hashes.extend(h);
-        }
-        hashes.sort_unstable();
-        hashes.dedup();
-        let mut bounds: Vec<Option<Hash>> = vec![None];
-        bounds.extend(
-            hashes
-                .iter()
-                .step_by(SORT_AT_ONCE)
-                .skip(1)
-                .map(|h| Some(*h)),
-        );
-        bounds.push(None);
-        Ok(bounds.windows(2).map(|w| (w[0], w[1])).collect())
-    }
-
-    /// A repository's commits with hashes in `[lo, hi)`, sorted by hash:
-    /// their blocks are held decoded (compact: a table of authors, no
-    /// copies) and each commit is built as it is taken.
-    fn commits_in(
-        &self,
-        id: u32,
-        lo: Option<Hash>,
-        hi: Option<Hash>,
-    ) -> Result<impl Iterator<Item = StoredCommit> + Send, StoreError> {
-        let mut blocks: Vec<Columns> = Vec::new();
-        let mut order: Vec<(Hash, u32, u8)> = Vec::new();
-        for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
-            let (_, v) = kv.map_err(|e| self.err(e))?;
-            let mut cols = Columns::decode(&v).map_err(|e| self.corrupt("commit block", e))?;
-            let b = blocks.len() as u32;
-            let before = order.len();
-            let mut keep = vec![false; cols.len()];
-            for (i, h) in cols.hashes().iter().enumerate() {
-                if lo.is_none_or(|lo| *h >= lo) && hi.is_none_or(|hi| *h < hi) {
-                    order.push((*h, b, i as u8));
-                    keep[i] = true;
-                }
-            }
-            if order.len() > before {
-                // Messages are most of a block: only this part's are kept.
-                cols.drop_messages(&keep);
-                blocks.push(cols);
-            }
-        }
-        order.sort_unstable();
-        Ok(order
-            .into_iter()
-            .map(move |(_, b, i)| blocks[b as usize].commit(i as usize)))
+        super::sorted::commits_of(self, id)
     }
 
     /// Commits whose hash starts with `prefix` (hex, at least 3 digits),
