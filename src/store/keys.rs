@@ -4,8 +4,7 @@
 //! `apply_batch`.
 //!
 //! Schema 2 keeps what sled tracks proportional to *pages* and *authors*
-//! (a key per block, and one per author per block they wrote in), not
-//! commits (sled splits a leaf past 16 entries and keeps every node in
+//! (two keys per block, one per 64 commits of an author), not commits (sled splits a leaf past 16 entries and keeps every node in
 //! its page table, so a key per commit is what made schema 1 grow):
 //!
 //! | prefix | key                                      | value |
@@ -14,7 +13,7 @@
 //! | `r`    | `r` workspace `\0` repository-uuid        | repository record (JSON, with its commit counts) |
 //! | `b`    | `b` repo-id seq                          | block: the new commits of one stored page (see `block`) |
 //! | `s`    | `s` repo-id seq                          | block summary: newest and oldest millisecond, count, hash-prefix filter |
-//! | `p`    | `p` identity `\0` ¬date repo-id seq       | author postings: (date, slot) of their commits in one block; `date` their newest there |
+//! | `p`    | `p` identity `\0` chunk                   | author postings: (date, repo-id, seq, slot) × ≤ 64, in write order |
 //! | `g`    | `g` identity                             | author aggregate (postcard: commits, unreachable, first, last, repository count) |
 //! | `q`    | `q` identity `\0` repo-id                 | (empty) the author has commits in the repository |
 //! | `u`    | `u` identity                             | author record (JSON: names, e-mails, account) |
@@ -215,37 +214,24 @@ pub fn postings_prefix(identity: &str) -> Vec<u8> {
     k
 }
 
-/// Key of the postings of one identity in one block, after the instant of
-/// its newest commit there *inverted*, so a forward scan meets blocks
-/// newest first (sled 0.34's reverse scans can panic on keys rich in
-/// `0xff` bytes, as dates just before 1970 are).
-pub fn postings(identity: &str, max_ms: i64, id: u32, seq: u32) -> Vec<u8> {
-    let mut k = postings_from(identity, max_ms);
-    k.extend(id.to_be_bytes());
-    k.extend(seq.to_be_bytes());
-    k
-}
-
-/// Prefix of one identity's postings whose newest commit is at `ms`:
-/// those at or after `ms` sort up to the end of this prefix.
-pub fn postings_from(identity: &str, ms: i64) -> Vec<u8> {
+/// Key of one chunk of an identity's postings. Chunk `n` holds their
+/// postings `64n` to `64n + 63` in write order; the aggregate's commit
+/// count says which chunk is the last and how full (no scan needed).
+pub fn postings(identity: &str, chunk: u32) -> Vec<u8> {
     let mut k = postings_prefix(identity);
-    k.extend((!((ms as u64) ^ (1 << 63))).to_be_bytes());
+    k.extend(chunk.to_be_bytes());
     k
 }
 
-/// (identity, newest ms, repository id, seq) of a postings key.
-pub fn parse_postings(key: &[u8]) -> Option<(&str, i64, u32, u32)> {
-    let end = key.len().checked_sub(17)?;
+/// (identity, chunk) of a postings key.
+pub fn parse_postings(key: &[u8]) -> Option<(&str, u32)> {
+    let end = key.len().checked_sub(5)?;
     if key.first() != Some(&POSTING) || key.get(end) != Some(&0) {
         return None;
     }
     let identity = std::str::from_utf8(key.get(1..end)?).ok()?;
-    let inverted = u64::from_be_bytes(key.get(end + 1..end + 9)?.try_into().ok()?);
-    let max_ms = (!inverted ^ (1 << 63)) as i64;
-    let id = u32::from_be_bytes(key.get(end + 9..end + 13)?.try_into().ok()?);
-    let seq = u32::from_be_bytes(key.get(end + 13..end + 17)?.try_into().ok()?);
-    Some((identity, max_ms, id, seq))
+    let chunk = u32::from_be_bytes(key.get(end + 1..end + 5)?.try_into().ok()?);
+    Some((identity, chunk))
 }
 
 /// Key marking that an identity has commits in a repository (written
@@ -267,8 +253,11 @@ pub fn author_stats(identity: &str) -> Vec<u8> {
     k
 }
 
-/// Bytes of one posting in a value: the instant in ms and the slot.
-pub const POSTING_BYTES: usize = 9;
+/// Bytes of one posting: instant in ms, repository id, block seq, slot.
+pub const POSTING_BYTES: usize = 17;
+
+/// Postings per chunk: the last chunk is rewritten as postings join it.
+pub const POSTINGS_PER_CHUNK: u64 = 64;
 
 /// One author posting: where a commit of theirs is stored, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,16 +273,17 @@ pub struct Posting {
 }
 
 impl Posting {
-    /// Appends the value bytes (the key holds repository and block).
+    /// Appends the stored bytes.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend(((self.ms as u64) ^ (1 << 63)).to_be_bytes());
+        out.extend(self.repo.to_be_bytes());
+        out.extend(self.seq.to_be_bytes());
         out.push(self.slot);
     }
 
-    /// The identity, newest ms and postings of one key and value (`None`
-    /// when malformed).
-    pub fn decode_all(key: &[u8], value: &[u8]) -> Option<(String, i64, Vec<Posting>)> {
-        let (identity, max_ms, repo, seq) = parse_postings(key)?;
+    /// The identity and postings of one chunk (`None` when malformed).
+    pub fn decode_all(key: &[u8], value: &[u8]) -> Option<(String, Vec<Posting>)> {
+        let (identity, _) = parse_postings(key)?;
         if value.len() % POSTING_BYTES != 0 {
             return None;
         }
@@ -302,13 +292,13 @@ impl Posting {
             .map(|b| {
                 Some(Posting {
                     ms: (u64::from_be_bytes(b[0..8].try_into().ok()?) ^ (1 << 63)) as i64,
-                    repo,
-                    seq,
-                    slot: b[8],
+                    repo: u32::from_be_bytes(b[8..12].try_into().ok()?),
+                    seq: u32::from_be_bytes(b[12..16].try_into().ok()?),
+                    slot: b[16],
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some((identity.to_owned(), max_ms, postings))
+        Some((identity.to_owned(), postings))
     }
 }
 
@@ -480,20 +470,32 @@ mod tests {
     }
 
     #[test]
-    fn postings_keys_round_trip_and_sort_newest_block_first() {
-        let ms = [-5_000i64, -1, 0, 1_700_000_000_000, i64::MIN, i64::MAX];
-        for m in ms {
-            let k = postings("jane@x", m, 7, 9);
-            assert_eq!(parse_postings(&k), Some(("jane@x", m, 7, 9)));
-            // At or after `m`: within the `postings_from(m)` prefix or before it.
-            assert!(k.starts_with(&postings_from("jane@x", m)));
+    fn postings_round_trip() {
+        let k = postings("jane@x", 7);
+        assert_eq!(parse_postings(&k), Some(("jane@x", 7)));
+        let ps = [
+            Posting {
+                ms: -5_000,
+                repo: 1,
+                seq: 2,
+                slot: 3,
+            },
+            Posting {
+                ms: 1_700_000_000_000,
+                repo: u32::MAX,
+                seq: 0,
+                slot: 99,
+            },
+        ];
+        let mut v = Vec::new();
+        for p in &ps {
+            p.encode(&mut v);
         }
-        let mut keys: Vec<Vec<u8>> = ms.iter().map(|m| postings("x", *m, 1, 1)).collect();
-        keys.sort();
-        let order: Vec<i64> = keys.iter().map(|k| parse_postings(k).unwrap().1).collect();
-        let mut newest_first = ms.to_vec();
-        newest_first.sort_by_key(|m| std::cmp::Reverse(*m));
-        assert_eq!(order, newest_first);
+        assert_eq!(
+            Posting::decode_all(&k, &v),
+            Some(("jane@x".to_owned(), ps.to_vec()))
+        );
+        assert_eq!(Posting::decode_all(&k, &v[1..]), None);
     }
 
     #[test]

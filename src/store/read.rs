@@ -5,7 +5,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -222,67 +221,28 @@ impl Iterator for RepoStream<'_> {
 /// Where a commit is: repository id, block seq, slot.
 type Place = (u32, u32, u8);
 
-/// One author identity newest first. Their postings keys come newest
-/// block first (by the newest commit of theirs in it); postings wait in a
-/// heap until no key still unread can hold a newer one, then the commits
-/// of one millisecond are read and given out in print order.
+/// One author identity newest first: every posting of theirs in the
+/// window, sorted by instant (newest first); the commits of one
+/// millisecond are read together and given out in print order.
 struct AuthorStream<'a> {
     store: &'a Store,
-    iter: sled::Iter,
-    /// The next key's postings, read ahead: (newest ms, postings).
-    ahead: Option<(i64, Vec<Posting>)>,
-    exhausted: bool,
-    /// Postings read, newest first.
-    heap: BinaryHeap<(i64, Reverse<Place>)>,
+    /// (ms, place), newest first.
+    postings: Vec<(i64, Place)>,
+    pos: usize,
     ready: VecDeque<(IndexEntry, StoredCommit)>,
-    window: Window,
-    done: bool,
+    failed: bool,
 }
 
 impl AuthorStream<'_> {
-    /// Reads the next key ahead, if not yet read.
-    fn peek_key(&mut self) -> Result<Option<i64>, StoreError> {
-        if self.ahead.is_none() && !self.exhausted {
-            match self.iter.next() {
-                None => self.exhausted = true,
-                Some(kv) => {
-                    let (k, v) = kv.map_err(|e| self.store.err(e))?;
-                    let (_, max_ms, postings) = Posting::decode_all(&k, &v)
-                        .ok_or_else(|| self.store.corrupt("postings", keys::hash_hex(&k)))?;
-                    self.ahead = Some((max_ms, postings));
-                }
-            }
-        }
-        Ok(self.ahead.as_ref().map(|(m, _)| *m))
-    }
-
-    /// Fills the heap until its newest posting is known to be the newest
-    /// left, then reads the commits of that millisecond into `ready`.
-    fn step(&mut self) -> Result<bool, StoreError> {
-        loop {
-            let top = self.heap.peek().map(|(ms, _)| *ms);
-            match self.peek_key()? {
-                Some(max_ms) if top.is_none_or(|t| max_ms >= t) => {
-                    if let Some((_, postings)) = self.ahead.take() {
-                        for p in postings {
-                            if self.window.holds(p.ms) {
-                                self.heap.push((p.ms, Reverse((p.repo, p.seq, p.slot))));
-                            }
-                        }
-                    }
-                }
-                _ => break,
-            }
-        }
-        let Some(&(ms, _)) = self.heap.peek() else {
-            return Ok(false);
-        };
+    /// Reads the commits of the next run of one millisecond into `ready`.
+    fn next_run(&mut self) -> Result<(), StoreError> {
+        let ms = self.postings[self.pos].0;
         let mut run = Vec::new();
-        while let Some(&(m, Reverse((repo, seq, slot)))) = self.heap.peek() {
+        while let Some(&(m, (repo, seq, slot))) = self.postings.get(self.pos) {
             if m != ms {
                 break;
             }
-            self.heap.pop();
+            self.pos += 1;
             let (entry, commit) = self.store.posted(&Posting {
                 ms,
                 repo,
@@ -294,7 +254,7 @@ impl AuthorStream<'_> {
         run.sort();
         self.ready
             .extend(run.into_iter().map(|p| (p.entry, p.commit)));
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -306,34 +266,15 @@ impl Iterator for AuthorStream<'_> {
             if let Some(x) = self.ready.pop_front() {
                 return Some(Ok(x));
             }
-            if self.done {
+            if self.failed || self.pos >= self.postings.len() {
                 return None;
             }
-            match self.step() {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.done = true;
-                    return None;
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
+            if let Err(e) = self.next_run() {
+                self.failed = true;
+                return Some(Err(e));
             }
         }
     }
-}
-
-/// The exclusive upper bound of all keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![u8::MAX; prefix.len() + 1]
 }
 
 impl Store {
@@ -475,37 +416,38 @@ impl Store {
         until: Option<DateTime<Utc>>,
     ) -> Entries<'_> {
         let window = Window::new(since, until);
-        // Newest first, forward: up to the blocks whose newest commit of
-        // theirs is at `since`.
-        let prefix = keys::postings_prefix(identity);
-        let end = match window.since {
-            Some(s) => prefix_end(&keys::postings_from(identity, s)),
-            None => prefix_end(&prefix),
-        };
-        let iter = self
-            .db()
-            .range::<Vec<u8>, _>((Bound::Included(prefix), Bound::Excluded(end)));
+        let mut postings: Vec<(i64, Place)> = Vec::new();
+        for kv in self.db().scan_prefix(keys::postings_prefix(identity)) {
+            let read = kv.map_err(|e| self.err(e)).and_then(|(k, v)| {
+                Posting::decode_all(&k, &v)
+                    .ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))
+            });
+            match read {
+                Ok((_, ps)) => postings.extend(
+                    ps.into_iter()
+                        .filter(|p| window.holds(p.ms))
+                        .map(|p| (p.ms, (p.repo, p.seq, p.slot))),
+                ),
+                Err(e) => return Box::new(std::iter::once(Err(e))),
+            }
+        }
+        postings.sort_unstable_by_key(|(ms, place)| (Reverse(*ms), *place));
         Box::new(AuthorStream {
             store: self,
-            iter,
-            ahead: None,
-            exhausted: false,
-            heap: BinaryHeap::new(),
+            postings,
+            pos: 0,
             ready: VecDeque::new(),
-            window,
-            done: false,
+            failed: false,
         })
     }
 
-    /// Every identity's postings, a block at a time, in key order.
+    /// Every identity's postings, a chunk at a time, in key order.
     pub fn scan_postings(
         &self,
     ) -> impl Iterator<Item = Result<(String, Vec<Posting>), StoreError>> + '_ {
         self.db().scan_prefix([keys::POSTING]).map(move |kv| {
             let (k, v) = kv.map_err(|e| self.err(e))?;
-            let (identity, _, postings) = Posting::decode_all(&k, &v)
-                .ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))?;
-            Ok((identity, postings))
+            Posting::decode_all(&k, &v).ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))
         })
     }
 

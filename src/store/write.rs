@@ -64,6 +64,8 @@ impl WriterCache {
 pub(super) struct AuthorChanges {
     stats: HashMap<String, AuthorStats>,
     pairs: HashSet<(String, u32)>,
+    /// Postings chunks this batch writes, by (identity, chunk).
+    chunks: HashMap<(String, u32), Vec<u8>>,
     records: HashMap<String, (AuthorRecord, bool)>,
     new_identities: u64,
 }
@@ -73,6 +75,7 @@ impl AuthorChanges {
         AuthorChanges {
             stats: HashMap::new(),
             pairs: HashSet::new(),
+            chunks: HashMap::new(),
             records: HashMap::new(),
             new_identities: 0,
         }
@@ -93,8 +96,9 @@ impl AuthorChanges {
         }
     }
 
-    /// Indexes a new block: one postings key per author in it, their
-    /// aggregates (commits, unreachable, first, last, repositories).
+    /// Indexes a new block: each commit's posting appended to its
+    /// author's last chunk, their aggregates (commits, unreachable, first,
+    /// last, repositories).
     pub(super) fn add_block(
         &mut self,
         store: &Store,
@@ -103,32 +107,48 @@ impl AuthorChanges {
         seq: u32,
         cols: &Columns,
     ) -> Result<(), StoreError> {
-        let mut by_author: BTreeMap<String, Vec<Posting>> = BTreeMap::new();
+        let mut authors: BTreeMap<String, ()> = BTreeMap::new();
         for i in 0..cols.len() {
             let identity = cols.author(i).identity();
             let ms = cols.date_ms(i);
-            by_author
-                .entry(identity.clone())
-                .or_default()
-                .push(Posting {
-                    ms,
-                    repo: id,
-                    seq,
-                    slot: i as u8,
-                });
             let s = self.stats(store, &identity)?;
+            // This author's postings so far: as many as their commits.
+            let n = s.commits;
             s.add(ms);
             if !cols.reachable(i) {
                 s.unreachable += 1;
             }
-        }
-        for (identity, postings) in by_author {
-            let max_ms = postings.iter().map(|p| p.ms).max().unwrap_or(i64::MIN);
-            let mut value = Vec::with_capacity(postings.len() * keys::POSTING_BYTES);
-            for p in &postings {
-                p.encode(&mut value);
+            let chunk =
+                u32::try_from(n / keys::POSTINGS_PER_CHUNK).map_err(|_| StoreError::Invalid {
+                    what: format!("the commits of {identity}"),
+                    message: "too many".into(),
+                })?;
+            let key = (identity.clone(), chunk);
+            if !self.chunks.contains_key(&key) {
+                let old = if n % keys::POSTINGS_PER_CHUNK == 0 {
+                    Vec::new()
+                } else {
+                    store
+                        .db()
+                        .get(keys::postings(&identity, chunk))
+                        .map_err(|e| store.err(e))?
+                        .map(|v| v.to_vec())
+                        .unwrap_or_default()
+                };
+                self.chunks.insert(key.clone(), old);
             }
-            batch.insert(keys::postings(&identity, max_ms, id, seq), value);
+            if let Some(value) = self.chunks.get_mut(&key) {
+                Posting {
+                    ms,
+                    repo: id,
+                    seq,
+                    slot: i as u8,
+                }
+                .encode(value);
+            }
+            authors.insert(identity, ());
+        }
+        for identity in authors.into_keys() {
             let pair = (identity, id);
             if !self.pairs.contains(&pair) {
                 let key = keys::author_repo(&pair.0, id);
@@ -148,6 +168,9 @@ impl AuthorChanges {
         batch: &mut sled::Batch,
         totals: &mut Totals,
     ) -> Result<(), StoreError> {
+        for ((identity, chunk), value) in self.chunks {
+            batch.insert(keys::postings(&identity, chunk), value);
+        }
         for (identity, stats) in &self.stats {
             batch.insert(keys::author_stats(identity), stats.encode());
         }
