@@ -1149,6 +1149,8 @@ fn small_worlds(
     let (repo_a, repo_rows) = api(&repo_url);
     let (authors_a, _) = api(&format!("{base}/api/v1/authors?format=ndjson"));
     let (stats_a, _) = api(&format!("{base}/api/v1/stats?format=json"));
+    // Before the export: the pass and the queries alone.
+    let hwm_before_export = common::vm_hwm_kb(pid).unwrap_or(0);
     let (export_a, status, export_bytes, export_lines, _) =
         http_get(&rt, &format!("{base}/api/v1/export?format=ndjson"));
     assert_eq!(status, 200, "export over the API");
@@ -1211,6 +1213,7 @@ fn small_worlds(
         export_lines as f64 / export_a.as_secs_f64(),
         "commits/s",
     );
+    f.mb("daemon_rss_before_export_mb", hwm_before_export);
     f.mb("daemon_rss_mb", daemon_rss);
     f.add("daemon_cpu_s", cpu, "s");
     f.add(
