@@ -45,8 +45,17 @@ fn sort(store: &Store, id: u32) -> Result<Sorted<'_>, StoreError> {
     let mut runs: Vec<Run> = Vec::new();
     let mut file: Option<Arc<File>> = None;
     let mut end = 0u64;
-    for kv in store.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
-        let (_, v) = kv.map_err(|e| store.err(e))?;
+    for summary in store.summaries(id)? {
+        let Some(v) = store
+            .db()
+            .get(keys::block(BLOCK, id, summary.seq))
+            .map_err(|e| store.err(e))?
+        else {
+            return Err(store.corrupt(
+                "commit block",
+                format!("block {} of repository {id} is missing", summary.seq),
+            ));
+        };
         let cols = Columns::decode(&v).map_err(|e| store.corrupt("commit block", e))?;
         let hashes = cols.hashes().to_vec();
         chunk.extend(hashes.into_iter().zip(cols.into_commits()));
