@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::block::Columns;
 use super::codec;
-use super::keys::{self, Hash, Summary, BLOCK, SUMMARY};
+use super::keys::{self, Hash};
 use super::read::Totals;
 use super::write::AuthorChanges;
 use super::{Create, Store, StoreError, StoredCommit};
@@ -352,19 +352,8 @@ fn write_block(
 ) -> Result<(), StoreError> {
     let stored: Vec<StoredCommit> = commits.iter().map(|(_, c)| c.clone()).collect();
     let cols = Columns::of(&stored).map_err(|e| store.corrupt("commit record", e))?;
-    let bytes = cols
-        .encode()
-        .map_err(|e| store.corrupt("commit record", e))?;
-    batch.insert(&keys::block(BLOCK, id, seq), bytes);
-    let summary = Summary::of(
-        id,
-        seq,
-        cols.hashes(),
-        (0..cols.len()).map(|i| cols.date_ms(i)),
-    );
-    batch.insert(&keys::block(SUMMARY, id, seq), summary.encode());
     let mut authors = AuthorChanges::new();
-    authors.add_block(store, batch, id, seq, &cols)?;
+    store.put_block(batch, &mut authors, id, seq, &cols)?;
     let mut totals: Totals = store.totals()?;
     for (_, c) in commits {
         totals.commits += 1;

@@ -275,18 +275,7 @@ impl Store {
                 .collect();
             let cols = Columns::of(&stored)
                 .map_err(|e| self.invalid(format!("a page of {}", repo.full_name), e))?;
-            let bytes = cols
-                .encode()
-                .map_err(|e| self.invalid(format!("a page of {}", repo.full_name), e))?;
-            batch.insert(&keys::block(BLOCK, id, seq), bytes);
-            let summary = Summary::of(
-                id,
-                seq,
-                cols.hashes(),
-                (0..cols.len()).map(|i| cols.date_ms(i)),
-            );
-            batch.insert(&keys::block(SUMMARY, id, seq), summary.encode());
-            authors.add_block(self, &mut batch, id, seq, &cols)?;
+            self.put_block(&mut batch, &mut authors, id, seq, &cols)?;
             for (slot, (hash, c)) in part.iter().enumerate() {
                 placed.push((*hash, seq, slot as u8));
                 let identity = c.author.identity();
@@ -332,6 +321,30 @@ impl Store {
             self.blocks_rewritten();
         }
         Ok(PageOutcome { new_commits, repo })
+    }
+
+    /// Adds a new block to `batch`: its bytes, its summary, and its
+    /// authors' postings and aggregates (in `authors`).
+    pub(super) fn put_block(
+        &self,
+        batch: &mut sled::Batch,
+        authors: &mut AuthorChanges,
+        id: u32,
+        seq: u32,
+        cols: &Columns,
+    ) -> Result<(), StoreError> {
+        let bytes = cols
+            .encode()
+            .map_err(|e| self.invalid(format!("block {seq} of repository {id}"), e))?;
+        batch.insert(&keys::block(BLOCK, id, seq), bytes);
+        let summary = Summary::of(
+            id,
+            seq,
+            cols.hashes(),
+            (0..cols.len()).map(|i| cols.date_ms(i)),
+        );
+        batch.insert(&keys::block(SUMMARY, id, seq), summary.encode());
+        authors.add_block(self, batch, id, seq, cols)
     }
 
     /// Every block of a repository, decoded, in seq order.
