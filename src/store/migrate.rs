@@ -39,15 +39,6 @@ use super::read::Totals;
 use super::write::AuthorChanges;
 use super::{Create, Store, StoreError, StoredCommit};
 
-/// Progress of a migration, for a caller that wants to show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigrationProgress {
-    /// Commits moved so far.
-    pub done: u64,
-    /// Commits to move in all (from the repository records).
-    pub total: u64,
-}
-
 /// Test hook: a pause after each batch, so a test can kill the process in
 /// the middle of a small store's migration. Not for users.
 const PAUSE_ENV: &str = "BBCRAWL_TEST_MIGRATION_PAUSE_MS";
@@ -352,7 +343,7 @@ fn write_block(
 ) -> Result<(), StoreError> {
     let stored: Vec<StoredCommit> = commits.iter().map(|(_, c)| c.clone()).collect();
     let cols = Columns::of(&stored).map_err(|e| store.corrupt("commit record", e))?;
-    let mut authors = AuthorChanges::new();
+    let mut authors = AuthorChanges::default();
     store.put_block(batch, &mut authors, id, seq, &cols)?;
     let mut totals: Totals = store.totals()?;
     for (_, c) in commits {

@@ -28,7 +28,6 @@ use thiserror::Error;
 
 use crate::record::{Author, CommitRecord, Committer, RepoState};
 pub use keys::{Hash, IndexEntry, Posting, Summary};
-pub use migrate::MigrationProgress;
 pub use read::{instant, AuthorStats, Entries, Totals};
 
 /// sled's page cache. Explicit so memory use does not depend on sled's
@@ -555,10 +554,9 @@ impl Store {
 
     /// Saves a small JSON document under a meta name (e.g. the last pass).
     pub fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        self.db()
-            .insert(key, self.json(value)?)
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        let mut batch = sled::Batch::default();
+        batch.insert(key, self.json(value)?);
+        self.apply(batch)
     }
 
     /// Reads a meta document.

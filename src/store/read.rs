@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::block::Columns;
 use super::keys::{self, Hash, IndexEntry, Posting, Summary, BLOCK, SUMMARY};
 use super::{Store, StoreError, StoredCommit};
-use crate::record::{AuthorRecord, RepoState};
+use crate::record::AuthorRecord;
 
 /// A newest-first stream of commits with their index entries.
 pub type Entries<'a> =
@@ -91,18 +91,34 @@ pub fn instant(ms: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// A decoded commit waiting in a stream, ordered by print order.
-struct Pending {
-    entry: IndexEntry,
-    commit: StoredCommit,
-}
-
-/// A commit waiting in a repository stream: its block (shared by its
-/// neighbours) and slot; built only when given out.
+/// A commit waiting in a stream, ordered by print order: its block
+/// (shared by its neighbours) and slot; built only when given out.
 struct Slot {
     entry: IndexEntry,
     block: Arc<Columns>,
     slot: usize,
+}
+
+impl Slot {
+    /// Slot `slot` of a block of repository `repo`.
+    fn new(block: Arc<Columns>, repo: u32, slot: usize) -> Slot {
+        Slot {
+            entry: IndexEntry {
+                at: instant(block.date_ms(slot)),
+                hash: *block.hash(slot),
+                repo,
+                reachable: block.reachable(slot),
+            },
+            block,
+            slot,
+        }
+    }
+
+    /// Its entry and commit.
+    fn take(self) -> (IndexEntry, StoredCommit) {
+        let commit = self.block.commit(self.slot);
+        (self.entry, commit)
+    }
 }
 
 impl PartialEq for Slot {
@@ -117,23 +133,6 @@ impl PartialOrd for Slot {
     }
 }
 impl Ord for Slot {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.entry.order_key().cmp(&other.entry.order_key())
-    }
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.entry.order_key() == other.entry.order_key()
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.entry.order_key().cmp(&other.entry.order_key())
     }
@@ -193,27 +192,15 @@ impl Iterator for RepoStream<'_> {
                         }
                     };
                     for i in 0..cols.len() {
-                        let ms = cols.date_ms(i);
-                        if self.window.holds(ms) {
-                            self.heap.push(Reverse(Slot {
-                                entry: IndexEntry {
-                                    at: instant(ms),
-                                    hash: *cols.hash(i),
-                                    repo: b.repo,
-                                    reachable: cols.reachable(i),
-                                },
-                                block: Arc::clone(&cols),
-                                slot: i,
-                            }));
+                        if self.window.holds(cols.date_ms(i)) {
+                            self.heap
+                                .push(Reverse(Slot::new(Arc::clone(&cols), b.repo, i)));
                         }
                     }
                     continue;
                 }
             }
-            return self
-                .heap
-                .pop()
-                .map(|Reverse(p)| Ok((p.entry, p.block.commit(p.slot))));
+            return self.heap.pop().map(|Reverse(s)| Ok(s.take()));
         }
     }
 }
@@ -229,7 +216,7 @@ struct AuthorStream<'a> {
     /// (ms, place), newest first.
     postings: Vec<(i64, Place)>,
     pos: usize,
-    ready: VecDeque<(IndexEntry, StoredCommit)>,
+    ready: VecDeque<Slot>,
     failed: bool,
 }
 
@@ -243,17 +230,15 @@ impl AuthorStream<'_> {
                 break;
             }
             self.pos += 1;
-            let (entry, commit) = self.store.posted(&Posting {
+            run.push(self.store.slot(&Posting {
                 ms,
                 repo,
                 seq,
                 slot,
-            })?;
-            run.push(Pending { entry, commit });
+            })?);
         }
         run.sort();
-        self.ready
-            .extend(run.into_iter().map(|p| (p.entry, p.commit)));
+        self.ready.extend(run);
         Ok(())
     }
 }
@@ -264,7 +249,7 @@ impl Iterator for AuthorStream<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(x) = self.ready.pop_front() {
-                return Some(Ok(x));
+                return Some(Ok(x.take()));
             }
             if self.failed || self.pos >= self.postings.len() {
                 return None;
@@ -451,22 +436,22 @@ impl Store {
         })
     }
 
+    /// Where a posting points.
+    fn slot(&self, p: &Posting) -> Result<Slot, StoreError> {
+        let block = self.block(p.repo, p.seq)?;
+        let i = p.slot as usize;
+        if i >= block.len() {
+            return Err(self.corrupt(
+                "postings",
+                format!("slot {i} of a block of {}", block.len()),
+            ));
+        }
+        Ok(Slot::new(block, p.repo, i))
+    }
+
     /// The commit a posting points at.
     pub fn posted(&self, p: &Posting) -> Result<(IndexEntry, StoredCommit), StoreError> {
-        let cols = self.block(p.repo, p.seq)?;
-        let i = p.slot as usize;
-        if i >= cols.len() {
-            return Err(self.corrupt("postings", format!("slot {i} of a block of {}", cols.len())));
-        }
-        Ok((
-            IndexEntry {
-                at: instant(cols.date_ms(i)),
-                hash: *cols.hash(i),
-                repo: p.repo,
-                reachable: cols.reachable(i),
-            },
-            cols.commit(i),
-        ))
+        Ok(self.slot(p)?.take())
     }
 
     /// A stored commit by repository id and hash.
@@ -553,10 +538,5 @@ impl Store {
             );
         }
         Ok(out)
-    }
-
-    /// Whether every stored commit of the repository is reachable.
-    pub fn all_reachable(repo: &RepoState) -> bool {
-        repo.commits_unreachable == 0
     }
 }

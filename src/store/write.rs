@@ -61,6 +61,7 @@ impl WriterCache {
 
 /// Author aggregates, (author, repository) pairs and author records a
 /// batch changes, each read once.
+#[derive(Default)]
 pub(super) struct AuthorChanges {
     stats: HashMap<String, AuthorStats>,
     pairs: HashSet<(String, u32)>,
@@ -71,16 +72,6 @@ pub(super) struct AuthorChanges {
 }
 
 impl AuthorChanges {
-    pub(super) fn new() -> AuthorChanges {
-        AuthorChanges {
-            stats: HashMap::new(),
-            pairs: HashSet::new(),
-            chunks: HashMap::new(),
-            records: HashMap::new(),
-            new_identities: 0,
-        }
-    }
-
     fn stats(&mut self, store: &Store, identity: &str) -> Result<&mut AuthorStats, StoreError> {
         if !self.stats.contains_key(identity) {
             let found = store.author_stats(identity)?;
@@ -247,7 +238,7 @@ impl Store {
                 None => fresh.push((hash, c)),
             }
         }
-        let mut authors = AuthorChanges::new();
+        let mut authors = AuthorChanges::default();
         let mut totals = self.totals()?;
         let mut revived = 0u64;
         for (seq, slots) in &revive {
@@ -393,7 +384,7 @@ impl Store {
                 stack.extend(blocks[b].1.parent_hashes(i));
             }
         }
-        let mut authors = AuthorChanges::new();
+        let mut authors = AuthorChanges::default();
         let mut totals = self.totals()?;
         let (mut orphaned, mut unreachable, mut revived) = (0u64, 0u64, 0u64);
         let mut flipped: Vec<(Hash, bool)> = Vec::new();
