@@ -53,7 +53,7 @@ const WINDOW: usize = 8;
 
 /// Printed bytes waiting for their turn, at most (beyond one part per
 /// worker): a worker ahead of the repository being written waits.
-const PENDING_BYTES: usize = 16 << 20;
+const PENDING_BYTES: usize = 8 << 20;
 
 /// `export` as NDJSON or JSON: repositories are read and printed on
 /// worker threads (one repository each at a time), and written here in
@@ -109,43 +109,33 @@ fn export_json(
                     return;
                 }
                 let mut buf = Vec::new();
-                for c in store.commits_of(repo.id) {
+                let mut cancelled = false;
+                let read = store.export_json(repo, all, &mut |record| {
                     if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let c = match c {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = tx.send((i, Part::Failed(e.into())));
-                            return;
-                        }
-                    };
-                    if !(all || c.reachable) {
-                        continue;
+                        cancelled = true;
+                        return false;
                     }
                     if !ndjson {
                         buf.push(b',');
                     }
-                    if let Err(e) = serde_json::to_writer(&mut buf, &c.into_record(repo)) {
-                        let _ = tx.send((
-                            i,
-                            Part::Failed(super::QueryError::Store(
-                                crate::store::StoreError::Invalid {
-                                    what: "a commit record".into(),
-                                    message: e.to_string(),
-                                },
-                            )),
-                        ));
-                        return;
-                    }
+                    buf.extend_from_slice(record);
                     if ndjson {
                         buf.push(b'\n');
                     }
                     if buf.len() >= PART_BYTES
                         && !(wait_turn(i, usize::MAX) && send(i, std::mem::take(&mut buf)))
                     {
-                        return;
+                        cancelled = true;
+                        return false;
                     }
+                    true
+                });
+                if let Err(e) = read {
+                    let _ = tx.send((i, Part::Failed(e.into())));
+                    return;
+                }
+                if cancelled {
+                    return;
                 }
                 if !(send(i, buf) && tx.send((i, Part::Done)).is_ok()) {
                     return;

@@ -504,6 +504,20 @@ impl Store {
         super::sorted::commits_of(self, id)
     }
 
+    /// Repository `repo`'s commits (reachable ones unless `all`) in hash
+    /// order, each as its JSON record (SPEC section 4, the bytes
+    /// `serde_json` prints for [`StoredCommit::into_record`]), handed to
+    /// `sink` until it returns false; bounded memory whatever the
+    /// repository's size (see `sorted`).
+    pub fn export_json(
+        &self,
+        repo: &crate::record::RepoState,
+        all: bool,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        super::sorted::export_json(self, repo, all, sink)
+    }
+
     /// Commits whose hash starts with `prefix` (hex, at least 3 digits),
     /// across repositories: (hash, repository id) pairs, from the blocks
     /// whose summaries' filters admit the prefix.

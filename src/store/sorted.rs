@@ -1,9 +1,15 @@
 //! A repository's commits in hash order (the order `export` prints), with
 //! bounded memory whatever its size. Blocks are in write order, so commits
-//! are read block by block and sorted in memory [`SORT_AT_ONCE`] at a time;
+//! are read block by block and sorted in memory a bounded amount at a time;
 //! a repository with more is sorted in runs written to an anonymous
-//! temporary file (each commit in the compact schema-1 record form,
-//! `codec`), then the runs are merged.
+//! temporary file, then the runs are merged.
+//!
+//! Two forms: [`commits_of`] gives [`StoredCommit`]s ([`SORT_AT_ONCE`] in
+//! memory; spilled runs hold each commit's compact schema-1 record,
+//! `codec`), and [`export_json`] hands over each commit's printed JSON
+//! record ([`SORT_BYTES`] of them in memory; runs hold those bytes), so an
+//! export renders every commit once, straight from its block, and merging
+//! only copies bytes.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -15,9 +21,14 @@ use super::block::Columns;
 use super::codec;
 use super::keys::{self, Hash, BLOCK};
 use super::{Store, StoreError, StoredCommit};
+use crate::record::RepoState;
 
-/// Commits sorted in memory at a time.
+/// Commits sorted in memory at a time by [`commits_of`].
 pub const SORT_AT_ONCE: usize = 20_000;
+
+/// Bytes of printed records sorted in memory at a time by [`export_json`]
+/// (about 12,000 commits of the simulator's world).
+pub const SORT_BYTES: usize = 4 << 20;
 
 /// Bytes read ahead from each run while merging.
 const READ_AHEAD: usize = 64 << 10;
@@ -32,19 +43,13 @@ fn io(store: &Store, e: std::io::Error) -> StoreError {
     }
 }
 
-/// Every stored commit of repository `id`, in hash order.
-pub(super) fn commits_of(store: &Store, id: u32) -> Sorted<'_> {
-    match sort(store, id) {
-        Ok(s) => s,
-        Err(e) => Box::new(std::iter::once(Err(e))),
-    }
-}
-
-fn sort(store: &Store, id: u32) -> Result<Sorted<'_>, StoreError> {
-    let mut chunk: Vec<(Hash, StoredCommit)> = Vec::new();
-    let mut runs: Vec<Run> = Vec::new();
-    let mut file: Option<Arc<File>> = None;
-    let mut end = 0u64;
+/// Each block of repository `id`, decoded, in write order (read by key from
+/// the block summaries: sled holds less than through a range scan).
+fn for_each_block(
+    store: &Store,
+    id: u32,
+    mut f: impl FnMut(Columns) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     for summary in store.summaries(id)? {
         let Some(v) = store
             .db()
@@ -56,78 +61,204 @@ fn sort(store: &Store, id: u32) -> Result<Sorted<'_>, StoreError> {
                 format!("block {} of repository {id} is missing", summary.seq),
             ));
         };
-        let cols = Columns::decode(&v).map_err(|e| store.corrupt("commit block", e))?;
+        f(Columns::decode(&v).map_err(|e| store.corrupt("commit block", e))?)?;
+    }
+    Ok(())
+}
+
+/// Sorted runs written to one anonymous temporary file.
+#[derive(Default)]
+struct Spill {
+    file: Option<Arc<File>>,
+    end: u64,
+    runs: Vec<Run>,
+}
+
+/// One record of a chunk: its hash, and where its bytes are in the chunk.
+type Entry = (Hash, u32, u32);
+
+impl Spill {
+    /// Sorts `entries` by hash and appends them as a run: per record its
+    /// hash, the length of its bytes (u32, little-endian) and the bytes.
+    fn write_run(
+        &mut self,
+        store: &Store,
+        entries: &mut [Entry],
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        entries.sort_unstable_by_key(|e| e.0);
+        let file = match &self.file {
+            Some(f) => Arc::clone(f),
+            None => {
+                let f = Arc::new(tempfile::tempfile().map_err(|e| io(store, e))?);
+                self.file = Some(Arc::clone(&f));
+                f
+            }
+        };
+        let start = self.end;
+        let mut buf = Vec::with_capacity(READ_AHEAD * 2);
+        let mut end = self.end;
+        let mut write = |buf: &mut Vec<u8>| -> Result<(), StoreError> {
+            file.write_all_at(buf, end).map_err(|e| io(store, e))?;
+            end += buf.len() as u64;
+            buf.clear();
+            Ok(())
+        };
+        for (hash, at, len) in entries.iter() {
+            buf.extend(hash);
+            buf.extend(len.to_le_bytes());
+            buf.extend(&bytes[*at as usize..(*at + *len) as usize]);
+            if buf.len() >= READ_AHEAD {
+                write(&mut buf)?;
+            }
+        }
+        write(&mut buf)?;
+        self.end = end;
+        self.runs.push(Run {
+            file,
+            pos: start,
+            end,
+            buf: Vec::new(),
+            at: 0,
+            head: None,
+        });
+        Ok(())
+    }
+
+    /// The runs merged.
+    fn merge(self, store: &Store) -> Result<Merge, StoreError> {
+        let mut merge = Merge {
+            runs: self.runs,
+            heap: BinaryHeap::new(),
+        };
+        for i in 0..merge.runs.len() {
+            merge.pull(i).map_err(|e| merge_err(store, e))?;
+        }
+        Ok(merge)
+    }
+}
+
+/// Every stored commit of repository `id`, in hash order.
+pub(super) fn commits_of(store: &Store, id: u32) -> Sorted<'_> {
+    match sort(store, id) {
+        Ok(s) => s,
+        Err(e) => Box::new(std::iter::once(Err(e))),
+    }
+}
+
+fn sort(store: &Store, id: u32) -> Result<Sorted<'_>, StoreError> {
+    let mut chunk: Vec<(Hash, StoredCommit)> = Vec::new();
+    let mut spill = Spill::default();
+    let encode = |spill: &mut Spill, chunk: &mut Vec<(Hash, StoredCommit)>| {
+        let mut bytes = Vec::new();
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (hash, c) in chunk.drain(..) {
+            let record = codec::encode(&c).map_err(|e| StoreError::Invalid {
+                what: format!("commit {}", c.hash),
+                message: e.to_string(),
+            })?;
+            entries.push((hash, bytes.len() as u32, record.len() as u32));
+            bytes.extend(record);
+        }
+        spill.write_run(store, &mut entries, &bytes)
+    };
+    for_each_block(store, id, |cols| {
         let hashes = cols.hashes().to_vec();
         chunk.extend(hashes.into_iter().zip(cols.into_commits()));
         if chunk.len() >= SORT_AT_ONCE {
-            let f = match &file {
-                Some(f) => Arc::clone(f),
-                None => {
-                    let f = Arc::new(tempfile::tempfile().map_err(|e| io(store, e))?);
-                    file = Some(Arc::clone(&f));
-                    f
-                }
-            };
-            runs.push(spill(store, &f, &mut end, &mut chunk)?);
+            encode(&mut spill, &mut chunk)?;
         }
-    }
-    chunk.sort_unstable_by_key(|(h, _)| *h);
-    let Some(file) = file else {
+        Ok(())
+    })?;
+    if spill.runs.is_empty() {
+        chunk.sort_unstable_by_key(|(h, _)| *h);
         return Ok(Box::new(chunk.into_iter().map(|(_, c)| Ok(c))));
-    };
+    }
     if !chunk.is_empty() {
-        runs.push(spill(store, &file, &mut end, &mut chunk)?);
+        encode(&mut spill, &mut chunk)?;
     }
-    let mut merge = Merge {
+    Ok(Box::new(Decoded {
         store,
-        runs,
-        heap: BinaryHeap::new(),
+        merge: spill.merge(store)?,
         failed: false,
-    };
-    for i in 0..merge.runs.len() {
-        merge.pull(i)?;
-    }
-    Ok(Box::new(merge))
+    }))
 }
 
-/// Sorts `chunk` and appends it to `file` as a run: per commit its hash,
-/// the length of its record (u32, little-endian) and the record.
-fn spill(
+/// Repository `repo`'s commits (reachable ones unless `all`) in hash
+/// order, each as its JSON record (`Columns::write_json`), handed to
+/// `sink` until it returns false.
+pub(super) fn export_json(
     store: &Store,
-    file: &Arc<File>,
-    end: &mut u64,
-    chunk: &mut Vec<(Hash, StoredCommit)>,
-) -> Result<Run, StoreError> {
-    chunk.sort_unstable_by_key(|(h, _)| *h);
-    let start = *end;
-    let mut buf = Vec::with_capacity(READ_AHEAD * 2);
-    let write = |buf: &mut Vec<u8>, end: &mut u64| -> Result<(), StoreError> {
-        file.write_all_at(buf, *end).map_err(|e| io(store, e))?;
-        *end += buf.len() as u64;
-        buf.clear();
+    repo: &RepoState,
+    all: bool,
+    sink: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<(), StoreError> {
+    export_json_sorting(store, repo, all, SORT_BYTES, sink)
+}
+
+/// [`export_json`], sorting `sort_bytes` of records in memory at a time.
+fn export_json_sorting(
+    store: &Store,
+    repo: &RepoState,
+    all: bool,
+    sort_bytes: usize,
+    sink: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut spill = Spill::default();
+    for_each_block(store, repo.id, |cols| {
+        for i in 0..cols.len() {
+            if !(all || cols.reachable(i)) {
+                continue;
+            }
+            let at = bytes.len();
+            cols.write_json(i, repo, &mut bytes)
+                .map_err(|e| StoreError::Invalid {
+                    what: "a commit record".into(),
+                    message: e.to_string(),
+                })?;
+            entries.push((*cols.hash(i), at as u32, (bytes.len() - at) as u32));
+        }
+        if bytes.len() >= sort_bytes {
+            spill.write_run(store, &mut entries, &bytes)?;
+            entries.clear();
+            bytes.clear();
+        }
         Ok(())
-    };
-    for (hash, c) in chunk.drain(..) {
-        let record = codec::encode(&c).map_err(|e| StoreError::Invalid {
-            what: format!("commit {}", c.hash),
-            message: e.to_string(),
-        })?;
-        buf.extend(hash);
-        buf.extend((record.len() as u32).to_le_bytes());
-        buf.extend(record);
-        if buf.len() >= READ_AHEAD {
-            write(&mut buf, end)?;
+    })?;
+    if spill.runs.is_empty() {
+        entries.sort_unstable_by_key(|e| e.0);
+        for (_, at, len) in entries {
+            if !sink(&bytes[at as usize..(at + len) as usize]) {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    if !entries.is_empty() {
+        spill.write_run(store, &mut entries, &bytes)?;
+    }
+    drop((bytes, entries));
+    let mut merge = spill.merge(store)?;
+    while let Some(go_on) = merge
+        .next(|_, b| sink(b))
+        .map_err(|e| merge_err(store, e))?
+    {
+        if !go_on {
+            break;
         }
     }
-    write(&mut buf, end)?;
-    Ok(Run {
-        file: Arc::clone(file),
-        pos: start,
-        end: *end,
-        buf: Vec::new(),
-        at: 0,
-        head: None,
-    })
+    Ok(())
+}
+
+/// A run's failure: its file could not be read, or it is cut short.
+fn merge_err(store: &Store, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        store.corrupt("sorted run", "cut short")
+    } else {
+        io(store, e)
+    }
 }
 
 /// One sorted run in the temporary file, read ahead a buffer at a time.
@@ -137,7 +268,9 @@ struct Run {
     end: u64,
     buf: Vec<u8>,
     at: usize,
-    head: Option<StoredCommit>,
+    /// The length of the record at `at` (after its 24-byte header), once
+    /// loaded.
+    head: Option<usize>,
 }
 
 impl Run {
@@ -161,9 +294,12 @@ impl Run {
         Ok(self.buf.len() >= n)
     }
 
-    /// The next commit of the run.
-    fn next(&mut self, store: &Store) -> Result<Option<(Hash, StoredCommit)>, StoreError> {
-        if !self.fill(24).map_err(|e| io(store, e))? {
+    /// Loads the next record: its hash, or None at the end of the run.
+    fn load(&mut self) -> std::io::Result<Option<Hash>> {
+        if let Some(len) = self.head.take() {
+            self.at += 24 + len;
+        }
+        if !self.fill(24)? {
             return Ok(None);
         }
         let mut hash = [0u8; 20];
@@ -171,48 +307,70 @@ impl Run {
         let mut len = [0u8; 4];
         len.copy_from_slice(&self.buf[self.at + 20..self.at + 24]);
         let len = u32::from_le_bytes(len) as usize;
-        if !self.fill(24 + len).map_err(|e| io(store, e))? {
-            return Err(store.corrupt("sorted run", "cut short"));
+        if !self.fill(24 + len)? {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        let record = &self.buf[self.at + 24..self.at + 24 + len];
-        let c = codec::decode(&hash, record).map_err(|e| store.corrupt("sorted run", e))?;
-        self.at += 24 + len;
-        Ok(Some((hash, c)))
+        self.head = Some(len);
+        Ok(Some(hash))
+    }
+
+    /// The loaded record's bytes.
+    fn head(&self) -> &[u8] {
+        let len = self.head.unwrap_or(0);
+        &self.buf[self.at + 24..self.at + 24 + len]
     }
 }
 
 /// The runs merged: smallest hash first.
-struct Merge<'a> {
-    store: &'a Store,
+struct Merge {
     runs: Vec<Run>,
     heap: BinaryHeap<Reverse<(Hash, usize)>>,
-    failed: bool,
 }
 
-impl Merge<'_> {
-    fn pull(&mut self, i: usize) -> Result<(), StoreError> {
-        if let Some((hash, c)) = self.runs[i].next(self.store)? {
-            self.runs[i].head = Some(c);
+impl Merge {
+    fn pull(&mut self, i: usize) -> std::io::Result<()> {
+        if let Some(hash) = self.runs[i].load()? {
             self.heap.push(Reverse((hash, i)));
         }
         Ok(())
     }
+
+    /// `f` of the next record (smallest hash), or None when every run is
+    /// done.
+    fn next<R>(&mut self, f: impl FnOnce(&Hash, &[u8]) -> R) -> std::io::Result<Option<R>> {
+        let Some(Reverse((hash, i))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        let r = f(&hash, self.runs[i].head());
+        self.pull(i)?;
+        Ok(Some(r))
+    }
 }
 
-impl Iterator for Merge<'_> {
+/// [`commits_of`]'s merge: each record decoded.
+struct Decoded<'a> {
+    store: &'a Store,
+    merge: Merge,
+    failed: bool,
+}
+
+impl Iterator for Decoded<'_> {
     type Item = Result<StoredCommit, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
-        let Reverse((_, i)) = self.heap.pop()?;
-        let c = self.runs[i].head.take()?;
-        if let Err(e) = self.pull(i) {
-            self.failed = true;
-            return Some(Err(e));
-        }
-        Some(Ok(c))
+        let store = self.store;
+        let r = match self
+            .merge
+            .next(|h, b| codec::decode(h, b).map_err(|e| store.corrupt("sorted run", e)))
+        {
+            Ok(r) => r?,
+            Err(e) => Err(merge_err(store, e)),
+        };
+        self.failed = r.is_err();
+        Some(r)
     }
 }
 
@@ -265,5 +423,39 @@ mod tests {
         let got: Vec<StoredCommit> = commits_of(&store, repo.id).map(|c| c.unwrap()).collect();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the merged runs differ from one sort");
+
+        // The printed records, sorted in memory or in runs of any size,
+        // are those commits' records, each once; `all` or not; a sink that
+        // stops is not called again.
+        let repo = store.repo("ws", "{r}").unwrap().unwrap();
+        for all in [true, false] {
+            let mut printed = Vec::new();
+            for c in &expected {
+                if all || c.reachable {
+                    serde_json::to_writer(&mut printed, &c.clone().into_record(&repo)).unwrap();
+                    printed.push(b'\n');
+                }
+            }
+            for sort_bytes in [usize::MAX, SORT_BYTES, 1 << 16, 1] {
+                let mut got = Vec::new();
+                export_json_sorting(&store, &repo, all, sort_bytes, &mut |r| {
+                    got.extend_from_slice(r);
+                    got.push(b'\n');
+                    true
+                })
+                .unwrap();
+                assert!(
+                    got == printed,
+                    "sorting {sort_bytes} bytes at a time, all {all}"
+                );
+            }
+            let mut calls = 0;
+            export_json_sorting(&store, &repo, all, 1 << 16, &mut |_| {
+                calls += 1;
+                calls < 10
+            })
+            .unwrap();
+            assert_eq!(calls, 10);
+        }
     }
 }
