@@ -358,7 +358,9 @@ impl Store {
                         supported: keys::SCHEMA_VERSION,
                     });
                 }
-                if found < keys::SCHEMA_VERSION {
+                if found >= 2 {
+                    migrate::regroup(&store, found)?;
+                } else {
                     let lock = migrate::run(&store, found)?;
                     drop(store);
                     migrate::resume(dir, Some(lock))?;
