@@ -3,20 +3,17 @@
 //! its aggregates and the repository's cursor go into one atomic
 //! `apply_batch`.
 //!
-//! Schema 3 keeps what sled tracks proportional to *pages* and *authors*
-//! (a key per block, one per 16 blocks' summaries, one per 256 commits of
-//! an author), not commits: sled splits a leaf past 16 entries and keeps
-//! every node in its page table, which every process loads when it opens
-//! the store, so a key per commit is what made schema 1 grow, and fewer
-//! keys per block is what made schema 3 open faster than schema 2:
+//! Schema 2 keeps what sled tracks proportional to *pages* and *authors*
+//! (two keys per block, one per 64 commits of an author), not commits (sled splits a leaf past 16 entries and keeps every node in
+//! its page table, so a key per commit is what made schema 1 grow):
 //!
 //! | prefix | key                                      | value |
 //! |--------|------------------------------------------|-------|
 //! | `m`    | `m` name                                 | meta (schema version, next repository id, last pass, totals) |
 //! | `r`    | `r` workspace `\0` repository-uuid        | repository record (JSON, with its commit counts) |
 //! | `b`    | `b` repo-id seq                          | block: the new commits of one stored page (see `block`) |
-//! | `S`    | `S` repo-id group                        | the summaries of blocks 16·group … 16·group + 15, each: seq, newest and oldest millisecond, count, hash-prefix filter |
-//! | `P`    | `P` identity `\0` chunk                   | author postings: (date, repo-id, seq, slot) × ≤ 256, in write order |
+//! | `s`    | `s` repo-id seq                          | block summary: newest and oldest millisecond, count, hash-prefix filter |
+//! | `p`    | `p` identity `\0` chunk                   | author postings: (date, repo-id, seq, slot) × ≤ 64, in write order |
 //! | `g`    | `g` identity                             | author aggregate (postcard: commits, unreachable, first, last, repository count) |
 //! | `q`    | `q` identity `\0` repo-id                 | (empty) the author has commits in the repository |
 //! | `u`    | `u` identity                             | author record (JSON: names, e-mails, account) |
@@ -28,10 +25,6 @@
 //! - `date`: the commit instant in UTC milliseconds (rounded down; the
 //!   block keeps the rest) as a big-endian u64 with the sign bit flipped.
 //!
-//! Schema 2 had the same blocks, aggregates and records, but a summary key
-//! per block (`s` repo-id seq) and postings in chunks of 64 (`p`);
-//! `migrate::regroup` rewrites those in place.
-//!
 //! Schema 1 (read only to migrate it, see `migrate`) had a key per commit
 //! (`c` repo-id hash → postcard record, see `codec`) and two per-commit
 //! date indexes (`d` repo-id date ¬hash, `a` identity `\0` date ¬hash
@@ -40,7 +33,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 /// Schema version written by this build. Bump it when the layout changes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Meta key holding the schema version.
 pub const META_SCHEMA: &[u8] = b"mschema";
@@ -53,14 +46,10 @@ pub const META_TOTALS: &[u8] = b"mtotals";
 
 /// Blocks of commits.
 pub const BLOCK: u8 = b'b';
-/// Block summaries, 16 per key.
-pub const SUMMARY: u8 = b'S';
-/// Author postings, 256 per chunk.
-pub const POSTING: u8 = b'P';
-/// Block summaries, one per key (schema 2).
-pub const SUMMARY_V2: u8 = b's';
-/// Author postings, 64 per chunk (schema 2).
-pub const POSTING_V2: u8 = b'p';
+/// Block summaries.
+pub const SUMMARY: u8 = b's';
+/// Author postings.
+pub const POSTING: u8 = b'p';
 /// Author aggregates.
 pub const AUTHOR_STATS: u8 = b'g';
 /// (author, repository) pairs.
@@ -192,8 +181,7 @@ pub fn author(identity: &str) -> Vec<u8> {
     k
 }
 
-/// Key of a block (`BLOCK`), or of a group of summaries (`SUMMARY`, with
-/// `seq` the group: [`summary_group`]).
+/// Key of a block (`BLOCK`) or its summary (`SUMMARY`).
 pub fn block(kind: u8, id: u32, seq: u32) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = kind;
@@ -217,30 +205,17 @@ pub fn parse_block(key: &[u8]) -> Option<(u32, u32)> {
     (key.len() == 9).then_some((id, seq))
 }
 
-/// Block summaries per `SUMMARY` key.
-pub const SUMMARIES_PER_KEY: u32 = 16;
-
-/// The group (`SUMMARY` key) holding block `seq`'s summary.
-pub fn summary_group(seq: u32) -> u32 {
-    seq / SUMMARIES_PER_KEY
-}
-
 /// Prefix of one identity's postings.
 pub fn postings_prefix(identity: &str) -> Vec<u8> {
-    postings_prefix_in(POSTING, identity)
-}
-
-/// [`postings_prefix`] under prefix byte `kind` (`POSTING_V2` to migrate).
-pub fn postings_prefix_in(kind: u8, identity: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + identity.len() + 16);
-    k.push(kind);
+    k.push(POSTING);
     k.extend(identity.bytes().filter(|b| *b != 0));
     k.push(0);
     k
 }
 
 /// Key of one chunk of an identity's postings. Chunk `n` holds their
-/// postings `256n` to `256n + 255` in write order; the aggregate's commit
+/// postings `64n` to `64n + 63` in write order; the aggregate's commit
 /// count says which chunk is the last and how full (no scan needed).
 pub fn postings(identity: &str, chunk: u32) -> Vec<u8> {
     let mut k = postings_prefix(identity);
@@ -251,7 +226,7 @@ pub fn postings(identity: &str, chunk: u32) -> Vec<u8> {
 /// (identity, chunk) of a postings key.
 pub fn parse_postings(key: &[u8]) -> Option<(&str, u32)> {
     let end = key.len().checked_sub(5)?;
-    if !matches!(key.first(), Some(&POSTING | &POSTING_V2)) || key.get(end) != Some(&0) {
+    if key.first() != Some(&POSTING) || key.get(end) != Some(&0) {
         return None;
     }
     let identity = std::str::from_utf8(key.get(1..end)?).ok()?;
@@ -282,7 +257,7 @@ pub fn author_stats(identity: &str) -> Vec<u8> {
 pub const POSTING_BYTES: usize = 17;
 
 /// Postings per chunk: the last chunk is rewritten as postings join it.
-pub const POSTINGS_PER_CHUNK: u64 = 256;
+pub const POSTINGS_PER_CHUNK: u64 = 64;
 
 /// One author posting: where a commit of theirs is stored, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,40 +358,20 @@ impl Summary {
             .is_some_and(|b| b & (1 << (bit % 8)) != 0)
     }
 
-    /// Appends its entry in a `SUMMARY` group: seq, then the schema-2
-    /// value.
-    pub fn encode_entry(&self, out: &mut Vec<u8>) {
-        out.extend(self.seq.to_be_bytes());
-        out.extend(self.max_ms.to_be_bytes());
-        out.extend(self.min_ms.to_be_bytes());
-        out.extend(self.count.to_be_bytes());
-        out.extend(&self.filter);
+    /// The stored bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20 + self.filter.len());
+        v.extend(self.max_ms.to_be_bytes());
+        v.extend(self.min_ms.to_be_bytes());
+        v.extend(self.count.to_be_bytes());
+        v.extend(&self.filter);
+        v
     }
 
-    /// The summaries of a `SUMMARY` group (`None` when malformed).
-    pub fn decode_group(key: &[u8], value: &[u8]) -> Option<Vec<Summary>> {
-        let (repo, group) = parse_block(key)?;
-        if value.is_empty() || value.len() % SUMMARY_ENTRY_BYTES != 0 {
-            return None;
-        }
-        value
-            .chunks_exact(SUMMARY_ENTRY_BYTES)
-            .map(|e| {
-                let seq = u32::from_be_bytes(e[0..4].try_into().ok()?);
-                (summary_group(seq) == group).then_some(())?;
-                Summary::decode_body(repo, seq, &e[4..])
-            })
-            .collect()
-    }
-
-    /// From a schema-2 summary key and value.
-    pub fn decode_v2(key: &[u8], value: &[u8]) -> Option<Summary> {
+    /// From a summary key and value.
+    pub fn decode(key: &[u8], value: &[u8]) -> Option<Summary> {
         let (repo, seq) = parse_block(key)?;
-        Summary::decode_body(repo, seq, value)
-    }
-
-    fn decode_body(repo: u32, seq: u32, value: &[u8]) -> Option<Summary> {
-        if value.len() != SUMMARY_BYTES {
+        if value.len() != 20 + FILTER_BITS / 8 {
             return None;
         }
         Some(Summary {
@@ -429,12 +384,6 @@ impl Summary {
         })
     }
 }
-
-/// Bytes of a summary without its seq (a schema-2 summary value).
-pub const SUMMARY_BYTES: usize = 20 + FILTER_BITS / 8;
-
-/// Bytes of a summary's entry in a `SUMMARY` group.
-pub const SUMMARY_ENTRY_BYTES: usize = 4 + SUMMARY_BYTES;
 
 /// One entry of a date-ordered index: which commit, when, and whether it
 /// is still reachable.
@@ -518,43 +467,6 @@ mod tests {
         let c = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
         assert!(date8(a) < date8(b) && date8(b) < date8(c));
         assert_eq!(from_date8(&date8(c)), Some(c));
-    }
-
-    #[test]
-    fn summary_groups_round_trip_and_refuse_damage() {
-        let hashes = [[0xab; 20], [0x01; 20]];
-        let summaries: Vec<Summary> = (32..40)
-            .map(|seq| {
-                Summary::of(
-                    9,
-                    seq,
-                    &hashes,
-                    [seq as i64 * -7, 1_700_000_000_000].into_iter(),
-                )
-            })
-            .collect();
-        let key = block(SUMMARY, 9, summary_group(32));
-        assert_eq!(summary_group(32), 2);
-        assert_eq!(summary_group(47), 2);
-        assert_eq!(summary_group(48), 3);
-        let mut v = Vec::new();
-        for s in &summaries {
-            s.encode_entry(&mut v);
-        }
-        assert_eq!(Summary::decode_group(&key, &v), Some(summaries.clone()));
-        assert!(summaries[0].may_hold(filter_bit([0xab, 0xab])));
-        assert!(!summaries[0].may_hold(filter_bit([0xcd, 0xab])));
-        // Cut, empty, or an entry of another group: malformed.
-        assert_eq!(Summary::decode_group(&key, &v[..v.len() - 1]), None);
-        assert_eq!(Summary::decode_group(&key, &[]), None);
-        assert_eq!(Summary::decode_group(&block(SUMMARY, 9, 3), &v), None);
-        // The schema-2 value is an entry without its seq.
-        let mut one = Vec::new();
-        summaries[3].encode_entry(&mut one);
-        assert_eq!(
-            Summary::decode_v2(&block(SUMMARY_V2, 9, 35), &one[4..]),
-            Some(summaries[3].clone())
-        );
     }
 
     #[test]

@@ -1,19 +1,5 @@
-//! Schema migrations when an older store is opened.
-//!
-//! **Schema 2 → 3** ([`regroup`], in place): schema 3 keeps the same blocks,
-//! aggregates and records, and regroups two indexes into fewer keys (block
-//! summaries 16 per key, author postings 256 per chunk). The schema key
-//! says 3 first (durably: an older bbcrawl then refuses the store rather
-//! than read half-regrouped indexes); then each repository's summaries,
-//! and each author's postings, are rewritten in one atomic batch, old keys
-//! removed in the same batch. Every open of a schema-3 store finishes what
-//! an interrupted regrouping left (any schema-2 key still there), so a
-//! `kill -9` at any moment loses nothing: a repository or author is either
-//! regrouped or not. Nothing is decoded; at 10M commits it rewrites
-//! ~100 MB.
-//!
-//! **Schema 1 → 3**: a new store is written beside the old one, inside the
-//! store directory, then swapped in.
+//! Schema 1 → 2 when a schema-1 store is opened: a new store is written
+//! beside the old one, inside the store directory, then swapped in.
 //!
 //! Why not in place: sled costs about 10 µs per key written or removed, and
 //! schema 1 holds three keys per commit — removing them alone would hold a
@@ -77,7 +63,7 @@ pub(super) struct MigrationLock {
 fn io_error(dir: &Path, what: &str, e: std::io::Error) -> StoreError {
     StoreError::Io {
         path: dir.to_path_buf(),
-        message: format!("migrating to schema {}: {what}: {e}", keys::SCHEMA_VERSION),
+        message: format!("migrating to schema 2: {what}: {e}"),
     }
 }
 
@@ -146,7 +132,7 @@ pub(super) fn resume(dir: &Path, held: Option<MigrationLock>) -> Result<(), Stor
     };
     let err = |what: &str, e: std::io::Error| io_error(dir, what, e);
     if !work.join(COMPLETE).exists() {
-        tracing::info!(store = %dir.display(), "removing the incomplete new copy an interrupted migration left; the migration starts again");
+        tracing::info!(store = %dir.display(), "removing the incomplete schema-2 copy an interrupted migration left; the migration starts again");
         std::fs::remove_dir_all(&work).map_err(|e| err("cannot remove the incomplete copy", e))?;
         sync_dir(dir).map_err(|e| err("cannot sync", e))?;
         return Ok(());
@@ -170,101 +156,8 @@ pub(super) fn resume(dir: &Path, held: Option<MigrationLock>) -> Result<(), Stor
     Ok(())
 }
 
-/// Regroups a schema-2 store's summaries and postings (`found` = 2), or
-/// finishes an interrupted regrouping (`found` = 3): see the module notes.
-pub(super) fn regroup(store: &Store, found: u32) -> Result<(), StoreError> {
-    let db = store.db();
-    let left = |prefix: u8| -> Result<bool, StoreError> {
-        Ok(db
-            .scan_prefix([prefix])
-            .keys()
-            .next()
-            .transpose()
-            .map_err(|e| store.err(e))?
-            .is_some())
-    };
-    if found == 2 {
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::META_SCHEMA, &keys::SCHEMA_VERSION.to_be_bytes());
-        store.apply(batch)?;
-        store.flush()?;
-    } else if !left(keys::SUMMARY_V2)? && !left(keys::POSTING_V2)? {
-        return Ok(());
-    }
-    let pause = std::env::var(PAUSE_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis);
-    let started = Instant::now();
-    tracing::info!(
-        store = %store.path().display(),
-        "migrating the store's indexes to schema 3 (fewer, larger keys: faster to open); in place, one repository or author at a time; an interruption loses nothing"
-    );
-    let apply = |batch: sled::Batch| -> Result<(), StoreError> {
-        store.apply(batch)?;
-        if let Some(p) = pause {
-            store.flush()?;
-            std::thread::sleep(p);
-        }
-        Ok(())
-    };
-    let first = |prefix: u8| -> Result<Option<sled::IVec>, StoreError> {
-        db.scan_prefix([prefix])
-            .keys()
-            .next()
-            .transpose()
-            .map_err(|e| store.err(e))
-    };
-    let (mut repos, mut authors) = (0u64, 0u64);
-    while let Some(k) = first(keys::SUMMARY_V2)? {
-        let (id, _) = keys::parse_block(&k)
-            .ok_or_else(|| store.corrupt("block summary key", keys::hash_hex(&k)))?;
-        let mut batch = sled::Batch::default();
-        let mut groups: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
-        for kv in db.scan_prefix(keys::blocks_prefix(keys::SUMMARY_V2, id)) {
-            let (k, v) = kv.map_err(|e| store.err(e))?;
-            let s = keys::Summary::decode_v2(&k, &v)
-                .ok_or_else(|| store.corrupt("block summary", keys::hash_hex(&k)))?;
-            s.encode_entry(groups.entry(keys::summary_group(s.seq)).or_default());
-            batch.remove(k);
-        }
-        for (group, v) in groups {
-            batch.insert(&keys::block(keys::SUMMARY, id, group), v);
-        }
-        apply(batch)?;
-        repos += 1;
-    }
-    let per_chunk = keys::POSTINGS_PER_CHUNK as usize * keys::POSTING_BYTES;
-    while let Some(k) = first(keys::POSTING_V2)? {
-        let identity = keys::parse_postings(&k)
-            .map(|(i, _)| i.to_owned())
-            .ok_or_else(|| store.corrupt("author postings key", keys::hash_hex(&k)))?;
-        let mut batch = sled::Batch::default();
-        let mut all = Vec::new();
-        for kv in db.scan_prefix(keys::postings_prefix_in(keys::POSTING_V2, &identity)) {
-            let (k, v) = kv.map_err(|e| store.err(e))?;
-            all.extend_from_slice(&v);
-            batch.remove(k);
-        }
-        for (n, chunk) in all.chunks(per_chunk).enumerate() {
-            batch.insert(keys::postings(&identity, n as u32), chunk.to_vec());
-        }
-        apply(batch)?;
-        authors += 1;
-    }
-    store.flush()?;
-    tracing::info!(
-        store = %store.path().display(),
-        repositories = repos,
-        authors,
-        seconds = started.elapsed().as_secs_f64(),
-        "the store's indexes are on schema 3"
-    );
-    Ok(())
-}
-
 /// Migrates the schema-`found` store `old` (open, its sled lock held) into
-/// a complete copy in the current schema in [`WORK_DIR`]; the caller closes `old` and
+/// a complete schema-2 copy in [`WORK_DIR`]; the caller closes `old` and
 /// calls [`resume`] with the returned lock to swap it in.
 pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> {
     let dir = old.path().to_path_buf();
@@ -279,11 +172,10 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
     let repos = old.repos()?;
     let total: u64 = repos.iter().map(|r| r.commits_stored).sum();
     let started = Instant::now();
-    let to = keys::SCHEMA_VERSION;
     tracing::info!(
         store = %dir.display(),
         commits = total,
-        "migrating the store from schema {found} to schema {to} (blocks of commits): a new copy is written beside the old one, then replaces it; the store is usable when this ends; an interruption loses nothing (the old store is removed only once the copy is complete)"
+        "migrating the store from schema {found} to schema 2 (blocks of commits): a new copy is written beside the old one, then replaces it; the store is usable when this ends; an interruption loses nothing (the old store is removed only once the copy is complete)"
     );
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -291,7 +183,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
             indicatif::ProgressDrawTarget::stderr(),
         );
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "migrating the store to the current schema: {pos}/{len} commits ({per_sec}, {eta} left)",
+            "migrating the store to schema 2: {pos}/{len} commits ({per_sec}, {eta} left)",
         ) {
             bar.set_style(style);
         }
@@ -398,7 +290,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
         store = %dir.display(),
         commits = done,
         seconds = format_args!("{secs:.1}"),
-        "store migrated to schema 3"
+        "store migrated to schema 2"
     );
     Ok(held)
 }

@@ -358,9 +358,7 @@ impl Store {
                         supported: keys::SCHEMA_VERSION,
                     });
                 }
-                if found >= 2 {
-                    migrate::regroup(&store, found)?;
-                } else {
+                if found < keys::SCHEMA_VERSION {
                     let lock = migrate::run(&store, found)?;
                     drop(store);
                     migrate::resume(dir, Some(lock))?;

@@ -358,21 +358,14 @@ impl Store {
 
     /// A repository's block summaries, in seq order.
     pub fn summaries(&self, id: u32) -> Result<Vec<Summary>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.db().scan_prefix(keys::blocks_prefix(SUMMARY, id)) {
-            out.extend(self.summary_group(kv)?);
-        }
-        Ok(out)
-    }
-
-    /// The summaries of one `SUMMARY` key and value.
-    fn summary_group(
-        &self,
-        kv: sled::Result<(sled::IVec, sled::IVec)>,
-    ) -> Result<Vec<Summary>, StoreError> {
-        let (k, v) = kv.map_err(|e| self.err(e))?;
-        Summary::decode_group(&k, &v)
-            .ok_or_else(|| self.corrupt("block summaries", keys::hash_hex(&k)))
+        self.db()
+            .scan_prefix(keys::blocks_prefix(SUMMARY, id))
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                Summary::decode(&k, &v)
+                    .ok_or_else(|| self.corrupt("block summary", keys::hash_hex(&k)))
+            })
+            .collect()
     }
 
     /// One repository's commits, newest first, within `[since, until)`
@@ -544,18 +537,19 @@ impl Store {
         let bit = keys::filter_bit([lo[0], lo[1]]);
         let mut out = Vec::new();
         for kv in self.db().scan_prefix([SUMMARY]) {
-            for s in self.summary_group(kv)? {
-                if !s.may_hold(bit) {
-                    continue;
-                }
-                let cols = self.block(s.repo, s.seq)?;
-                out.extend(
-                    cols.hashes()
-                        .iter()
-                        .filter(|h| **h >= lo && **h <= hi)
-                        .map(|h| (*h, s.repo)),
-                );
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let s = Summary::decode(&k, &v)
+                .ok_or_else(|| self.corrupt("block summary", keys::hash_hex(&k)))?;
+            if !s.may_hold(bit) {
+                continue;
             }
+            let cols = self.block(s.repo, s.seq)?;
+            out.extend(
+                cols.hashes()
+                    .iter()
+                    .filter(|h| **h >= lo && **h <= hi)
+                    .map(|h| (*h, s.repo)),
+            );
         }
         Ok(out)
     }

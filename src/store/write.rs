@@ -59,12 +59,10 @@ impl WriterCache {
     }
 }
 
-/// Author aggregates, (author, repository) pairs, author records and
-/// block-summary groups a batch changes, each read once.
+/// Author aggregates, (author, repository) pairs and author records a
+/// batch changes, each read once.
 #[derive(Default)]
 pub(super) struct AuthorChanges {
-    /// `SUMMARY` groups this batch writes, by (repository id, group).
-    summaries: HashMap<(u32, u32), Vec<u8>>,
     stats: HashMap<String, AuthorStats>,
     pairs: HashSet<(String, u32)>,
     /// Postings chunks this batch writes, by (identity, chunk).
@@ -161,9 +159,6 @@ impl AuthorChanges {
         batch: &mut sled::Batch,
         totals: &mut Totals,
     ) -> Result<(), StoreError> {
-        for ((id, group), value) in self.summaries {
-            batch.insert(&keys::block(SUMMARY, id, group), value);
-        }
         for ((identity, chunk), value) in self.chunks {
             batch.insert(keys::postings(&identity, chunk), value);
         }
@@ -339,20 +334,7 @@ impl Store {
             cols.hashes(),
             (0..cols.len()).map(|i| cols.date_ms(i)),
         );
-        let group = keys::summary_group(seq);
-        let entries = match authors.summaries.entry((id, group)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let old = self
-                    .db()
-                    .get(keys::block(SUMMARY, id, group))
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.to_vec())
-                    .unwrap_or_default();
-                e.insert(old)
-            }
-        };
-        summary.encode_entry(entries);
+        batch.insert(&keys::block(SUMMARY, id, seq), summary.encode());
         authors.add_block(self, batch, id, seq, cols)
     }
 
