@@ -604,15 +604,19 @@ mod tests {
         }
     }
 
+    /// Dates of every kind a block keeps: sub-millisecond, pre-1970,
+    /// offsets east and west and of half hours.
+    const DATES: [&str; 5] = [
+        "2024-05-01T11:37:07.123+02:00",
+        "2024-05-01T11:37:07.123456+02:00",
+        "1969-12-31T23:59:59.999999500+00:00",
+        "2024-05-01T11:37:07-07:00",
+        "2030-01-01T00:00:00+05:30",
+    ];
+
     #[test]
     fn a_block_round_trips_every_field() {
-        let dates = [
-            "2024-05-01T11:37:07.123+02:00",
-            "2024-05-01T11:37:07.123456+02:00",
-            "1969-12-31T23:59:59.999999500+00:00",
-            "2024-05-01T11:37:07-07:00",
-            "2030-01-01T00:00:00+05:30",
-        ];
+        let dates = DATES;
         let commits: Vec<StoredCommit> = (0..50)
             .map(|i| commit(i, dates[i % dates.len()], i % 7 != 0))
             .collect();
@@ -638,13 +642,7 @@ mod tests {
     /// dates, unreachable commits, identities `parse_raw` splits oddly.
     #[test]
     fn write_json_prints_the_bytes_of_the_built_record() {
-        let dates = [
-            "2024-05-01T11:37:07.123+02:00",
-            "2024-05-01T11:37:07.123456+02:00",
-            "1969-12-31T23:59:59.999999500+00:00",
-            "2024-05-01T11:37:07-07:00",
-            "2030-01-01T00:00:00+05:30",
-        ];
+        let dates = DATES;
         let raws = [
             None,
             Some("Ünïcødé \"quoted\" <a\\b@x>"),
