@@ -15,6 +15,9 @@ pub const USAGE: u8 = 2;
 pub const SOME_FAILED: u8 = 6;
 /// The store is locked by another process that does not answer.
 pub const LOCKED: u8 = 7;
+/// A bug: a panic outside the store (Rust's own code for a panic; the
+/// message is one `error:` line, see `panic`).
+pub const INTERNAL: u8 = 101;
 
 impl crate::config::ConfigError {
     /// Every configuration error is a usage error.

@@ -31,6 +31,7 @@
 //! - [`telemetry`] every metric's name, unit, description and buckets; the recorder.
 //! - [`exit`]      exit codes (SPEC section 9); each error type says its own.
 //! - [`human`]     text and durations as people read them (terminal-safe text, widths).
+//! - [`panic`]     no panic reaches the user: one `error:` line, exit 1 for a damaged store.
 //! - [`simulator`] the fake Bitbucket used by `demo`, `simulate`, tests and benches.
 
 pub mod actors;
@@ -40,6 +41,7 @@ pub mod daemon;
 pub mod demo;
 pub mod exit;
 pub mod human;
+pub mod panic;
 pub mod progress;
 pub mod query;
 pub mod record;

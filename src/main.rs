@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    bbcrawl::panic::install();
     let cli = cli::Cli::parse();
     cli::init_logging(&cli.global);
     // The actor system's runtime (a tokio current-thread runtime) runs

@@ -13,6 +13,7 @@ mod daemon;
 mod freshness;
 mod hostile;
 mod hostile_input;
+mod integrity;
 mod kit;
 mod migrate;
 mod model;

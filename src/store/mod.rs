@@ -66,7 +66,10 @@ pub enum StoreError {
         why: String,
     },
     /// The files are damaged or not a store.
-    #[error("the store at {path} is damaged or not a bbcrawl store: {message}")]
+    #[error(
+        "the store at {path} is damaged or not a bbcrawl store: {message}; {}",
+        crate::panic::DAMAGE_ADVICE
+    )]
     Corrupt {
         /// Store directory.
         path: PathBuf,
@@ -274,6 +277,7 @@ impl Store {
     }
 
     fn open_with(dir: &Path, create: Create) -> Result<Store, StoreError> {
+        crate::panic::note_store(dir);
         // What an interrupted schema migration left, first.
         migrate::resume(dir, None)?;
         let path = dir.to_path_buf();
@@ -638,7 +642,7 @@ mod tests {
         );
         let text = e.to_string();
         assert!(
-            text.ends_with("sled read corrupted data at file offset 2389340"),
+            text.contains("sled read corrupted data at file offset 2389340; move the directory"),
             "{text}"
         );
         assert!(
@@ -646,6 +650,6 @@ mod tests {
             "{text}"
         );
         let e = sled_error(path, sled::Error::Corruption { at: None, bt: () });
-        assert!(e.to_string().ends_with("sled found corrupted data"), "{e}");
+        assert!(e.to_string().contains("sled found corrupted data; "), "{e}");
     }
 }
