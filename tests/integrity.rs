@@ -35,8 +35,11 @@ fn store_files(store: &Path) -> Vec<String> {
 
 /// A copy of `src` in a new temporary directory.
 fn copy_of(src: &Path) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
     let (dir, dst) = fresh_store();
     std::fs::create_dir_all(&dst).unwrap();
+    // Owner-only, as bbcrawl makes a store (else every command warns).
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o700)).unwrap();
     for name in store_files(src) {
         std::fs::copy(src.join(&name), dst.join(&name)).unwrap();
     }
@@ -207,4 +210,67 @@ async fn a_panic_inside_sled_is_a_clean_damaged_store_error() {
         hooked > 0,
         "no damage of 6 made sled panic: the hook went untested"
     );
+}
+
+/// Every file and directory under `store` with its mode (permission bits).
+fn modes(store: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = vec![(
+        ".".to_owned(),
+        std::fs::metadata(store).unwrap().permissions().mode() & 0o777,
+    )];
+    for e in std::fs::read_dir(store).unwrap() {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        out.push((e.file_name().to_string_lossy().into_owned(), mode));
+    }
+    out.sort();
+    out
+}
+
+/// A store `sync` creates is owner-only (directory 0700, files 0600, the
+/// snapshot sled writes later included), also in an empty directory the
+/// user made with the default 0755; `query` on a store open to group or
+/// others warns, naming the fix, and still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_store_is_owner_only_and_a_shared_one_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 150));
+    let server = serve(&sim).await;
+    let (_dir, store) = fresh_store();
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let made = modes(&store);
+    assert!(made.iter().any(|(n, _)| n.starts_with("snap.")), "{made:?}");
+    for (name, mode) in &made {
+        assert_eq!(mode & 0o077, 0, "{name} is {mode:o}: {made:?}");
+    }
+    assert_eq!(made[0], (".".to_owned(), 0o700));
+
+    // An empty directory made by the user, 0755.
+    let (_dir2, store2) = fresh_store();
+    std::fs::create_dir_all(&store2).unwrap();
+    std::fs::set_permissions(&store2, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = sync(&store2, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for (name, mode) in modes(&store2) {
+        assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
+    }
+
+    let s = store.to_str().unwrap();
+    let args = ["--store", s, "query", "stats"];
+    let ask = || bbcrawl(store.parent().unwrap(), &args, &[]);
+    let o = ask().await;
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!stderr(&o).contains("group or others"), "{}", stderr(&o));
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = ask().await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("open to group or others") && err.contains(&format!("chmod 700 {s}")),
+        "{err}"
+    );
+    assert!(!stdout(&o).is_empty());
 }

@@ -114,8 +114,11 @@ async fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(build).await
 }
 
+/// Copies a directory tree, modes included (like `cp -a`: the store is
+/// owner-only, and a copy open to others would be warned about).
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let target = to.join(e.file_name());

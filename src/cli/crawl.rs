@@ -63,6 +63,7 @@ pub(super) async fn sync(
     repos: Vec<String>,
     full: bool,
 ) -> Result<u8, CliError> {
+    bbcrawl::store::private_umask();
     let cfg = load_config(
         g,
         Overrides {
@@ -126,6 +127,7 @@ pub(super) async fn run_daemon(
     workspaces: Vec<String>,
     listen: Option<String>,
 ) -> Result<u8, CliError> {
+    bbcrawl::store::private_umask();
     let cfg = load_config(
         g,
         Overrides {

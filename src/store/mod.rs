@@ -229,9 +229,69 @@ pub fn read_id(dir: &Path) -> Option<String> {
 fn write_id(dir: &Path) -> std::io::Result<String> {
     use rand::Rng;
     let id = format!("{:032x}", rand::thread_rng().gen::<u128>());
-    // Not a secret: the CLI of any user who may read the store reads it.
-    write_atomically(&dir.join(ID_FILE), format!("{id}\n").as_bytes(), 0o644)?;
+    // Owner-only, like every file of the store.
+    write_atomically(&dir.join(ID_FILE), format!("{id}\n").as_bytes(), 0o600)?;
     Ok(id)
+}
+
+/// Creates the store directory `dir` owner-only (0700; its parents as the
+/// umask says), or makes the empty directory it is so.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
+        r => r,
+    }
+}
+
+/// A new store's files owner-only: 0600 (directories in it 0700). Files
+/// sled creates later (snapshots) are created under `sync`'s and `run`'s
+/// umask of 077, and inside a 0700 directory in any case.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let mode = if entry.file_type()?.is_dir() {
+            0o700
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// `sync` and `run` create every file owner-only (umask 077): the store's
+/// (sled makes new snapshot files as it goes) and the daemon's address
+/// file. They write nothing meant for others.
+pub fn private_umask() {
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Warns (like ssh about a key) when the store directory lets group or
+/// others in: every commit message and author e-mail is readable there.
+fn warn_if_shared(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            store = %dir.display(),
+            mode = format_args!("{mode:04o}"),
+            "the store directory is open to group or others: every local user who can read it reads every commit message and author e-mail; make it owner-only with `chmod 700 {}`",
+            dir.display()
+        );
+    }
 }
 
 /// Writes a small file beside the store's (its id, the daemon's address)
@@ -319,7 +379,19 @@ impl Store {
                 }
             }
         };
+        let io = |what: &str, e: std::io::Error| StoreError::Io {
+            path: path.clone(),
+            message: format!("{what}: {e}"),
+        };
+        if fresh {
+            create_private_dir(dir).map_err(|e| io("cannot create the store directory", e))?;
+        } else {
+            warn_if_shared(dir);
+        }
         let db = open_sled(dir).map_err(|e| open_error(&path, e))?;
+        if fresh {
+            make_private(dir).map_err(|e| io("cannot make the store owner-only", e))?;
+        }
         let mut store = Store {
             slot: Some(db),
             path,
