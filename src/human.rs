@@ -31,6 +31,21 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// `512 B`, `300.0 MiB`, `1.5 GiB`: a size in binary units.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Columns a character takes on a terminal (East Asian wide characters
 /// and emoji 2, combining marks and zero-width characters 0; controls,
 /// which cells never contain, 0).
@@ -108,6 +123,16 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_read_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(256 << 20), "256.0 MiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    }
 
     #[test]
     fn durations_read_in_the_largest_sensible_unit() {

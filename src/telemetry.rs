@@ -45,6 +45,8 @@ pub const SYNC_PASSES: &str = "bbcrawl_sync_passes_total";
 pub const STORE_COMMITS: &str = "bbcrawl_store_commits";
 /// Bytes the store takes on disk.
 pub const STORE_SIZE: &str = "bbcrawl_store_size_bytes";
+/// Bytes free to bbcrawl on the store's filesystem.
+pub const STORE_FREE: &str = "bbcrawl_store_free_bytes";
 /// `{state}`: repositories by state.
 pub const REPOS: &str = "bbcrawl_repos";
 /// Wall time of the last pass.
@@ -130,7 +132,7 @@ pub struct MetricDef {
 }
 
 /// Every metric bbcrawl exports.
-pub const METRICS: [MetricDef; 26] = [
+pub const METRICS: [MetricDef; 27] = [
     MetricDef { name: HTTP_REQUESTS, kind: Kind::Counter, unit: Unit::Count, labels: &["endpoint", "code"],
         help: "HTTP attempts sent to Bitbucket, every retry included, by endpoint and status code (`error` when no answer came)." },
     MetricDef { name: HTTP_REQUEST_DURATION, kind: Kind::Histogram, unit: Unit::Seconds, labels: &["endpoint"],
@@ -155,6 +157,8 @@ pub const METRICS: [MetricDef; 26] = [
         help: "Commits in the store (reachable or not), after the last pass." },
     MetricDef { name: STORE_SIZE, kind: Kind::Gauge, unit: Unit::Bytes, labels: &[],
         help: "Bytes the store takes on disk, after the last pass." },
+    MetricDef { name: STORE_FREE, kind: Kind::Gauge, unit: Unit::Bytes, labels: &[],
+        help: "Bytes free to bbcrawl on the store's filesystem, before and after each pass (a pass does not start below min_free_disk_mb)." },
     MetricDef { name: REPOS, kind: Kind::Gauge, unit: Unit::Count, labels: &["state"],
         help: "Repositories in the store by state, after the last pass." },
     MetricDef { name: SYNC_DURATION, kind: Kind::Gauge, unit: Unit::Seconds, labels: &[],
@@ -245,9 +249,11 @@ pub fn describe_and_register() {
     for state in crate::record::RepoStatus::ALL {
         metrics::gauge!(REPOS, "state" => state.as_str()).set(0.0);
     }
+    // (`STORE_FREE` is set before the first pass, within milliseconds.)
     for name in [
         STORE_COMMITS,
         STORE_SIZE,
+        STORE_FREE,
         SYNC_DURATION,
         LAST_SYNC_SUCCESS,
         LAST_SYNC_FAILED,

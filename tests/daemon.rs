@@ -24,6 +24,16 @@ struct Daemon {
 impl Daemon {
     /// Starts the daemon on `store` and waits for its address file.
     async fn start(store: &Path, api_url: &str, interval_seconds: &str) -> Daemon {
+        Daemon::start_with(store, api_url, interval_seconds, &[]).await
+    }
+
+    /// [`Daemon::start`] with more environment.
+    async fn start_with(
+        store: &Path,
+        api_url: &str,
+        interval_seconds: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = store.parent().unwrap();
         let log = dir.join("daemon.log");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
@@ -38,6 +48,7 @@ impl Daemon {
             .env("BBCRAWL_LISTEN", "127.0.0.1:0")
             .env("BBCRAWL_INTERVAL_SECONDS", interval_seconds)
             .env("BBCRAWL_REQUESTS_PER_HOUR", "1000000")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true);
@@ -437,6 +448,7 @@ async fn metrics_count_what_the_simulator_saw() {
     assert_eq!(s.sum("bbcrawl_repos", &[("state", "ok")]), 3.0);
     assert_eq!(s.sum("bbcrawl_repos", &[]), 3.0);
     assert!(s.sum("bbcrawl_store_size_bytes", &[]) > 0.0);
+    assert!(s.sum("bbcrawl_store_free_bytes", &[]) > 0.0);
     assert!(s.sum("bbcrawl_sync_passes_total", &[("result", "ok")]) >= 1.0);
     assert_eq!(
         s.sum("bbcrawl_sync_passes_total", &[("result", "failed")]),
@@ -506,6 +518,36 @@ async fn metrics_count_what_the_simulator_saw() {
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert!(!store.join("daemon.json").exists());
+}
+
+/// Below the free-disk floor (`min_free_disk_mb`, here 1 PiB) the daemon
+/// starts no pass: not a request to Bitbucket; `/healthz` answers 503 with
+/// `low_disk`, the pass counts as failed, and `bbcrawl_store_free_bytes`
+/// says what is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pass_starts_below_the_free_disk_floor() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("payments-api", 50));
+    let server = serve(&sim).await;
+    let (_dir, store) = fresh_store();
+    let floor = [("BBCRAWL_MIN_FREE_DISK_MB", "1073741824")];
+    let daemon = Daemon::start_with(&store, &server.api_url(), "1", &floor).await;
+    let failed = daemon
+        .wait_health(503, "failed", Duration::from_secs(15))
+        .await;
+    assert_eq!(failed["error"]["code"], "low_disk", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("below the floor of 1.0 PiB") && message.contains("min_free_disk_mb"),
+        "{failed}"
+    );
+    let s = daemon.scrape().await;
+    assert!(s.sum("bbcrawl_store_free_bytes", &[]) > 0.0);
+    assert_eq!(s.sum("bbcrawl_last_sync_failed", &[]), 1.0);
+    assert!(s.sum("bbcrawl_sync_passes_total", &[("result", "failed")]) >= 1.0);
+    assert_eq!(sim.requests().len(), 0, "a pass started");
+    let (status, _) = daemon.terminate().await;
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,3 +274,39 @@ async fn a_new_store_is_owner_only_and_a_shared_one_is_warned_about() {
     );
     assert!(!stdout(&o).is_empty());
 }
+
+/// `sync` starts no pass with less free disk than `min_free_disk_mb` (here
+/// 1 PiB): exit 1, the reason and the setting named, not one request to
+/// Bitbucket; with the floor off (0) it crawls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_starts_no_pass_below_the_free_disk_floor() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 20));
+    let server = serve(&sim).await;
+    let (_dir, store) = fresh_store();
+    let o = sync(
+        &store,
+        &server.api_url(),
+        &[],
+        &[("BBCRAWL_MIN_FREE_DISK_MB", "1073741824")],
+    )
+    .await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not starting a pass")
+            && err.contains("below the floor of 1.0 PiB")
+            && err.contains("min_free_disk_mb"),
+        "{err}"
+    );
+    assert_eq!(sim.requests().len(), 0, "a pass started");
+    let o = sync(
+        &store,
+        &server.api_url(),
+        &[],
+        &[("BBCRAWL_MIN_FREE_DISK_MB", "0")],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!sim.requests().is_empty());
+}

@@ -629,6 +629,7 @@ fn alerts_fire_on_matching_series() {
         ("bbcrawl_last_sync_failed", "0 0 1x128"),
         ("bbcrawl_rate_limited_total", "0+1x130"),
         ("bbcrawl_backoff_seconds_total", "0x130"),
+        ("bbcrawl_store_free_bytes", "2e9-2e7x130"),
         ("up", "1x99 0x30"),
     ] {
         t += &format!("      - series: '{series}{{{l}}}'\n        values: '{values}'\n");
@@ -652,6 +653,8 @@ fn alerts_fire_on_matching_series() {
         "warning",
         ", state: failed",
     );
+    t += &silent("BbcrawlStoreDiskLow", "10m");
+    t += &fires("BbcrawlStoreDiskLow", "30m", "warning", "");
     t += &silent("BbcrawlDown", "99m");
     t += &fires("BbcrawlDown", "110m", "critical", "");
     t += &silent("BbcrawlTargetMissing", "110m");
@@ -662,6 +665,7 @@ fn alerts_fire_on_matching_series() {
         ("bbcrawl_last_sync_failed", "0x180"),
         ("bbcrawl_rate_limited_total", "0x180"),
         ("bbcrawl_backoff_seconds_total", "0+1x180"),
+        ("bbcrawl_store_free_bytes", "5e10x180"),
         ("up", "1x180"),
     ] {
         t += &format!("      - series: '{series}{{{l}}}'\n        values: '{values}'\n");

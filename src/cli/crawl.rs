@@ -76,6 +76,8 @@ pub(super) async fn sync(
     let store = Arc::new(Store::open(&cfg.store)?);
     // This process holds the store: no daemon of it runs.
     daemon::clear_stale_address(&cfg.store);
+    // Never start a pass that may fill the disk.
+    store.check_free(bbcrawl::store::disk_floor(cfg.min_free_disk, 0))?;
     let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
     let progress = SyncProgress::start(progress_mode(g), client.clone());
     let observer: Arc<dyn PassObserver> = progress.clone();
@@ -153,6 +155,7 @@ pub(super) async fn run_daemon(
         listen: cfg.listen,
         interval: cfg.interval,
         pass: pass_options(&cfg, Vec::new(), false),
+        min_free_disk: cfg.min_free_disk,
         observer,
     };
     let ran = daemon::run(client, Arc::clone(&store), opts, metrics, shutdown).await;

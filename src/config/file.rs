@@ -128,6 +128,7 @@ pub(super) struct FileConfig {
     pub(super) listen: Option<String>,
     pub(super) interval_seconds: Option<i64>,
     pub(super) audit_interval_seconds: Option<i64>,
+    pub(super) min_free_disk_mb: Option<i64>,
     #[serde(default)]
     pub(super) credentials: Vec<FileCredential>,
 }

@@ -148,6 +148,10 @@ pub struct Config {
     pub interval: Duration,
     /// Every repository's head is checked at least this often.
     pub audit_interval: Duration,
+    /// A pass does not start with less free disk than this on the store's
+    /// filesystem (`min_free_disk_mb`; 0: no floor); `None`: automatic (see
+    /// `store::disk`).
+    pub min_free_disk: Option<u64>,
     /// Credentials, in file order (or the single one from the environment). May be
     /// empty: commands that need the API check that themselves.
     pub credentials: Vec<Credential>,
@@ -353,6 +357,17 @@ impl Config {
             in_file(file, |v| v.audit_interval_seconds),
             DEFAULT_AUDIT_INTERVAL_SECONDS,
         )?);
+        let min_free_disk_mb = int_key(
+            "min_free_disk_mb",
+            IntRange {
+                min: 0,
+                max: 1 << 30,
+            },
+            None,
+            env.found("BBCRAWL_MIN_FREE_DISK_MB"),
+            in_file(file, |v| v.min_free_disk_mb),
+            -1i64,
+        )?;
 
         let listen = resolve(
             "listen",
@@ -385,6 +400,7 @@ impl Config {
             listen,
             interval,
             audit_interval,
+            min_free_disk: u64::try_from(min_free_disk_mb).ok().map(|mb| mb << 20),
             credentials,
             warnings,
         })

@@ -49,7 +49,8 @@ struct PassFailure {
     /// When it ended.
     at: DateTime<Utc>,
     /// `invalid_credentials`, `invalid_permissions`, `no_resources`,
-    /// `connection_failed`, `api_error`, `store_error` or `internal`.
+    /// `connection_failed`, `api_error`, `store_error`, `low_disk` or
+    /// `internal`.
     code: &'static str,
     /// The error chain, one line (never a secret: API errors carry none).
     message: String,
@@ -61,6 +62,7 @@ pub(super) fn failure_code(e: &PassError) -> &'static str {
         PassError::Api { source, .. } => {
             crate::verify::VerifyCode::of(source).map_or("api_error", |c| c.as_str())
         }
+        PassError::Store(crate::store::StoreError::LowDisk { .. }) => "low_disk",
         PassError::Store(_) => "store_error",
         PassError::Internal(_) => "internal",
     }

@@ -59,6 +59,8 @@ pub struct DaemonOptions {
     pub interval: Duration,
     /// What each pass covers.
     pub pass: PassOptions,
+    /// `min_free_disk_mb` in bytes (`None`: automatic, `store::disk_floor`).
+    pub min_free_disk: Option<u64>,
     /// Receives pass events (log lines per repository).
     pub observer: Arc<dyn PassObserver>,
 }

@@ -31,8 +31,30 @@ pub(super) async fn passes(
     health: &RwLock<Health>,
     stop_rx: &mut watch::Receiver<bool>,
 ) {
+    // The most the store grew in one pass: the automatic free-disk floor.
+    let mut largest_growth = 0u64;
     loop {
         let started = Instant::now();
+        let floor = crate::store::disk_floor(opts.min_free_disk, largest_growth);
+        let size_before = store.size_on_disk().unwrap_or(0);
+        let free = {
+            let store = Arc::clone(store);
+            tokio::task::spawn_blocking(move || store.check_free(floor)).await
+        };
+        match free {
+            Ok(Ok(free)) => metrics::gauge!(telemetry::STORE_FREE).set(free as f64),
+            Ok(Err(e)) => {
+                if let crate::store::StoreError::LowDisk { free, .. } = &e {
+                    metrics::gauge!(telemetry::STORE_FREE).set(*free as f64);
+                }
+                record_pass(Err(e.into()), started.elapsed(), store, health).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(opts.interval) => continue,
+                    _ = stopped(stop_rx) => return,
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the store's free disk"),
+        }
         let mut stop = stop_rx.clone();
         let (result, stopping) = match crawler
             .pass_until(opts.pass.clone(), async move { stopped(&mut stop).await })
@@ -43,6 +65,11 @@ pub(super) async fn passes(
             PassEnd::Abandoned(()) => return,
         };
         record_pass(result, started.elapsed(), store, health).await;
+        let grew = store
+            .size_on_disk()
+            .unwrap_or(0)
+            .saturating_sub(size_before);
+        largest_growth = largest_growth.max(grew);
         if stopping {
             return;
         }
@@ -126,5 +153,6 @@ fn store_gauges(store: &Store) -> Result<(), crate::store::StoreError> {
     }
     metrics::gauge!(telemetry::STORE_COMMITS).set(totals.commits as f64);
     metrics::gauge!(telemetry::STORE_SIZE).set(store.size_on_disk()? as f64);
+    metrics::gauge!(telemetry::STORE_FREE).set(store.free_bytes()? as f64);
     Ok(())
 }

@@ -84,6 +84,16 @@ pub enum StoreError {
         /// Why not.
         message: String,
     },
+    /// Too little free disk to start a pass (`min_free_disk_mb`).
+    #[error("not starting a pass: {} free on the filesystem of the store at {}, below the floor of {} (`min_free_disk_mb`); free some space, or set `min_free_disk_mb` lower (0 turns the check off)", crate::human::bytes(*free), path.display(), crate::human::bytes(*floor))]
+    LowDisk {
+        /// Store directory.
+        path: PathBuf,
+        /// Bytes free to this process.
+        free: u64,
+        /// The floor.
+        floor: u64,
+    },
     /// An I/O error (disk full, permissions…).
     #[error("store I/O error at {path}: {message}")]
     Io {
@@ -232,6 +242,40 @@ fn write_id(dir: &Path) -> std::io::Result<String> {
     // Owner-only, like every file of the store.
     write_atomically(&dir.join(ID_FILE), format!("{id}\n").as_bytes(), 0o600)?;
     Ok(id)
+}
+
+/// The automatic `min_free_disk_mb`: twice the largest growth of the store
+/// in one recent pass, at least this.
+pub const MIN_FREE_DISK: u64 = 256 << 20;
+
+/// The free-disk floor for a pass: the configured one, else twice
+/// `largest_growth` (the most the store grew in one pass the caller has
+/// seen), at least [`MIN_FREE_DISK`].
+pub fn disk_floor(configured: Option<u64>, largest_growth: u64) -> u64 {
+    configured.unwrap_or_else(|| MIN_FREE_DISK.max(largest_growth.saturating_mul(2)))
+}
+
+impl Store {
+    /// Bytes free to this process on the store's filesystem.
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        fs2::available_space(&self.path).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            message: format!("cannot read the free space of its filesystem: {e}"),
+        })
+    }
+
+    /// The free bytes, or [`StoreError::LowDisk`] below `floor`.
+    pub fn check_free(&self, floor: u64) -> Result<u64, StoreError> {
+        let free = self.free_bytes()?;
+        if free < floor {
+            return Err(StoreError::LowDisk {
+                path: self.path.clone(),
+                free,
+                floor,
+            });
+        }
+        Ok(free)
+    }
 }
 
 /// Creates the store directory `dir` owner-only (0700; its parents as the
