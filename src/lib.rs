@@ -43,6 +43,8 @@ pub mod exit;
 pub mod human;
 pub mod panic;
 pub mod progress;
+#[cfg(test)]
+mod proptests;
 pub mod query;
 pub mod record;
 pub mod schedule;

@@ -1062,7 +1062,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<bytes::Bytes, Failure>
 }
 
 /// Maps a 4xx answer to its error, decoding Bitbucket's error body leniently.
-fn client_error(status: StatusCode, body: &[u8]) -> ApiError {
+pub(crate) fn client_error(status: StatusCode, body: &[u8]) -> ApiError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
     let message = match &parsed {
         Some(b) if !b.error.message.is_empty() => b.error.message.clone(),
