@@ -310,3 +310,131 @@ async fn sync_starts_no_pass_below_the_free_disk_floor() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!sim.requests().is_empty());
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as mount(8) reads it) at `dir`; `None`
+    /// when this process may not mount (not root, or no CAP_SYS_ADMIN).
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot resize the tmpfs at {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a daemon killed on a failed assertion may still hold it.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The daemon on a disk that fills mid-pass (a 3 MiB tmpfs, a world of
+/// 20,000 commits): the pass fails with "the disk is full", the daemon
+/// keeps running; once there is space (the tmpfs grown to 256 MiB) it
+/// reopens the store — sled's I/O error is sticky until then — and its
+/// next passes finish the crawl: exactly the simulator's commits, once.
+/// Needs a tmpfs mount (root): elsewhere it says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_survives_a_full_disk_and_carries_on_once_space_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "3m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let sim = world(0);
+    for i in 0..20 {
+        sim.add_repo(WS, RepoSpec::new(&format!("svc-{i:02}"), 1000));
+    }
+    let server = serve(&sim).await;
+    let store = disk.0.join("store");
+    let log = dir.path().join("run.log");
+    let mut env = sync_env(&server.api_url(), &store);
+    for (k, v) in [
+        ("BBCRAWL_LISTEN", "127.0.0.1:0"),
+        ("BBCRAWL_INTERVAL_SECONDS", "1"),
+        ("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000"),
+        ("BBCRAWL_MIN_FREE_DISK_MB", "0"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let mut child = spawn_bbcrawl(&["run", "--log-format", "json"], &env, &log);
+    let lines = |log: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let wait_for = |what: &str, f: &dyn Fn(&[serde_json::Value]) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            if f(&lines(&log)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} within 90 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    wait_for("failed pass on a full disk", &|ls| {
+        ls.iter().any(|v| {
+            message(v) == "pass failed; retrying at the next interval"
+                && v["fields"]["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("the disk is full")
+        })
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon exited on a full disk"
+    );
+    disk.resize("256m");
+    wait_for("reopen and a complete pass", &|ls| {
+        let Some(reopened) = ls.iter().position(|v| message(v) == "store reopened") else {
+            return false;
+        };
+        ls[reopened..].iter().any(|v| {
+            message(v) == "pass finished"
+                && v["fields"]["failed"] == 0
+                && v["fields"]["result"] == "ok"
+        })
+    });
+    let pid = child.id().expect("the daemon runs").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_store_is_truth(&store, &sim);
+}

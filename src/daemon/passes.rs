@@ -12,7 +12,7 @@ use super::health::{failure_code, Health};
 use super::DaemonOptions;
 use crate::actors::{Crawler, PassEnd, PassError, PassSummary};
 use crate::record::RepoTotals;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry;
 
 /// Waits until the stop signal is set.
@@ -33,6 +33,9 @@ pub(super) async fn passes(
 ) {
     // The most the store grew in one pass: the automatic free-disk floor.
     let mut largest_growth = 0u64;
+    // Whether the last pass failed on the store (a full disk): sled's error
+    // is sticky, so the store is reopened before the next pass.
+    let mut reopen = false;
     loop {
         let started = Instant::now();
         let floor = crate::store::disk_floor(opts.min_free_disk, largest_growth);
@@ -55,6 +58,20 @@ pub(super) async fn passes(
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the store's free disk"),
         }
+        if reopen {
+            let s = Arc::clone(store);
+            match tokio::task::spawn_blocking(move || s.reopen()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    record_pass(Err(e.into()), started.elapsed(), store, health).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(opts.interval) => continue,
+                        _ = stopped(stop_rx) => return,
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reopen the store"),
+            }
+        }
         let mut stop = stop_rx.clone();
         let (result, stopping) = match crawler
             .pass_until(opts.pass.clone(), async move { stopped(&mut stop).await })
@@ -63,6 +80,15 @@ pub(super) async fn passes(
             PassEnd::Finished(r) => (r, *stop_rx.borrow()),
             PassEnd::Stopped((), r) => (r, true),
             PassEnd::Abandoned(()) => return,
+        };
+        reopen = match &result {
+            Err(PassError::Store(StoreError::LowDisk { .. })) => false,
+            Err(PassError::Store(_)) => true,
+            Err(_) => false,
+            Ok(summary) => summary
+                .failures
+                .iter()
+                .any(|f| f.contains("store I/O error")),
         };
         record_pass(result, started.elapsed(), store, health).await;
         let grew = store

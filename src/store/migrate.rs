@@ -204,7 +204,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
         let mut seen: HashSet<Hash> = HashSet::new();
         // Oldest first by the repository's date index: blocks then hold
         // neighbouring dates, as a crawl's do.
-        let mut index = old.db().scan_prefix(keys::by_repo_prefix(id)).keys();
+        let mut index = old.db()?.scan_prefix(keys::by_repo_prefix(id)).keys();
         let mut moved_any =
             |commits: Vec<(Hash, StoredCommit)>, seq: &mut u32| -> Result<(), StoreError> {
                 if commits.is_empty() {
@@ -255,7 +255,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
         let prefix = keys::commit_prefix(id);
         let skip = prefix.len();
         let mut rest = Vec::new();
-        for kv in old.db().scan_prefix(prefix) {
+        for kv in old.db()?.scan_prefix(prefix) {
             let (k, v) = kv.map_err(|e| old.err(e))?;
             let hash = Hash::try_from(&k[skip..])
                 .map_err(|_| old.corrupt("commit key", keys::hash_hex(&k)))?;
@@ -273,7 +273,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
         moved_any(rest, &mut seq)?;
     }
     let mut totals = new.totals()?;
-    totals.authors = new.db().scan_prefix([keys::AUTHOR]).count() as u64;
+    totals.authors = new.db()?.scan_prefix([keys::AUTHOR]).count() as u64;
     let mut batch = sled::Batch::default();
     batch.insert(keys::META_TOTALS, totals.encode());
     new.apply(batch)?;
@@ -301,7 +301,7 @@ fn copy_records(old: &Store, new: &Store) -> Result<(), StoreError> {
     for prefix in [keys::REPO, keys::AUTHOR, b'm'] {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for kv in old.db().scan_prefix([prefix]) {
+        for kv in old.db()?.scan_prefix([prefix]) {
             let (k, v) = kv.map_err(|e| old.err(e))?;
             if k.as_ref() == keys::META_SCHEMA || k.as_ref() == keys::META_TOTALS {
                 continue;
@@ -321,7 +321,7 @@ fn copy_records(old: &Store, new: &Store) -> Result<(), StoreError> {
 /// A schema-1 commit record.
 fn old_commit(store: &Store, id: u32, hash: &Hash) -> Result<Option<StoredCommit>, StoreError> {
     match store
-        .db()
+        .db()?
         .get(keys::commit(id, hash))
         .map_err(|e| store.err(e))?
     {

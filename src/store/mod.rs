@@ -195,8 +195,9 @@ pub const ID_FILE: &str = "store-id";
 
 /// The embedded store.
 pub struct Store {
-    /// sled; `None` only while dropping (see [`Store::settle`]).
-    slot: Option<sled::Db>,
+    /// sled; `None` while dropping (see [`Store::settle`]) and after a
+    /// reopen failed (see [`Store::reopen`]).
+    slot: std::sync::RwLock<Option<sled::Db>>,
     path: PathBuf,
     /// The next repository id to give (persisted with the batch using it).
     next_id: Mutex<u32>,
@@ -437,7 +438,7 @@ impl Store {
             make_private(dir).map_err(|e| io("cannot make the store owner-only", e))?;
         }
         let mut store = Store {
-            slot: Some(db),
+            slot: std::sync::RwLock::new(Some(db)),
             path,
             next_id: Mutex::new(1),
             id: None,
@@ -447,13 +448,13 @@ impl Store {
             wrote: AtomicBool::new(false),
         };
         match store
-            .db()
+            .db()?
             .get(keys::META_SCHEMA)
             .map_err(|e| store.err(e))?
         {
             // An empty sled database is what a crash right after creation
             // leaves: still ours to initialise, but never a reader's.
-            None if create == Create::Never || (!fresh && !store.db().is_empty()) => {
+            None if create == Create::Never || (!fresh && !store.db()?.is_empty()) => {
                 return Err(StoreError::NotAStore {
                     path: store.path.clone(),
                     why: "it is a sled database without bbcrawl's schema".into(),
@@ -461,11 +462,11 @@ impl Store {
             }
             None => {
                 store
-                    .db()
+                    .db()?
                     .insert(keys::META_SCHEMA, &keys::SCHEMA_VERSION.to_be_bytes())
                     .map_err(|e| store.err(e))?;
                 // The schema on disk before the store says it is one.
-                store.db().flush().map_err(|e| store.err(e))?;
+                store.db()?.flush().map_err(|e| store.err(e))?;
             }
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
@@ -487,7 +488,7 @@ impl Store {
             }
         }
         if let Some(v) = store
-            .db()
+            .db()?
             .get(keys::META_NEXT_ID)
             .map_err(|e| store.err(e))?
         {
@@ -511,19 +512,60 @@ impl Store {
         Ok(store)
     }
 
-    /// sled.
-    fn db(&self) -> &sled::Db {
-        match &self.slot {
-            Some(db) => db,
-            // Taken only in `drop`, after which nothing can call this.
-            None => unreachable!("the store is being dropped"),
+    /// sled (a handle: sled's are cheap clones of one database).
+    fn db(&self) -> Result<sled::Db, StoreError> {
+        match &*self.slot.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(db) => Ok(db.clone()),
+            // Taken in `drop`, after which nothing calls this, or left
+            // empty by a reopen that failed.
+            None => Err(StoreError::Io {
+                path: self.path.clone(),
+                message: "the store is closed after a failed reopen; the next pass tries again"
+                    .into(),
+            }),
         }
+    }
+
+    /// Closes sled and opens it again. sled's I/O errors (a full disk) are
+    /// sticky: every later write fails with the same error until the
+    /// database is reopened. The daemon calls this before the pass after
+    /// one that failed on the store. Readers wait meanwhile; what was not
+    /// on disk when the error came is gone, as after a crash, which the
+    /// page + cursor batches make safe: the next pass fetches it again.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.slot.write().unwrap_or_else(|e| e.into_inner());
+        drop(slot.take());
+        let started = std::time::Instant::now();
+        // sled lets go of its file lock once every handle is gone (a query
+        // still reading holds one for a moment).
+        let db = loop {
+            match open_sled(&self.path) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(open_error(&self.path, e)),
+            }
+        };
+        *slot = Some(db);
+        drop(slot);
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.blocks_rewritten();
+        tracing::info!(store = %self.path.display(), "store reopened");
+        Ok(())
     }
 
     /// Applies a batch, remembering that this handle wrote.
     fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
         self.wrote.store(true, Ordering::Relaxed);
-        self.db().apply_batch(batch).map_err(|e| self.err(e))
+        self.db()?.apply_batch(batch).map_err(|e| self.err(e))
     }
 
     /// Settles sled's log. sled replays everything written since a
@@ -534,7 +576,14 @@ impl Store {
     /// Called by `drop`; best effort (another process may take the lock in
     /// between, and then that one settles it).
     fn settle(&mut self) {
-        let Some(db) = self.slot.take() else { return };
+        let Some(db) = self
+            .slot
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
         if !self.wrote.load(Ordering::Relaxed) {
             return;
         }
@@ -593,7 +642,7 @@ impl Store {
         key: &[u8],
         what: &str,
     ) -> Result<Option<T>, StoreError> {
-        match self.db().get(key).map_err(|e| self.err(e))? {
+        match self.db()?.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -607,7 +656,7 @@ impl Store {
         prefix: u8,
         what: &str,
     ) -> Result<Vec<T>, StoreError> {
-        self.db()
+        self.db()?
             .scan_prefix([prefix])
             .map(|kv| {
                 let (_, v) = kv.map_err(|e| self.err(e))?;
@@ -664,12 +713,12 @@ impl Store {
     /// Writes everything to disk; returns the bytes flushed. Blocking: call
     /// it from the writer's own thread.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        self.db().flush().map_err(|e| self.err(e))
+        self.db()?.flush().map_err(|e| self.err(e))
     }
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db().size_on_disk().map_err(|e| self.err(e))
+        self.db()?.size_on_disk().map_err(|e| self.err(e))
     }
 
     /// Saves a small JSON document under a meta name (e.g. the last pass).
@@ -722,6 +771,16 @@ fn sled_error(path: &Path, e: sled::Error) -> StoreError {
         sled::Error::Unsupported(_) | sled::Error::ReportableBug(_) => StoreError::Corrupt {
             path: path.to_path_buf(),
             message: e.to_string(),
+        },
+        // sled's own text is the error's Debug form ("IO error: Os { code:
+        // 28, kind: StorageFull, … }").
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::Io {
+            path: path.to_path_buf(),
+            message: "the disk is full (no space left on device); once there is space again, the next pass (or sync) carries on".into(),
+        },
+        sled::Error::Io(io) => StoreError::Io {
+            path: path.to_path_buf(),
+            message: io.to_string(),
         },
         other => StoreError::Io {
             path: path.to_path_buf(),

@@ -262,10 +262,14 @@ impl Iterator for AuthorStream<'_> {
     }
 }
 
+/// Each identity's postings, a chunk at a time (`Store::scan_postings`).
+pub type PostingChunks<'a> =
+    Box<dyn Iterator<Item = Result<(String, Vec<Posting>), StoreError>> + 'a>;
+
 impl Store {
     /// The store totals.
     pub fn totals(&self) -> Result<Totals, StoreError> {
-        match self.db().get(keys::META_TOTALS).map_err(|e| self.err(e))? {
+        match self.db()?.get(keys::META_TOTALS).map_err(|e| self.err(e))? {
             None => Ok(Totals::default()),
             Some(v) => postcard::from_bytes(&v).map_err(|e| self.corrupt("store totals", e)),
         }
@@ -274,7 +278,7 @@ impl Store {
     /// One author identity's aggregate.
     pub fn author_stats(&self, identity: &str) -> Result<Option<AuthorStats>, StoreError> {
         match self
-            .db()
+            .db()?
             .get(keys::author_stats(identity))
             .map_err(|e| self.err(e))?
         {
@@ -287,7 +291,7 @@ impl Store {
 
     /// Every author aggregate, by identity.
     pub fn all_author_stats(&self) -> Result<Vec<(String, AuthorStats)>, StoreError> {
-        self.db()
+        self.db()?
             .scan_prefix([keys::AUTHOR_STATS])
             .map(|kv| {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
@@ -311,7 +315,7 @@ impl Store {
     /// A block as stored, decoded (not cached: the writer changes it).
     pub(super) fn read_block(&self, id: u32, seq: u32) -> Result<Columns, StoreError> {
         match self
-            .db()
+            .db()?
             .get(keys::block(BLOCK, id, seq))
             .map_err(|e| self.err(e))?
         {
@@ -358,7 +362,7 @@ impl Store {
 
     /// A repository's block summaries, in seq order.
     pub fn summaries(&self, id: u32) -> Result<Vec<Summary>, StoreError> {
-        self.db()
+        self.db()?
             .scan_prefix(keys::blocks_prefix(SUMMARY, id))
             .map(|kv| {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
@@ -402,7 +406,11 @@ impl Store {
     ) -> Entries<'_> {
         let window = Window::new(since, until);
         let mut postings: Vec<(i64, Place)> = Vec::new();
-        for kv in self.db().scan_prefix(keys::postings_prefix(identity)) {
+        let db = match self.db() {
+            Ok(db) => db,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        for kv in db.scan_prefix(keys::postings_prefix(identity)) {
             let read = kv.map_err(|e| self.err(e)).and_then(|(k, v)| {
                 Posting::decode_all(&k, &v)
                     .ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))
@@ -427,13 +435,15 @@ impl Store {
     }
 
     /// Every identity's postings, a chunk at a time, in key order.
-    pub fn scan_postings(
-        &self,
-    ) -> impl Iterator<Item = Result<(String, Vec<Posting>), StoreError>> + '_ {
-        self.db().scan_prefix([keys::POSTING]).map(move |kv| {
+    pub fn scan_postings(&self) -> PostingChunks<'_> {
+        let db = match self.db() {
+            Ok(db) => db,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        Box::new(db.scan_prefix([keys::POSTING]).map(move |kv| {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             Posting::decode_all(&k, &v).ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))
-        })
+        }))
     }
 
     /// Where a posting points.
@@ -536,7 +546,7 @@ impl Store {
         }
         let bit = keys::filter_bit([lo[0], lo[1]]);
         let mut out = Vec::new();
-        for kv in self.db().scan_prefix([SUMMARY]) {
+        for kv in self.db()?.scan_prefix([SUMMARY]) {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             let s = Summary::decode(&k, &v)
                 .ok_or_else(|| self.corrupt("block summary", keys::hash_hex(&k)))?;

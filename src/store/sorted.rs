@@ -53,7 +53,7 @@ fn for_each_block(
 ) -> Result<(), StoreError> {
     for summary in store.summaries(id)? {
         let Some(v) = store
-            .db()
+            .db()?
             .get(keys::block(BLOCK, id, summary.seq))
             .map_err(|e| store.err(e))?
         else {

@@ -38,6 +38,11 @@ pub struct WriterCache {
 }
 
 impl WriterCache {
+    /// Forgets every index (after the store was reopened).
+    pub(super) fn clear(&mut self) {
+        self.repos.clear();
+    }
+
     fn forget(&mut self, id: u32) {
         self.repos.remove(&id);
     }
@@ -120,7 +125,7 @@ impl AuthorChanges {
                     Vec::new()
                 } else {
                     store
-                        .db()
+                        .db()?
                         .get(keys::postings(&identity, chunk))
                         .map_err(|e| store.err(e))?
                         .map(|v| v.to_vec())
@@ -143,7 +148,7 @@ impl AuthorChanges {
             let pair = (identity, id);
             if !self.pairs.contains(&pair) {
                 let key = keys::author_repo(&pair.0, id);
-                if !store.db().contains_key(&key).map_err(|e| store.err(e))? {
+                if !store.db()?.contains_key(&key).map_err(|e| store.err(e))? {
                     batch.insert(key, &[]);
                     self.stats(store, &pair.0)?.repos += 1;
                 }
@@ -186,7 +191,7 @@ impl Store {
     /// Reads repository `id`'s hash index from its blocks.
     fn read_index(&self, id: u32) -> Result<RepoIndex, StoreError> {
         let mut index = RepoIndex::default();
-        for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
+        for kv in self.db()?.scan_prefix(keys::blocks_prefix(BLOCK, id)) {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             let (_, seq) = keys::parse_block(&k)
                 .ok_or_else(|| self.corrupt("block key", keys::hash_hex(&k)))?;
@@ -341,7 +346,7 @@ impl Store {
     /// Every block of a repository, decoded, in seq order.
     fn read_blocks(&self, id: u32) -> Result<Vec<(u32, Columns)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.db().scan_prefix(keys::blocks_prefix(BLOCK, id)) {
+        for kv in self.db()?.scan_prefix(keys::blocks_prefix(BLOCK, id)) {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             let (_, seq) = keys::parse_block(&k)
                 .ok_or_else(|| self.corrupt("block key", keys::hash_hex(&k)))?;
