@@ -438,3 +438,89 @@ async fn the_daemon_survives_a_full_disk_and_carries_on_once_space_is_back() {
     assert_eq!(status.code(), Some(0));
     assert_store_is_truth(&store, &sim);
 }
+
+/// `store check` finds a healthy store healthy (force pushes included) and
+/// names what is wrong in a damaged one: a block that cannot be read, a
+/// summary gone, postings gone, a saved head that is not stored — exit 1,
+/// in text and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_check_finds_each_kind_of_damage() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 250));
+    sim.add_repo(WS, RepoSpec::new("api", 120));
+    let (server, _dir, store) = synced(&sim).await;
+    sim.force_push(WS, "web", 5, 3);
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let check = |store: PathBuf, format: &'static str| async move {
+        let s = store.to_str().unwrap().to_owned();
+        bbcrawl(
+            store.parent().unwrap(),
+            &["--store", &s, "store", "check", "--format", format],
+            &[],
+        )
+        .await
+    };
+    let o = check(store.clone(), "text").await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).starts_with("healthy: 2 repositories"),
+        "{}",
+        stdout(&o)
+    );
+    let o = check(store.clone(), "json").await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert_eq!(v["commits"], 250 + 3 + 120);
+
+    // Each damage on its own copy, written with sled directly.
+    type Damage = fn(&sled::Db);
+    let damages: [(&str, &str, Damage); 4] = [
+        ("block", "cannot be read", |db| {
+            let (k, _) = db.scan_prefix(b"b").next().unwrap().unwrap();
+            db.insert(k, &b"\x01garbage"[..]).unwrap();
+        }),
+        ("summary", "has no summary", |db| {
+            let (k, _) = db.scan_prefix(b"s").next().unwrap().unwrap();
+            db.remove(k).unwrap();
+        }),
+        ("author", "postings do not point", |db| {
+            let (k, _) = db.scan_prefix(b"p").next().unwrap().unwrap();
+            db.remove(k).unwrap();
+        }),
+        ("cursor", "is not stored", |db| {
+            let (k, v) = db.scan_prefix(b"r").next().unwrap().unwrap();
+            let mut repo: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            repo["head"] = serde_json::json!("0123456789abcdef0123456789abcdef01234567");
+            db.insert(k, serde_json::to_vec(&repo).unwrap()).unwrap();
+        }),
+    ];
+    for (kind, words, damage) in damages {
+        let (_d, copy) = copy_of(&store);
+        {
+            let db = sled::open(&copy).unwrap();
+            damage(&db);
+            db.flush().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let o = check(copy.clone(), "text").await;
+        let text = stdout(&o);
+        assert_eq!(o.status.code(), Some(1), "{kind}: {text}{}", stderr(&o));
+        assert!(text.starts_with("damaged:"), "{kind}: {text}");
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(kind) && l.contains(words)),
+            "{kind}: {text}"
+        );
+        let o = check(copy.clone(), "json").await;
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert!(
+            v["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["kind"] == kind),
+            "{kind}: {v}"
+        );
+    }
+}

@@ -1373,6 +1373,14 @@ impl World {
         self.step = step.to_owned();
         let ctx = self.ctx();
         let store = self.store();
+        // `store check` finds every index and aggregate consistent with
+        // the blocks, whatever the history (force pushes, revivals, forks).
+        let report = store.check().unwrap();
+        assert!(
+            report.healthy(),
+            "{ctx}: store check:\n{}",
+            report.to_text()
+        );
         let st = query::stats(store).unwrap();
         assert_eq!(
             (st.commits, st.reachable_commits, st.authors),

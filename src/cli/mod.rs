@@ -68,6 +68,19 @@ enum ReportFormat {
 }
 
 #[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Read every block and check what is derived from them (summaries,
+    /// repository counts, totals, author aggregates and postings) and that
+    /// no saved position is ahead of the stored commits; exit 0 healthy,
+    /// 1 damaged.
+    Check {
+        /// Report format.
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Check the connection the way DX does: list each workspace's
     /// repositories and read one page of default-branch commits.
@@ -131,6 +144,11 @@ enum Command {
         /// instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// The store itself: check it.
+    Store {
+        #[command(subcommand)]
+        what: StoreCommand,
     },
     /// Serve the Bitbucket API simulator and print how to use it.
     Simulate {
@@ -397,6 +415,28 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         } => crawl::sync(g, workspaces, repos, full).await,
         Command::Run { workspaces, listen } => crawl::run_daemon(g, workspaces, listen).await,
         Command::Demo => demo(g).await,
+        Command::Store {
+            what: StoreCommand::Check { format },
+        } => {
+            let cfg = load_config(g, Overrides::default())?;
+            let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
+            let report = store.check()?;
+            match format {
+                ReportFormat::Json => {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default())
+                }
+                ReportFormat::Text => {
+                    for line in report.to_text().lines() {
+                        println!("{}", bbcrawl::human::printable(line));
+                    }
+                }
+            }
+            Ok(if report.healthy() {
+                exit::SUCCESS
+            } else {
+                exit::RUNTIME
+            })
+        }
         Command::Query { what } => ask::query(g, what).await,
         Command::Show { hash, format } => ask::show(g, hash, format).await,
         Command::Export {

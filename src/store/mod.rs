@@ -10,6 +10,7 @@
 //! position is never ahead of stored data.
 
 pub mod block;
+mod check;
 pub mod codec;
 pub mod keys;
 mod migrate;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::record::{Author, CommitRecord, Committer, RepoState};
+pub use check::{CheckReport, Problem};
 pub use keys::{Hash, IndexEntry, Posting, Summary};
 pub use read::{instant, AuthorStats, Entries, Totals};
 
