@@ -819,7 +819,7 @@ mod tests {
         );
         let text = e.to_string();
         assert!(
-            text.contains("sled read corrupted data at file offset 2389340; move the directory"),
+            text.contains("sled read corrupted data at file offset 2389340; `bbcrawl store check`"),
             "{text}"
         );
         assert!(
