@@ -20,7 +20,7 @@ use crate::store::{Store, StoreError};
 /// Where questions are answered.
 pub enum Source {
     /// The store, opened by this process.
-    Local(Store),
+    Local(Box<Store>),
     /// The daemon holding the store.
     Daemon(Daemon),
 }
@@ -64,7 +64,7 @@ impl Source {
     /// process holds it, the daemon it records.
     pub fn open(dir: &Path) -> Result<Source, SourceError> {
         match Store::open_existing(dir) {
-            Ok(store) => Ok(Source::Local(store)),
+            Ok(store) => Ok(Source::Local(Box::new(store))),
             Err(StoreError::Locked { .. }) => Ok(Source::Daemon(Daemon::locate(dir)?)),
             Err(e) => Err(e.into()),
         }

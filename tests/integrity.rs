@@ -524,3 +524,58 @@ async fn store_check_finds_each_kind_of_damage() {
         );
     }
 }
+
+/// `store backup` copies a store (the copy passes `store check`);
+/// `store restore` makes a backup the store, and a `sync` of it fetches
+/// only what was pushed after the backup — then it is exactly the
+/// simulator's. Neither overwrites a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_checks_healthy_and_a_restored_store_resumes_exactly() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 230));
+    sim.add_repo(WS, RepoSpec::new("api", 80));
+    let (server, dir, store) = synced(&sim).await;
+    let backup = dir.path().join("backup");
+    let (b, s) = (backup.to_str().unwrap(), store.to_str().unwrap());
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bbcrawl(Path::new("/"), &args, &[]).await
+    };
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let o = run(args(&["--store", s, "store", "backup", b])).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with(&format!("backed up {s} to {b}: ")),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(args(&["--store", b, "store", "check"])).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).starts_with("healthy: 2 repositories, "),
+        "{}",
+        stdout(&o)
+    );
+    // Never over a store.
+    let o = run(args(&["--store", s, "store", "backup", b])).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("holds a store"), "{}", stderr(&o));
+    let o = run(args(&["--store", s, "store", "restore", b])).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("holds a store"), "{}", stderr(&o));
+
+    sim.push(WS, "web", 7);
+    let restored = dir.path().join("restored");
+    let r = restored.to_str().unwrap();
+    let o = run(args(&["--store", r, "store", "restore", b])).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = sync(&restored, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("; 7 new commits;"), "{}", stdout(&o));
+    assert_store_is_truth(&restored, &sim);
+    assert_eq!(
+        std::fs::read(store.join("store-id")).unwrap(),
+        std::fs::read(restored.join("store-id")).unwrap(),
+        "the restored store is the same store"
+    );
+}

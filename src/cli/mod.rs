@@ -78,6 +78,19 @@ enum StoreCommand {
         #[arg(long, value_name = "FORMAT", default_value = "text")]
         format: ReportFormat,
     },
+    /// A consistent point-in-time copy of the store in DEST (a new or
+    /// empty directory), made between pages. Stop `bbcrawl run` first.
+    Backup {
+        /// Directory for the copy (new or empty).
+        dest: PathBuf,
+    },
+    /// Makes the backup in SRC the store (`--store`, which must be new or
+    /// empty: no store is overwritten); a restored store resumes crawling
+    /// where the backup was taken.
+    Restore {
+        /// A directory `bbcrawl store backup` wrote.
+        src: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,7 +158,7 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// The store itself: check it.
+    /// The store itself: check it, back it up, restore a backup.
     Store {
         #[command(subcommand)]
         what: StoreCommand,
@@ -415,6 +428,40 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         } => crawl::sync(g, workspaces, repos, full).await,
         Command::Run { workspaces, listen } => crawl::run_daemon(g, workspaces, listen).await,
         Command::Demo => demo(g).await,
+        Command::Store {
+            what: StoreCommand::Backup { dest },
+        } => {
+            let cfg = load_config(g, Overrides::default())?;
+            let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
+            let r = store.backup_to(&dest)?;
+            if !g.quiet {
+                println!(
+                    "backed up {} to {}: {} keys, {} in {}",
+                    cfg.store.display(),
+                    dest.display(),
+                    r.keys,
+                    bbcrawl::human::bytes(r.bytes),
+                    bbcrawl::human::duration(std::time::Duration::from_secs_f64(r.seconds))
+                );
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Store {
+            what: StoreCommand::Restore { src },
+        } => {
+            let cfg = load_config(g, Overrides::default())?;
+            let r = bbcrawl::store::restore(&src, &cfg.store)?;
+            if !g.quiet {
+                println!(
+                    "restored {} as the store {}: {} keys, {}",
+                    src.display(),
+                    cfg.store.display(),
+                    r.keys,
+                    bbcrawl::human::bytes(r.bytes)
+                );
+            }
+            Ok(exit::SUCCESS)
+        }
         Command::Store {
             what: StoreCommand::Check { format },
         } => {

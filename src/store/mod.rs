@@ -9,6 +9,7 @@
 //! crash the store holds either the page and its cursor, or neither: a saved
 //! position is never ahead of stored data.
 
+mod backup;
 pub mod block;
 mod check;
 pub mod codec;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::record::{Author, CommitRecord, Committer, RepoState};
+pub use backup::{restore, BackupReport};
 pub use check::{CheckReport, Problem};
 pub use keys::{Hash, IndexEntry, Posting, Summary};
 pub use read::{instant, AuthorStats, Entries, Totals};
@@ -215,6 +217,10 @@ pub struct Store {
     /// Whether this handle wrote anything (then dropping it settles sled's
     /// log, see [`Store::settle`]).
     wrote: AtomicBool,
+    /// Every batch is applied under a read guard of this; a backup holds
+    /// the write guard, so it copies the store between batches (never half
+    /// a page).
+    write_gate: std::sync::RwLock<()>,
 }
 
 /// How [`Store::open_with`] treats a directory without a store.
@@ -448,6 +454,7 @@ impl Store {
             blocks: Mutex::new(read::BlockCache::default()),
             generation: AtomicU64::new(0),
             wrote: AtomicBool::new(false),
+            write_gate: std::sync::RwLock::new(()),
         };
         match store
             .db()?
@@ -566,6 +573,7 @@ impl Store {
 
     /// Applies a batch, remembering that this handle wrote.
     fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        let _gate = self.write_gate.read().unwrap_or_else(|e| e.into_inner());
         self.wrote.store(true, Ordering::Relaxed);
         self.db()?.apply_batch(batch).map_err(|e| self.err(e))
     }
