@@ -247,6 +247,43 @@ impl Daemon {
         Ok(())
     }
 
+    /// Asks the daemon to back its store up to `dest` (absolute), with the
+    /// token of its address file; the copy is made in the daemon, between
+    /// pages.
+    pub async fn backup(&self, dest: &Path) -> Result<crate::store::BackupReport, RemoteError> {
+        let Some(token) = &self.address.token else {
+            return Err(RemoteError::Failed(
+                "the daemon holding the store does not take backup requests (an older bbcrawl); stop it to back the store up".into(),
+            ));
+        };
+        let url = format!(
+            "http://{}{}",
+            self.address.addr,
+            crate::daemon::ADMIN_BACKUP
+        );
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "dest": dest }))
+            .send()
+            .await
+            .map_err(|_| self.no_answer())?;
+        if !self.is_ours(&resp) {
+            return Err(self.not_ours());
+        }
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        if status == 200 {
+            return serde_json::from_slice(&body).map_err(|e| RemoteError::Failed(e.to_string()));
+        }
+        let err: ApiError = serde_json::from_slice(&body).unwrap_or(ApiError {
+            code: String::new(),
+            error: String::from_utf8_lossy(&body).into_owned(),
+        });
+        Err(RemoteError::Failed(format!("backup: {}", err.error)))
+    }
+
     async fn fetch(&self, req: &Request) -> Result<reqwest::Response, RemoteError> {
         let (path, params) = req.to_url();
         self.get(&path, &params).await

@@ -1004,3 +1004,72 @@ async fn soak_memory_stays_flat_over_ten_minutes_of_passes_and_pushes() {
             .sum::<usize>()
     );
 }
+
+/// `store backup` while the daemon crawls with pushes arriving: the CLI
+/// asks the daemon (the store is locked), which copies it between pages;
+/// a request without the address file's token is refused. The backup
+/// passes `store check`; restored elsewhere and synced, it is exactly the
+/// simulator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_the_daemon_crawls_restores_exactly() {
+    let sim = world(0);
+    for slug in ["web", "api", "docs"] {
+        sim.add_repo(WS, RepoSpec::new(slug, 150));
+    }
+    let server = serve(&sim).await;
+    let (dir, store) = fresh_store();
+    let daemon = Daemon::start(&store, &server.api_url(), "1").await;
+    daemon.wait_health(200, "ok", Duration::from_secs(15)).await;
+    // Pushes keep arriving while the backups are taken.
+    let pusher = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            for i in 0..30 {
+                sim.push(WS, ["web", "api", "docs"][i % 3], 3);
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        })
+    };
+    let s = store.to_str().unwrap().to_owned();
+    let mut backups = Vec::new();
+    for k in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let dest = dir.path().join(format!("backup-{k}"));
+        let d = dest.to_str().unwrap().to_owned();
+        let o = bbcrawl(dir.path(), &["--store", &s, "store", "backup", &d], &[]).await;
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).starts_with("backed up "), "{}", stdout(&o));
+        backups.push(dest);
+    }
+    pusher.await.unwrap();
+    // Without the token: refused.
+    let resp = reqwest::Client::new()
+        .post(daemon.url("/admin/backup"))
+        .json(&serde_json::json!({"dest": dir.path().join("x").to_str().unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(!dir.path().join("x").exists());
+    let (status, _) = daemon.terminate().await;
+    assert_eq!(status.code(), Some(0));
+
+    for (k, backup) in backups.iter().enumerate() {
+        let b = backup.to_str().unwrap();
+        let o = bbcrawl(dir.path(), &["--store", b, "store", "check"], &[]).await;
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "backup {k}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        let restored = dir.path().join(format!("restored-{k}"));
+        let r = restored.to_str().unwrap();
+        let o = bbcrawl(dir.path(), &["--store", r, "store", "restore", b], &[]).await;
+        assert_eq!(o.status.code(), Some(0), "restore {k}: {}", stderr(&o));
+        let o = sync(&restored, &server.api_url(), &[], &[]).await;
+        assert_eq!(o.status.code(), Some(0), "sync {k}: {}", stderr(&o));
+        assert_store_is_truth(&restored, &sim);
+    }
+}

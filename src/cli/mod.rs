@@ -79,7 +79,8 @@ enum StoreCommand {
         format: ReportFormat,
     },
     /// A consistent point-in-time copy of the store in DEST (a new or
-    /// empty directory), made between pages. Stop `bbcrawl run` first.
+    /// empty directory), made between pages (by the daemon when `bbcrawl
+    /// run` holds the store).
     Backup {
         /// Directory for the copy (new or empty).
         dest: PathBuf,
@@ -432,8 +433,20 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             what: StoreCommand::Backup { dest },
         } => {
             let cfg = load_config(g, Overrides::default())?;
-            let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
-            let r = store.backup_to(&dest)?;
+            let r = match bbcrawl::store::Store::open_existing(&cfg.store) {
+                Ok(store) => store.backup_to(&dest)?,
+                // The daemon holds it: it makes the copy, between pages.
+                Err(bbcrawl::store::StoreError::Locked { .. }) => {
+                    let dest = std::path::absolute(&dest)
+                        .map_err(|e| CliError::Usage(format!("{}: {e}", dest.display())))?;
+                    bbcrawl::source::Daemon::locate(&cfg.store)
+                        .map_err(bbcrawl::source::SourceError::from)?
+                        .backup(&dest)
+                        .await
+                        .map_err(bbcrawl::source::SourceError::from)?
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !g.quiet {
                 println!(
                     "backed up {} to {}: {} keys, {} in {}",

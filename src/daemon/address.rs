@@ -22,6 +22,11 @@ pub struct DaemonAddress {
     pub addr: SocketAddr,
     /// The daemon's process id.
     pub pid: u32,
+    /// A random token for the daemon's admin requests (`store backup`):
+    /// the file is owner-only, so only the store's owner (and root) can
+    /// ask them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Reads `<store>/daemon.json`, if a daemon left one.
@@ -52,7 +57,11 @@ pub const STORE_ID_HEADER: &str = "x-bbcrawl-store-id";
 pub const PID_HEADER: &str = "x-bbcrawl-pid";
 
 /// Writes the address file atomically: readers see no file or a whole one.
-pub(super) fn write_address(store_dir: &Path, addr: SocketAddr) -> Result<PathBuf, DaemonError> {
+pub(super) fn write_address(
+    store_dir: &Path,
+    addr: SocketAddr,
+    token: &str,
+) -> Result<PathBuf, DaemonError> {
     let path = store_dir.join(ADDRESS_FILE);
     let err = |source: io::Error| DaemonError::AddressFile {
         path: path.clone(),
@@ -61,6 +70,7 @@ pub(super) fn write_address(store_dir: &Path, addr: SocketAddr) -> Result<PathBu
     let body = serde_json::to_vec(&DaemonAddress {
         addr,
         pid: std::process::id(),
+        token: Some(token.to_owned()),
     })
     .map_err(|e| err(e.into()))?;
     // Owner-only: it tells where the query API listens.

@@ -32,6 +32,8 @@ const CHUNK: usize = 64 * 1024;
 /// State shared by the HTTP handlers.
 #[derive(Clone)]
 pub(super) struct AppState {
+    /// The token of admin requests (see `address`).
+    pub(super) admin_token: Arc<String>,
     pub(super) store: Arc<Store>,
     pub(super) health: Arc<RwLock<Health>>,
     pub(super) metrics: PrometheusHandle,
@@ -52,6 +54,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route(&format!("{API_PREFIX}/{{*question}}"), get(api))
+        .route(ADMIN_BACKUP, axum::routing::post(backup))
         .fallback(|| async { ApiFailure::from(BadRequest::NoSuchEndpoint) })
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
@@ -69,6 +72,62 @@ async fn identify(State(s): State<AppState>, mut resp: Response) -> Response {
     }
     headers.insert(PID_HEADER, header::HeaderValue::from(std::process::id()));
     resp
+}
+
+/// `POST` here with `{"dest": "/absolute/dir"}` and the address file's
+/// token as a bearer token: the daemon backs its store up to `dest`
+/// (`bbcrawl store backup` while the daemon runs).
+pub const ADMIN_BACKUP: &str = "/admin/backup";
+
+/// `POST /admin/backup` (see [`ADMIN_BACKUP`]): the copy is made in the
+/// daemon, between pages (the store's write gate), while it crawls.
+async fn backup(
+    State(s): State<AppState>,
+    headers: header::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let answer = |status: u16, v: serde_json::Value| {
+        (
+            axum::http::StatusCode::from_u16(status).unwrap_or_default(),
+            [(header::CONTENT_TYPE, "application/json")],
+            v.to_string(),
+        )
+            .into_response()
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(s.admin_token.as_bytes())) {
+        return answer(
+            401,
+            serde_json::json!({"code": "unauthorized", "error": "admin requests need the token of the daemon's address file"}),
+        );
+    }
+    let dest = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["dest"].as_str().map(std::path::PathBuf::from))
+        .filter(|p| p.is_absolute());
+    let Some(dest) = dest else {
+        return answer(
+            400,
+            serde_json::json!({"code": "bad_request", "error": "give {\"dest\": \"/an/absolute/directory\"}"}),
+        );
+    };
+    let store = Arc::clone(&s.store);
+    match tokio::task::spawn_blocking(move || store.backup_to(&dest)).await {
+        Ok(Ok(report)) => answer(200, serde_json::to_value(report).unwrap_or_default()),
+        Ok(Err(e)) => answer(
+            409,
+            serde_json::json!({"code": "backup_failed", "error": e.to_string()}),
+        ),
+        Err(e) => answer(
+            500,
+            serde_json::json!({"code": "internal", "error": e.to_string()}),
+        ),
+    }
 }
 
 /// `GET /api/v1/…`: the question the URL asks, answered as the CLI would.

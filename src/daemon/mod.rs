@@ -20,6 +20,7 @@
 
 mod address;
 mod api;
+pub use api::ADMIN_BACKUP;
 mod health;
 mod passes;
 
@@ -181,7 +182,12 @@ pub async fn run(
         Arc::clone(&store),
         Arc::clone(&opts.observer),
     );
+    let token = {
+        use rand::Rng;
+        format!("{:032x}", rand::thread_rng().gen::<u128>())
+    };
     let state = AppState {
+        admin_token: Arc::new(token.clone()),
         store: Arc::clone(&store),
         health: Arc::clone(&health),
         metrics: metrics.clone(),
@@ -195,7 +201,7 @@ pub async fn run(
             })
             .await
     });
-    let address_file = address::write_address(store.path(), addr)?;
+    let address_file = address::write_address(store.path(), addr, &token)?;
     tracing::info!(%addr, "serving /metrics, /healthz and /api/v1 on http://{addr}");
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(UPKEEP_EVERY);

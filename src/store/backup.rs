@@ -16,7 +16,7 @@ use super::{create_private_dir, has_sled_files, make_private, open_error, open_s
 use super::{Store, StoreError, ID_FILE};
 
 /// What a backup or restore copied.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BackupReport {
     /// Keys copied.
     pub keys: u64,
