@@ -31,7 +31,7 @@ pub fn note_store(path: &std::path::Path) {
 }
 
 /// What to do about a damaged store, said after every damaged-store error.
-pub const DAMAGE_ADVICE: &str = "`bbcrawl store check` lists what is damaged when the store still opens; move the directory aside (or restore a backup of it) and run `bbcrawl sync` to fetch the history again";
+pub const DAMAGE_ADVICE: &str = "`bbcrawl store check` lists what is damaged and `bbcrawl store repair` keeps what can be read (the next sync fetches the rest) when the store still opens; else move the directory aside (or restore a backup of it) and run `bbcrawl sync` to fetch the history again";
 
 /// Whether a panic at `file` is the store's: sled, bbcrawl's store code, or
 /// a decoder it calls.

@@ -78,6 +78,14 @@ enum StoreCommand {
         #[arg(long, value_name = "FORMAT", default_value = "text")]
         format: ReportFormat,
     },
+    /// Keep every readable block, rebuild summaries, counts, author data
+    /// and totals from the blocks, and make the next `sync` fetch again
+    /// what was lost (it says which repositories, and the requests).
+    Repair {
+        /// Report format.
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        format: ReportFormat,
+    },
     /// A consistent point-in-time copy of the store in DEST (a new or
     /// empty directory), made between pages (by the daemon when `bbcrawl
     /// run` holds the store).
@@ -159,7 +167,7 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// The store itself: check it, back it up, restore a backup.
+    /// The store itself: check it, repair it, back it up, restore a backup.
     Store {
         #[command(subcommand)]
         what: StoreCommand,
@@ -472,6 +480,24 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
                     r.keys,
                     bbcrawl::human::bytes(r.bytes)
                 );
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Store {
+            what: StoreCommand::Repair { format },
+        } => {
+            let cfg = load_config(g, Overrides::default())?;
+            let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
+            let report = store.repair()?;
+            match format {
+                ReportFormat::Json => {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default())
+                }
+                ReportFormat::Text => {
+                    for line in report.to_text().lines() {
+                        println!("{}", bbcrawl::human::printable(line));
+                    }
+                }
             }
             Ok(exit::SUCCESS)
         }

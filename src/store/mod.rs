@@ -16,6 +16,7 @@ pub mod codec;
 pub mod keys;
 mod migrate;
 mod read;
+mod repair;
 mod sorted;
 mod write;
 
@@ -33,6 +34,7 @@ pub use backup::{restore, BackupReport};
 pub use check::{CheckReport, Problem};
 pub use keys::{Hash, IndexEntry, Posting, Summary};
 pub use read::{instant, AuthorStats, Entries, Totals};
+pub use repair::{RepairReport, Rewound};
 
 /// sled's page cache. Explicit so memory use does not depend on sled's
 /// default (1 GiB). Measured over a 1M-commit crawl: 64 MiB gave a 256 MB
