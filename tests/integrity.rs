@@ -437,6 +437,9 @@ async fn the_daemon_survives_a_full_disk_and_carries_on_once_space_is_back() {
     let status = child.wait().await.unwrap();
     assert_eq!(status.code(), Some(0));
     assert_store_is_truth(&store, &sim);
+    let s = store.to_str().unwrap();
+    let o = bbcrawl(dir.path(), &["--store", s, "store", "check"], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
 }
 
 /// `store check` finds a healthy store healthy (force pushes included) and
