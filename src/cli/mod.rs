@@ -489,16 +489,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let cfg = load_config(g, Overrides::default())?;
             let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
             let report = store.repair()?;
-            match format {
-                ReportFormat::Json => {
-                    println!("{}", serde_json::to_string(&report).unwrap_or_default())
-                }
-                ReportFormat::Text => {
-                    for line in report.to_text().lines() {
-                        println!("{}", bbcrawl::human::printable(line));
-                    }
-                }
-            }
+            print_report(format, &report, &report.to_text());
             Ok(exit::SUCCESS)
         }
         Command::Store {
@@ -507,16 +498,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             let cfg = load_config(g, Overrides::default())?;
             let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
             let report = store.check()?;
-            match format {
-                ReportFormat::Json => {
-                    println!("{}", serde_json::to_string(&report).unwrap_or_default())
-                }
-                ReportFormat::Text => {
-                    for line in report.to_text().lines() {
-                        println!("{}", bbcrawl::human::printable(line));
-                    }
-                }
-            }
+            print_report(format, &report, &report.to_text());
             Ok(if report.healthy() {
                 exit::SUCCESS
             } else {
@@ -573,4 +555,16 @@ async fn demo(g: &Global) -> Result<u8, CliError> {
     let mut out = std::io::stdout();
     bbcrawl::demo::run(&dir, &mut out, observer).await?;
     Ok(exit::SUCCESS)
+}
+
+/// Prints a store report: its JSON, or its text line by line, terminal-safe.
+fn print_report(format: ReportFormat, report: &impl serde::Serialize, text: &str) {
+    match format {
+        ReportFormat::Json => println!("{}", serde_json::to_string(report).unwrap_or_default()),
+        ReportFormat::Text => {
+            for line in text.lines() {
+                println!("{}", bbcrawl::human::printable(line));
+            }
+        }
+    }
 }
