@@ -649,3 +649,46 @@ async fn store_repair_rebuilds_and_sync_refetches_what_was_lost() {
     let o = run(&["store", "check"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
 }
+
+/// A store on a read-only filesystem: sled cannot open it even to read;
+/// every read command says exactly that and what to do (exit 1), and a
+/// copy elsewhere answers. Needs a tmpfs mount (root): elsewhere it says
+/// so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_a_read_only_filesystem_is_explained() {
+    let (_dir, store) = store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("ro"), "64m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let (_c, copy) = copy_of(&store);
+    let ro = disk.0.join("store");
+    std::fs::create_dir_all(&ro).unwrap();
+    for name in store_files(&copy) {
+        std::fs::copy(copy.join(&name), ro.join(&name)).unwrap();
+    }
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk.0)
+        .status()
+        .unwrap();
+    assert!(remount.success());
+    let r = ro.to_str().unwrap();
+    for args in [
+        &["--store", r, "query", "stats"][..],
+        &["--store", r, "export"][..],
+        &["--store", r, "store", "check"][..],
+    ] {
+        let o = bbcrawl(dir.path(), args, &[]).await;
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("read-only filesystem") && err.contains("cp -a") && err.contains(r),
+            "{args:?}: {err}"
+        );
+    }
+    let c = copy.to_str().unwrap();
+    let o = bbcrawl(dir.path(), &["--store", c, "query", "stats"], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

@@ -809,6 +809,27 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
                 path: path.to_path_buf(),
             };
         }
+        // sled opens its files for writing, even to read (it writes a
+        // snapshot on open): say so, and what to do.
+        let copy = "copy the directory somewhere writable (`cp -a`) and pass that with --store";
+        let why = match io.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem => {
+                Some(("it is on a read-only filesystem", copy.to_owned()))
+            }
+            std::io::ErrorKind::PermissionDenied => Some((
+                "this user may not write its files",
+                format!("run bbcrawl as the store's owner, or {copy}"),
+            )),
+            _ => None,
+        };
+        if let Some((why, what)) = why {
+            return StoreError::Io {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{why} ({io}), and sled (the store's database) opens a store for writing even to read it: {what}"
+                ),
+            };
+        }
     }
     sled_error(path, e)
 }
