@@ -124,6 +124,20 @@ struct ApiError {
     error: String,
 }
 
+impl ApiError {
+    /// The status and error of an answer that is not a success (its body
+    /// as the message when it is not the API's JSON).
+    async fn of(resp: reqwest::Response) -> (u16, ApiError) {
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        let err = serde_json::from_slice(&body).unwrap_or(ApiError {
+            code: String::new(),
+            error: String::from_utf8_lossy(&body).into_owned(),
+        });
+        (status, err)
+    }
+}
+
 impl Daemon {
     /// The daemon recorded in `store_dir`, if any (not yet contacted).
     pub fn locate(store_dir: &Path) -> Result<Daemon, RemoteError> {
@@ -202,12 +216,7 @@ impl Daemon {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
-        let err: ApiError = serde_json::from_slice(&body).unwrap_or(ApiError {
-            code: String::new(),
-            error: String::from_utf8_lossy(&body).into_owned(),
-        });
+        let (status, err) = ApiError::of(resp).await;
         Err(match (status, err.code.as_str()) {
             (404 | 409, "unknown_hash" | "ambiguous_hash") => RemoteError::NotFound(err.error),
             (400, _) => RemoteError::BadRequest(err.error),
@@ -272,15 +281,13 @@ impl Daemon {
         if !self.is_ours(&resp) {
             return Err(self.not_ours());
         }
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
-        if status == 200 {
-            return serde_json::from_slice(&body).map_err(|e| RemoteError::Failed(e.to_string()));
+        if resp.status().is_success() {
+            return resp
+                .json()
+                .await
+                .map_err(|e| RemoteError::Failed(e.to_string()));
         }
-        let err: ApiError = serde_json::from_slice(&body).unwrap_or(ApiError {
-            code: String::new(),
-            error: String::from_utf8_lossy(&body).into_owned(),
-        });
+        let (_, err) = ApiError::of(resp).await;
         Err(RemoteError::Failed(format!("backup: {}", err.error)))
     }
 

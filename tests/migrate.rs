@@ -464,25 +464,23 @@ async fn a_migration_killed_three_times_ends_exact() {
         !store.join("migrating-v2").exists(),
         "the copy's directory is left"
     );
-    check(&store, "export.ndjson", &["export", "--format", "ndjson"]).await;
-    check(
-        &store,
-        "commits-all.ndjson",
-        &["query", "commits", "--all", "--format", "ndjson"],
-    )
-    .await;
-    check(
-        &store,
-        "authors.ndjson",
-        &["query", "authors", "--format", "ndjson"],
-    )
-    .await;
-    check(
-        &store,
-        "authors-all.ndjson",
-        &["query", "authors", "--all", "--format", "ndjson"],
-    )
-    .await;
+    for (name, args) in [
+        ("export.ndjson", &["export", "--format", "ndjson"][..]),
+        (
+            "commits-all.ndjson",
+            &["query", "commits", "--all", "--format", "ndjson"],
+        ),
+        (
+            "authors.ndjson",
+            &["query", "authors", "--format", "ndjson"],
+        ),
+        (
+            "authors-all.ndjson",
+            &["query", "authors", "--all", "--format", "ndjson"],
+        ),
+    ] {
+        check(&store, name, args).await;
+    }
     let stats = stats_without_size(&run(&store, &["query", "stats", "--format", "json"]).await);
     assert_eq!(stats, stats_without_size(&expected("stats.json")));
     let id = std::fs::read_to_string(fixture().join("store-id")).unwrap();

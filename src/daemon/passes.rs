@@ -33,45 +33,27 @@ pub(super) async fn passes(
 ) {
     // The most the store grew in one pass: the automatic free-disk floor.
     let mut largest_growth = 0u64;
-    // Whether the last pass failed on the store (a full disk): sled's error
-    // is sticky, so the store is reopened before the next pass.
-    let mut reopen = false;
     loop {
         let started = Instant::now();
         let floor = crate::store::disk_floor(opts.min_free_disk, largest_growth);
-        let size_before = store.size_on_disk().unwrap_or(0);
-        let free = {
+        let ready = {
             let store = Arc::clone(store);
-            tokio::task::spawn_blocking(move || store.check_free(floor)).await
+            tokio::task::spawn_blocking(move || before_pass(&store, floor)).await
         };
-        match free {
-            Ok(Ok(free)) => metrics::gauge!(telemetry::STORE_FREE).set(free as f64),
+        let size_before = match ready {
+            Ok(Ok(size)) => Some(size),
             Ok(Err(e)) => {
-                if let crate::store::StoreError::LowDisk { free, .. } = &e {
-                    metrics::gauge!(telemetry::STORE_FREE).set(*free as f64);
-                }
                 record_pass(Err(e.into()), started.elapsed(), store, health).await;
                 tokio::select! {
                     _ = tokio::time::sleep(opts.interval) => continue,
                     _ = stopped(stop_rx) => return,
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the store's free disk"),
-        }
-        if reopen {
-            let s = Arc::clone(store);
-            match tokio::task::spawn_blocking(move || s.reopen()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    record_pass(Err(e.into()), started.elapsed(), store, health).await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(opts.interval) => continue,
-                        _ = stopped(stop_rx) => return,
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot reopen the store"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the store before a pass");
+                None
             }
-        }
+        };
         let mut stop = stop_rx.clone();
         let (result, stopping) = match crawler
             .pass_until(opts.pass.clone(), async move { stopped(&mut stop).await })
@@ -81,21 +63,10 @@ pub(super) async fn passes(
             PassEnd::Stopped((), r) => (r, true),
             PassEnd::Abandoned(()) => return,
         };
-        reopen = match &result {
-            Err(PassError::Store(StoreError::LowDisk { .. })) => false,
-            Err(PassError::Store(_)) => true,
-            Err(_) => false,
-            Ok(summary) => summary
-                .failures
-                .iter()
-                .any(|f| f.contains("store I/O error")),
-        };
-        record_pass(result, started.elapsed(), store, health).await;
-        let grew = store
-            .size_on_disk()
-            .unwrap_or(0)
-            .saturating_sub(size_before);
-        largest_growth = largest_growth.max(grew);
+        let size_after = record_pass(result, started.elapsed(), store, health).await;
+        if let (Some(before), Some(after)) = (size_before, size_after) {
+            largest_growth = largest_growth.max(after.saturating_sub(before));
+        }
         if stopping {
             return;
         }
@@ -106,15 +77,31 @@ pub(super) async fn passes(
     }
 }
 
-/// Logs a pass, updates `/healthz` and the metrics. A pass that failed as
-/// a whole is retried at the next interval: every such failure (401, 403, a
-/// listing that cannot be read, the store) may go away.
+/// Before a pass: the free disk (its gauge, and no pass below `floor`),
+/// then a reopen of the store if sled failed an I/O since it was opened
+/// (its error is sticky: a full disk). Returns the store's size.
+fn before_pass(store: &Store, floor: u64) -> Result<u64, StoreError> {
+    let checked = store.check_free(floor);
+    if let Ok(free) | Err(StoreError::LowDisk { free, .. }) = &checked {
+        metrics::gauge!(telemetry::STORE_FREE).set(*free as f64);
+    }
+    checked?;
+    if store.needs_reopen() {
+        store.reopen()?;
+    }
+    store.size_on_disk()
+}
+
+/// Logs a pass, updates `/healthz` and the metrics, and returns the
+/// store's size as the gauges read it. A pass that failed as a whole is
+/// retried at the next interval: every such failure (401, 403, a listing
+/// that cannot be read, the store) may go away.
 async fn record_pass(
     result: Result<PassSummary, PassError>,
     elapsed: Duration,
     store: &Arc<Store>,
     health: &RwLock<Health>,
-) {
+) -> Option<u64> {
     let now = Utc::now();
     metrics::gauge!(telemetry::SYNC_DURATION).set(elapsed.as_secs_f64());
     {
@@ -161,14 +148,21 @@ async fn record_pass(
     }
     let store = Arc::clone(store);
     match tokio::task::spawn_blocking(move || store_gauges(&store)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the store for its gauges"),
-        Err(e) => tracing::warn!(error = %e, "cannot read the store for its gauges"),
+        Ok(Ok(size)) => Some(size),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the store for its gauges");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the store for its gauges");
+            None
+        }
     }
 }
 
-/// Store size, commits, repositories by state and outstanding backfill.
-fn store_gauges(store: &Store) -> Result<(), crate::store::StoreError> {
+/// Store size, free disk, commits, repositories by state and outstanding
+/// backfill; returns the size.
+fn store_gauges(store: &Store) -> Result<u64, StoreError> {
     let totals = RepoTotals::of(&store.repos()?);
     metrics::gauge!(telemetry::BACKFILL_REPOS).set(totals.backfilling as f64);
     telemetry::BACKFILL_PAGES_ESTIMATE
@@ -178,7 +172,8 @@ fn store_gauges(store: &Store) -> Result<(), crate::store::StoreError> {
             .set(totals.count(status) as f64);
     }
     metrics::gauge!(telemetry::STORE_COMMITS).set(totals.commits as f64);
-    metrics::gauge!(telemetry::STORE_SIZE).set(store.size_on_disk()? as f64);
+    let size = store.size_on_disk()?;
+    metrics::gauge!(telemetry::STORE_SIZE).set(size as f64);
     metrics::gauge!(telemetry::STORE_FREE).set(store.free_bytes()? as f64);
-    Ok(())
+    Ok(size)
 }

@@ -223,6 +223,8 @@ pub struct Store {
     /// the write guard, so it copies the store between batches (never half
     /// a page).
     write_gate: std::sync::RwLock<()>,
+    /// Set when sled fails an I/O (see [`Store::needs_reopen`]).
+    io_failed: AtomicBool,
 }
 
 /// How [`Store::open_with`] treats a directory without a store.
@@ -457,6 +459,7 @@ impl Store {
             generation: AtomicU64::new(0),
             wrote: AtomicBool::new(false),
             write_gate: std::sync::RwLock::new(()),
+            io_failed: AtomicBool::new(false),
         };
         match store
             .db()?
@@ -546,24 +549,12 @@ impl Store {
     pub fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.slot.write().unwrap_or_else(|e| e.into_inner());
         drop(slot.take());
-        let started = std::time::Instant::now();
-        // sled lets go of its file lock once every handle is gone (a query
-        // still reading holds one for a moment).
-        let db = loop {
-            match open_sled(&self.path) {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if (e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock"))
-                        && started.elapsed() < std::time::Duration::from_secs(10) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(open_error(&self.path, e)),
-            }
-        };
+        // A query still reading holds a handle for a moment.
+        let db = open_sled_waiting(&self.path, std::time::Duration::from_secs(10))
+            .map_err(|e| open_error(&self.path, e))?;
         *slot = Some(db);
         drop(slot);
+        self.io_failed.store(false, Ordering::Relaxed);
         self.writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -604,22 +595,8 @@ impl Store {
         }
         drop(db);
         let started = std::time::Instant::now();
-        // sled lets go of its file lock a few milliseconds after the drop.
-        for _ in 0..100 {
-            match open_sled(&self.path) {
-                Ok(db) => {
-                    drop(db);
-                    tracing::debug!(store = %self.path.display(), elapsed = ?started.elapsed(), "store log settled");
-                    return;
-                }
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock") =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(_) => return,
-            }
+        if open_sled_waiting(&self.path, std::time::Duration::from_secs(1)).is_ok() {
+            tracing::debug!(store = %self.path.display(), elapsed = ?started.elapsed(), "store log settled");
         }
     }
 
@@ -634,7 +611,17 @@ impl Store {
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
+        if matches!(e, sled::Error::Io(_)) {
+            self.io_failed.store(true, Ordering::Relaxed);
+        }
         sled_error(&self.path, e)
+    }
+
+    /// Whether sled failed an I/O (a full disk) since the store was opened
+    /// or reopened: its error is sticky, so [`Store::reopen`] is due before
+    /// the next write.
+    pub fn needs_reopen(&self) -> bool {
+        self.io_failed.load(Ordering::Relaxed)
     }
 
     fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -801,14 +788,35 @@ fn sled_error(path: &Path, e: sled::Error) -> StoreError {
     }
 }
 
-fn open_error(path: &Path, e: sled::Error) -> StoreError {
-    if let sled::Error::Io(io) = &e {
-        let text = io.to_string();
-        if io.kind() == std::io::ErrorKind::WouldBlock || text.contains("could not acquire lock") {
-            return StoreError::Locked {
-                path: path.to_path_buf(),
-            };
+/// Whether opening failed because another handle holds sled's file lock.
+fn lock_busy(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock
+            || io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens sled, waiting up to `limit` while another handle of this process
+/// still holds its file lock (sled lets go a few milliseconds after the
+/// last handle is dropped).
+fn open_sled_waiting(dir: &Path, limit: std::time::Duration) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_sled(dir) {
+            Err(e) if lock_busy(&e) && started.elapsed() < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
         }
+    }
+}
+
+fn open_error(path: &Path, e: sled::Error) -> StoreError {
+    if lock_busy(&e) {
+        return StoreError::Locked {
+            path: path.to_path_buf(),
+        };
+    }
+    if let sled::Error::Io(io) = &e {
         // sled opens its files for writing, even to read (it writes a
         // snapshot on open): say so, and what to do.
         let copy = "copy the directory somewhere writable (`cp -a`) and pass that with --store";

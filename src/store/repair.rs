@@ -155,10 +155,6 @@ impl Store {
             batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
             authors.write(self, &mut batch, &mut totals)?;
             self.apply(batch)?;
-            self.writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
             totals.commits += kept;
             totals.unreachable += gone;
             report.commits += kept;
@@ -167,6 +163,11 @@ impl Store {
         let mut batch = sled::Batch::default();
         batch.insert(keys::META_TOTALS, totals.encode());
         self.apply(batch)?;
+        // Blocks were dropped: what the writer and readers hold is stale.
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.blocks_rewritten();
         self.flush()?;
         Ok(report)
