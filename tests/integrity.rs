@@ -11,6 +11,18 @@ use rand::{Rng, SeedableRng};
 
 use crate::util::*;
 
+/// `value` as the store writes it under `key`: with its checksum (CRC-32
+/// of key and value, little-endian), for tests that damage a store with
+/// sled directly.
+fn sealed(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(value);
+    let mut out = value.to_vec();
+    out.extend(h.finalize().to_le_bytes());
+    out
+}
+
 /// A synced store of a few hundred commits over three repositories.
 async fn store() -> (tempfile::TempDir, PathBuf) {
     let sim = world(0);
@@ -50,8 +62,15 @@ fn copy_of(src: &Path) -> (tempfile::TempDir, PathBuf) {
 /// Runs the reading commands on `store` and checks each ends cleanly;
 /// returns how many exited 1.
 async fn commands_end_cleanly(store: &Path, what: &str) -> usize {
+    commands_answer(store, what).await.0
+}
+
+/// Like `commands_end_cleanly`, and the outputs of the commands that
+/// exited 0 (empty for those that failed).
+async fn commands_answer(store: &Path, what: &str) -> (usize, Vec<String>) {
     let s = store.to_str().unwrap();
     let mut failed = 0;
+    let mut outs = Vec::new();
     for args in [
         &["--store", s, "query", "stats", "--format", "json"][..],
         &["--store", s, "export", "--format", "ndjson"][..],
@@ -66,8 +85,9 @@ async fn commands_end_cleanly(store: &Path, what: &str) -> usize {
             "{what}: {args:?} panicked:\n{err}"
         );
         match o.status.code() {
-            Some(0) => {}
+            Some(0) => outs.push(stdout(&o)),
             Some(1) => {
+                outs.push(String::new());
                 failed += 1;
                 let line = err
                     .lines()
@@ -82,17 +102,46 @@ async fn commands_end_cleanly(store: &Path, what: &str) -> usize {
             other => panic!("{what}: {args:?} exited {other:?}:\n{err}"),
         }
     }
+    (failed, outs)
+}
+
+/// Runs the commands on a damaged copy: a command that exits 0 gives the
+/// undamaged store's answer, or `store check` says the store is damaged.
+async fn judge(copy: &Path, what: &str, baseline: &[String]) -> usize {
+    let (failed, outs) = commands_answer(copy, what).await;
+    let wrong: Vec<usize> = (0..outs.len())
+        .filter(|i| !outs[*i].is_empty() && outs[*i] != baseline[*i])
+        .collect();
+    if !wrong.is_empty() {
+        let s = copy.to_str().unwrap();
+        let o = bbcrawl(
+            copy.parent().unwrap(),
+            &["--store", s, "store", "check"],
+            &[],
+        )
+        .await;
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{what}: commands {wrong:?} answered differently from the undamaged store with exit 0, and `store check` finds nothing: {}",
+            stdout(&o)
+        );
+    }
     failed
 }
 
 /// 20 seeded positions in each store file, 64 random bytes at each (one
 /// copy of the store per position), and every file cut to half and to
-/// 4 KiB less: the commands end cleanly.
+/// 4 KiB less: the commands end cleanly, and one that answers answers what
+/// the undamaged store does (or `store check` reports the damage). sled
+/// recovering a damaged log stops at the damage, and without its snapshot
+/// that is an older, consistent store: the manifest tells it apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_store_gives_a_clean_error_never_a_panic() {
     let (_dir, store) = store().await;
     let files = store_files(&store);
     assert!(files.iter().any(|f| f == "db"), "{files:?}");
+    let baseline = commands_answer(&store, "undamaged").await.1;
     let mut rng = rand::rngs::StdRng::seed_from_u64(14);
     let (mut runs, mut errors) = (0, 0);
     for name in files.iter().filter(|f| *f != "store-id") {
@@ -107,7 +156,7 @@ async fn a_damaged_store_gives_a_clean_error_never_a_panic() {
                 }
             }
             std::fs::write(copy.join(name), &bytes).unwrap();
-            errors += commands_end_cleanly(&copy, &format!("{name} damaged at {at} (#{k})")).await;
+            errors += judge(&copy, &format!("{name} damaged at {at} (#{k})"), &baseline).await;
             runs += 3;
         }
         for cut in [len / 2, len.saturating_sub(4096)] {
@@ -118,7 +167,7 @@ async fn a_damaged_store_gives_a_clean_error_never_a_panic() {
                 .unwrap();
             f.set_len(cut).unwrap();
             drop(f);
-            errors += commands_end_cleanly(&copy, &format!("{name} cut to {cut} of {len}")).await;
+            errors += judge(&copy, &format!("{name} cut to {cut} of {len}"), &baseline).await;
             runs += 3;
         }
     }
@@ -141,7 +190,7 @@ async fn a_damaged_store_gives_a_clean_error_never_a_panic() {
         }
         std::fs::write(copy.join("db"), &bytes).unwrap();
         let what = format!("no snapshot, db damaged at {at:?} (#{k})");
-        errors += commands_end_cleanly(&copy, &what).await;
+        errors += judge(&copy, &what, &baseline).await;
         runs += 3;
     }
     // Some damage must have been seen, or the test proves nothing.
@@ -478,10 +527,24 @@ async fn store_check_finds_each_kind_of_damage() {
 
     // Each damage on its own copy, written with sled directly.
     type Damage = fn(&sled::Db);
-    let damages: [(&str, &str, Damage); 4] = [
-        ("block", "cannot be read", |db| {
+    let damages: [(&str, &str, Damage); 6] = [
+        ("block", "fails its checksum", |db| {
             let (k, _) = db.scan_prefix(b"b").next().unwrap().unwrap();
             db.insert(k, &b"\x01garbage"[..]).unwrap();
+        }),
+        ("block", "cannot be read", |db| {
+            let (k, _) = db.scan_prefix(b"b").next().unwrap().unwrap();
+            db.insert(&k, sealed(&k, b"\x01garbage")).unwrap();
+        }),
+        ("repository", "fails its checksum", |db| {
+            let (k, mut v) = db
+                .scan_prefix(b"r")
+                .next()
+                .unwrap()
+                .map(|(k, v)| (k, v.to_vec()))
+                .unwrap();
+            v[3] ^= 1;
+            db.insert(k, v).unwrap();
         }),
         ("summary", "has no summary", |db| {
             let (k, _) = db.scan_prefix(b"s").next().unwrap().unwrap();
@@ -493,9 +556,10 @@ async fn store_check_finds_each_kind_of_damage() {
         }),
         ("cursor", "is not stored", |db| {
             let (k, v) = db.scan_prefix(b"r").next().unwrap().unwrap();
-            let mut repo: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            let mut repo: serde_json::Value = serde_json::from_slice(&v[..v.len() - 4]).unwrap();
             repo["head"] = serde_json::json!("0123456789abcdef0123456789abcdef01234567");
-            db.insert(k, serde_json::to_vec(&repo).unwrap()).unwrap();
+            db.insert(&k, sealed(&k, &serde_json::to_vec(&repo).unwrap()))
+                .unwrap();
         }),
     ];
     for (kind, words, damage) in damages {
@@ -583,6 +647,75 @@ async fn a_backup_checks_healthy_and_a_restored_store_resumes_exactly() {
     );
 }
 
+/// sled's files older than the manifest (what sled's recovery of a
+/// damaged or shortened log leaves; here, made by putting back a copy
+/// taken before the last sync): every command refuses with the manifest's
+/// words instead of answering from the older store; `store check` reports
+/// it; `store repair` accepts the database and says so; the next `sync`
+/// fetches what was lost, and the store is the simulator's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_older_than_its_manifest_is_refused_then_repaired() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("web", 230));
+    sim.add_repo(WS, RepoSpec::new("api", 80));
+    let (server, _dir, store) = synced(&sim).await;
+    let (_old_dir, old) = copy_of(&store);
+    sim.push(WS, "web", 40);
+    sim.push(WS, "api", 5);
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["commits"], 230 + 80 + 45, "{manifest}");
+    for name in store_files(&store) {
+        if name != "manifest.json" && name != "store-id" {
+            std::fs::remove_file(store.join(&name)).unwrap();
+        }
+    }
+    for name in store_files(&old) {
+        if name != "manifest.json" && name != "store-id" {
+            std::fs::copy(old.join(&name), store.join(&name)).unwrap();
+        }
+    }
+    let failed = commands_end_cleanly(&store, "older database").await;
+    assert_eq!(failed, 3, "every reading command refuses");
+    let s = store.to_str().unwrap();
+    let o = bbcrawl(&store, &["--store", s, "query", "stats"], &[]).await;
+    let err = stderr(&o);
+    assert!(
+        err.contains("the database has lost writes that were on disk")
+            && err.contains("(with 355 commits)")
+            && err.contains("(with 310 commits)")
+            && err.contains("store repair"),
+        "{err}"
+    );
+    let o = bbcrawl(
+        &store,
+        &["--store", s, "store", "check", "--format", "json"],
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["problems"][0]["kind"], "manifest", "{v}");
+    // A writer refuses too: nothing is written over the older store.
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = bbcrawl(&store, &["--store", s, "store", "repair"], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("accepted the database as it is, though the database has lost writes"),
+        "{}",
+        stdout(&o)
+    );
+    let o = bbcrawl(&store, &["--store", s, "store", "check"], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("; 45 new commits;"), "{}", stdout(&o));
+    assert_store_is_truth(&store, &sim);
+}
+
 /// `store repair` on a store with an unreadable block: keeps the rest,
 /// rebuilds what derives from the blocks (`store check` then finds it
 /// healthy), names the repository and the requests its next walk costs; the
@@ -600,7 +733,8 @@ async fn store_repair_rebuilds_and_sync_refetches_what_was_lost() {
         let web: u32 = db
             .scan_prefix(b"r")
             .values()
-            .map(|v| serde_json::from_slice::<serde_json::Value>(&v.unwrap()).unwrap())
+            .map(|v| v.unwrap())
+            .map(|v| serde_json::from_slice::<serde_json::Value>(&v[..v.len() - 4]).unwrap())
             .find(|r| r["slug"] == "web")
             .and_then(|r| r["id"].as_u64())
             .unwrap() as u32;

@@ -393,14 +393,60 @@ fn old_layout(store: &Path) -> (usize, Vec<u8>) {
     (records, schema)
 }
 
+/// Starts `query stats` on `store` with the migration paused `pause_ms`
+/// after each batch, waits for the log line holding `notice`, waits a
+/// random time in `after` and kills it (`kill -9`) while it still runs;
+/// returns the wait.
+async fn kill_mid_migration(
+    store: &Path,
+    pause_ms: u64,
+    notice: &str,
+    after: std::ops::Range<u64>,
+    kill: usize,
+) -> u64 {
+    use rand::Rng;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
+    cmd.args(["--store", store.to_str().unwrap(), "query", "stats"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BBCRAWL_TEST_MIGRATION_PAUSE_MS", pause_ms.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(notice) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("no migration notice within 30 s");
+    assert!(
+        started,
+        "kill {kill}: the run ended without announcing a migration"
+    );
+    let after = rand::thread_rng().gen_range(after);
+    tokio::time::sleep(std::time::Duration::from_millis(after)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kill {kill}: the migration ended before the kill"
+    );
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    after
+}
+
 /// `kill -9` at three moments of the migration (each once it has begun, at
 /// a random point), then a run to the end: the old store is untouched by
 /// every killed run, and the finished one answers every question with the
 /// bytes schema 1 printed — every commit once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_killed_three_times_ends_exact() {
-    use rand::Rng;
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let (_dir, store) = fixture_copy();
     let (records, schema) = old_layout(&store);
     assert!(
@@ -409,40 +455,9 @@ async fn a_migration_killed_three_times_ends_exact() {
     );
     std::thread::sleep(std::time::Duration::from_millis(100));
     for kill in 1..=3 {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
-        cmd.args(["--store", store.to_str().unwrap(), "query", "stats"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            // A pause after each block of 100, so the migration of this
-            // small store lasts long enough to be killed in the middle.
-            .env("BBCRAWL_TEST_MIGRATION_PAUSE_MS", "25")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let started = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("migrating the store") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .expect("no migration notice within 30 s");
-        assert!(
-            started,
-            "kill {kill}: the run ended without announcing a migration"
-        );
-        let after = rand::thread_rng().gen_range(30..300);
-        tokio::time::sleep(std::time::Duration::from_millis(after)).await;
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "kill {kill}: the migration ended before the kill"
-        );
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
+        // A pause after each block of 100, so the migration of this small
+        // store lasts long enough to be killed in the middle.
+        let after = kill_mid_migration(&store, 25, "migrating the store", 30..300, kill).await;
         let work = store.join("migrating-v2");
         assert!(
             work.is_dir() && !work.join("COMPLETE").exists(),
@@ -555,18 +570,18 @@ async fn the_migration_is_announced_once_and_an_older_bbcrawl_is_refused_after()
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     let err = stderr(&first);
     assert!(
-        err.contains("migrating the store") && err.contains("schema 1 to schema 2"),
+        err.contains("migrating the store") && err.contains("schema 1 to schema 3"),
         "{err}"
     );
-    assert!(err.contains("store migrated to schema 2"), "{err}");
+    assert!(err.contains("store migrated to schema 3"), "{err}");
     let second = bbcrawl(store.parent().unwrap(), &args, &[]).await;
     assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
     assert!(!stderr(&second).contains("migrat"), "{}", stderr(&second));
     std::thread::sleep(std::time::Duration::from_millis(100));
     let db = sled::open(&store).unwrap();
     let schema = db.get(b"mschema").unwrap().expect("no mschema key");
-    // A bbcrawl that knows only schema 1 refuses a store of schema 2.
-    assert_eq!(schema.as_ref(), 2u32.to_be_bytes(), "schema version");
+    // A bbcrawl that knows only schema 1 or 2 refuses a store of schema 3.
+    assert_eq!(schema.as_ref(), 3u32.to_be_bytes(), "schema version");
 }
 
 #[test]
@@ -580,4 +595,88 @@ fn the_second_fixture_is_a_schema_2_store() {
         assert!(db.scan_prefix(prefix).count() > 30, "{prefix:?}");
     }
     assert_eq!(db.scan_prefix(b"c").count(), 0);
+}
+
+/// Whether `value` ends with the store's seal for `key` (CRC-32 of key and
+/// value, little-endian).
+fn seal_holds(key: &[u8], value: &[u8]) -> bool {
+    let Some(n) = value.len().checked_sub(4) else {
+        return false;
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(&value[..n]);
+    h.finalize().to_le_bytes() == value[n..]
+}
+
+/// Schema 2 → 3 seals every value in place, in batches that record the
+/// last key sealed. `kill -9` three times in the middle: each time the
+/// store is still schema 2, every value up to the recorded key sealed and
+/// every one after it not; then a run to the end answers with the bytes
+/// schema 1 printed, and `store check` verifies every checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealing_a_schema_2_store_killed_three_times_ends_exact() {
+    let (_dir, store) = fixture_copy_of(&fixture2());
+    let keys = sled::open(&store).unwrap().len();
+    assert!(keys > 150, "{keys} keys: too few to kill in the middle");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut sealed_before = 0;
+    for kill in 1..=3 {
+        // 10 keys a batch, 60 ms after each.
+        let after = kill_mid_migration(&store, 60, "schema 2 to schema 3", 150..400, kill).await;
+        let db = sled::open(&store).unwrap();
+        assert_eq!(
+            db.get(b"mschema").unwrap().unwrap().as_ref(),
+            2u32.to_be_bytes()
+        );
+        let upto = db
+            .get(b"msealed_upto")
+            .unwrap()
+            .unwrap_or_else(|| panic!("kill {kill} after {after} ms: no batch landed"));
+        let mut sealed = 0;
+        for kv in db.iter() {
+            let (k, v) = kv.unwrap();
+            if k.as_ref() == b"mschema" || k.as_ref() == b"msealed_upto" {
+                continue;
+            }
+            let done = k <= upto;
+            assert_eq!(
+                seal_holds(&k, &v),
+                done,
+                "kill {kill}: {:?} (sealed up to {:?})",
+                String::from_utf8_lossy(&k),
+                String::from_utf8_lossy(&upto)
+            );
+            sealed += usize::from(done);
+        }
+        assert!(sealed > sealed_before, "kill {kill}: no progress");
+        sealed_before = sealed;
+        drop(db);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        sealed_before < keys,
+        "sealed everything before the last kill"
+    );
+    check(
+        &store,
+        "export-all.ndjson",
+        &["export", "--all", "--format", "ndjson"],
+    )
+    .await;
+    check(&store, "export.csv", &["export", "--format", "csv"]).await;
+    let o = bbcrawl(
+        store.parent().unwrap(),
+        &["--store", store.to_str().unwrap(), "store", "check"],
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let db = sled::open(&store).unwrap();
+    assert_eq!(
+        db.get(b"mschema").unwrap().unwrap().as_ref(),
+        3u32.to_be_bytes()
+    );
+    assert!(db.get(b"msealed_upto").unwrap().is_none());
 }

@@ -487,7 +487,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             what: StoreCommand::Repair { format },
         } => {
             let cfg = load_config(g, Overrides::default())?;
-            let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
+            let store = bbcrawl::store::Store::open_to_inspect(&cfg.store)?;
             let report = store.repair()?;
             print_report(format, &report, &report.to_text());
             Ok(exit::SUCCESS)
@@ -496,7 +496,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             what: StoreCommand::Check { format },
         } => {
             let cfg = load_config(g, Overrides::default())?;
-            let store = bbcrawl::store::Store::open_existing(&cfg.store)?;
+            let store = bbcrawl::store::Store::open_to_inspect(&cfg.store)?;
             let report = store.check()?;
             print_report(format, &report, &report.to_text());
             Ok(if report.healthy() {

@@ -63,6 +63,8 @@ impl Store {
         let started = Instant::now();
         let _gate = self.write_gate.write().unwrap_or_else(|e| e.into_inner());
         self.flush()?;
+        // What the copy holds (no batch lands while the gate is held).
+        let manifest = self.manifest_now()?;
         let out = open_sled(dest).map_err(|e| open_error(dest, e))?;
         let out_err = |e: sled::Error| super::sled_error(dest, e);
         let (mut keys, mut bytes) = (0u64, 0u64);
@@ -85,6 +87,9 @@ impl Store {
             super::write_atomically(&dest.join(ID_FILE), &id, 0o600)
                 .map_err(|e| io("cannot write the store id", e))?;
         }
+        manifest
+            .write(dest)
+            .map_err(|e| io("cannot write its manifest", e))?;
         make_private(dest).map_err(|e| io("cannot make it owner-only", e))?;
         Ok(BackupReport {
             keys,

@@ -20,8 +20,8 @@ use super::{Store, StoreError};
 /// One thing found wrong.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Problem {
-    /// What kind: `block`, `summary`, `repository`, `cursor`, `author`,
-    /// `totals`.
+    /// What kind: `manifest`, `block`, `summary`, `repository`, `cursor`,
+    /// `author`, `totals`.
     pub kind: &'static str,
     /// `workspace/slug`, or the author identity, when it concerns one.
     pub of: Option<String>,
@@ -40,11 +40,21 @@ pub struct CheckReport {
     pub commits: u64,
     /// Author identities checked.
     pub authors: u64,
+    /// Values whose checksum was verified.
+    pub values: u64,
     /// Everything wrong (empty: healthy).
     pub problems: Vec<Problem>,
 }
 
 impl CheckReport {
+    fn problem(&mut self, kind: &'static str, of: Option<&str>, detail: String) {
+        self.problems.push(Problem {
+            kind,
+            of: of.map(str::to_owned),
+            detail,
+        });
+    }
+
     /// No problem found.
     pub fn healthy(&self) -> bool {
         self.problems.is_empty()
@@ -53,12 +63,13 @@ impl CheckReport {
     /// The report for people: a summary line, then a line per problem.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "{}: {} repositories, {} blocks, {} commits, {} authors checked; {} problems\n",
+            "{}: {} repositories, {} blocks, {} commits, {} authors, {} checksums checked; {} problems\n",
             if self.healthy() { "healthy" } else { "damaged" },
             self.repositories,
             self.blocks,
             self.commits,
             self.authors,
+            self.values,
             self.problems.len()
         );
         for p in &self.problems {
@@ -66,6 +77,17 @@ impl CheckReport {
             out.push_str(&format!("  {}{of}: {}\n", p.kind, p.detail));
         }
         out
+    }
+}
+
+/// The problem kind of damage to the value under `key`.
+fn kind_of(key: &[u8]) -> &'static str {
+    match key.first() {
+        Some(&BLOCK) => "block",
+        Some(&keys::SUMMARY) => "summary",
+        Some(&keys::REPO) => "repository",
+        Some(b'm') => "totals",
+        _ => "author",
     }
 }
 
@@ -88,6 +110,40 @@ impl Store {
     /// Checks the whole store (see the module notes).
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let mut report = CheckReport::default();
+        if let Some(p) = self.manifest_problem() {
+            report.problem("manifest", None, p.to_owned());
+        }
+        self.check_seals(&mut report)?;
+        // Damage the structure cannot be read past (a repository record
+        // that fails its checksum) ends the check with what it found.
+        match self.check_structure(&mut report) {
+            Err(StoreError::Corrupt { message, .. }) => report.problem("store", None, message),
+            r => r?,
+        }
+        Ok(report)
+    }
+
+    /// Every value's seal, in one pass over the keys.
+    fn check_seals(&self, report: &mut CheckReport) -> Result<(), StoreError> {
+        for kv in self.db()?.iter() {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            if k.as_ref() == keys::META_SCHEMA {
+                continue;
+            }
+            report.values += 1;
+            if self.unseal(&k, v).is_err() {
+                report.problem(
+                    kind_of(&k),
+                    None,
+                    format!("{} fails its checksum", keys::describe(&k)),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything derived from the blocks, against them.
+    fn check_structure(&self, report: &mut CheckReport) -> Result<(), StoreError> {
         let mut problem = |kind: &'static str, of: Option<&str>, detail: String| {
             report.problems.push(Problem {
                 kind,
@@ -111,6 +167,11 @@ impl Store {
             let mut seqs: HashSet<u32> = HashSet::new();
             for kv in self.db()?.scan_prefix(keys::blocks_prefix(BLOCK, repo.id)) {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
+                // A block failing its seal is reported by `check_seals`.
+                let Ok(v) = self.unseal(&k, v) else {
+                    blocks += 1;
+                    continue;
+                };
                 let Some((_, seq)) = keys::parse_block(&k) else {
                     problem(
                         "block",
@@ -274,6 +335,6 @@ impl Store {
         report.blocks = blocks;
         report.commits = commits;
         report.authors = authors.len() as u64;
-        Ok(report)
+        Ok(())
     }
 }

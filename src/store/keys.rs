@@ -9,7 +9,7 @@
 //!
 //! | prefix | key                                      | value |
 //! |--------|------------------------------------------|-------|
-//! | `m`    | `m` name                                 | meta (schema version, next repository id, last pass, totals) |
+//! | `m`    | `m` name                                 | meta (schema version, next repository id, last pass, totals, write sequence) |
 //! | `r`    | `r` workspace `\0` repository-uuid        | repository record (JSON, with its commit counts) |
 //! | `b`    | `b` repo-id seq                          | block: the new commits of one stored page (see `block`) |
 //! | `s`    | `s` repo-id seq                          | block summary: newest and oldest millisecond, count, hash-prefix filter |
@@ -33,7 +33,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 /// Schema version written by this build. Bump it when the layout changes.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: schema 2's layout with every value sealed (see `seal`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Meta key holding the schema version.
 pub const META_SCHEMA: &[u8] = b"mschema";
@@ -43,6 +44,12 @@ pub const META_NEXT_ID: &[u8] = b"mnext_repo_id";
 pub const META_LAST_PASS: &[u8] = b"mlast_pass";
 /// Meta key holding the store totals (postcard, see `Totals`).
 pub const META_TOTALS: &[u8] = b"mtotals";
+/// Meta key holding the store's write sequence (u64, big-endian): one more
+/// in every batch (see `manifest`).
+pub const META_SEQ: &[u8] = b"mseq";
+/// Meta key, only while schema 2 → 3 runs: the last key sealed (see
+/// `migrate::seal_in_place`).
+pub const META_SEALED_UPTO: &[u8] = b"msealed_upto";
 
 /// Blocks of commits.
 pub const BLOCK: u8 = b'b';
@@ -71,6 +78,38 @@ pub const HASH_BYTES: usize = 20;
 
 /// A commit hash as 20 bytes.
 pub type Hash = [u8; HASH_BYTES];
+
+/// What a key holds, in words (for errors).
+pub fn describe(key: &[u8]) -> String {
+    let ids = |k: &[u8]| -> Option<(u32, u32)> {
+        Some((
+            u32::from_be_bytes(k.get(1..5)?.try_into().ok()?),
+            u32::from_be_bytes(k.get(5..9)?.try_into().ok()?),
+        ))
+    };
+    let text =
+        |k: &[u8]| String::from_utf8_lossy(k.get(1..).unwrap_or_default()).replace('\0', " ");
+    match key.first() {
+        Some(&BLOCK) | Some(&SUMMARY) => match ids(key) {
+            Some((id, seq)) => format!(
+                "{} {seq} of repository {id}",
+                if key[0] == BLOCK {
+                    "block"
+                } else {
+                    "the summary of block"
+                }
+            ),
+            None => "a block".into(),
+        },
+        Some(&POSTING) => format!("the postings of author {}", text(key)),
+        Some(&AUTHOR_STATS) => format!("the aggregate of author {}", text(key)),
+        Some(&AUTHOR_REPO) => "an (author, repository) pair".into(),
+        Some(&AUTHOR) => format!("the record of author {}", text(key)),
+        Some(&REPO) => format!("the record of repository {}", text(key)),
+        Some(b'm') => format!("the store's {}", text(key)),
+        _ => "a value".into(),
+    }
+}
 
 /// Parses a 40-hex hash.
 pub fn parse_hash(hex: &str) -> Option<Hash> {

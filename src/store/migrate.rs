@@ -1,5 +1,7 @@
-//! Schema 1 → 2 when a schema-1 store is opened: a new store is written
-//! beside the old one, inside the store directory, then swapped in.
+//! Schema 1 → 3 when a schema-1 store is opened: a new store is written
+//! beside the old one, inside the store directory, then swapped in. (Schema
+//! 2 → 3, the same layout with every value sealed, is done in place:
+//! [`seal_in_place`].)
 //!
 //! Why not in place: sled costs about 10 µs per key written or removed, and
 //! schema 1 holds three keys per commit — removing them alone would hold a
@@ -36,6 +38,7 @@ use super::block::Columns;
 use super::codec;
 use super::keys::{self, Hash};
 use super::read::Totals;
+use super::seal::{self, Batch};
 use super::write::AuthorChanges;
 use super::{Create, Store, StoreError, StoredCommit};
 
@@ -175,7 +178,8 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
     tracing::info!(
         store = %dir.display(),
         commits = total,
-        "migrating the store from schema {found} to schema 2 (blocks of commits): a new copy is written beside the old one, then replaces it; the store is usable when this ends; an interruption loses nothing (the old store is removed only once the copy is complete)"
+        "migrating the store from schema {found} to schema {} (blocks of commits): a new copy is written beside the old one, then replaces it; the store is usable when this ends; an interruption loses nothing (the old store is removed only once the copy is complete)",
+        keys::SCHEMA_VERSION
     );
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -183,7 +187,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
             indicatif::ProgressDrawTarget::stderr(),
         );
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "migrating the store to schema 2: {pos}/{len} commits ({per_sec}, {eta} left)",
+            "migrating the store to schema 3: {pos}/{len} commits ({per_sec}, {eta} left)",
         ) {
             bar.set_style(style);
         }
@@ -210,7 +214,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
                 if commits.is_empty() {
                     return Ok(());
                 }
-                let mut batch = sled::Batch::default();
+                let mut batch = Batch::default();
                 write_block(&new, &mut batch, id, *seq, &commits)?;
                 new.apply(batch)?;
                 *seq += 1;
@@ -274,7 +278,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
     }
     let mut totals = new.totals()?;
     totals.authors = new.db()?.scan_prefix([keys::AUTHOR]).count() as u64;
-    let mut batch = sled::Batch::default();
+    let mut batch = Batch::default();
     batch.insert(keys::META_TOTALS, totals.encode());
     new.apply(batch)?;
     new.flush()?;
@@ -290,7 +294,8 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
         store = %dir.display(),
         commits = done,
         seconds = format_args!("{secs:.1}"),
-        "store migrated to schema 2"
+        "store migrated to schema {}",
+        keys::SCHEMA_VERSION
     );
     Ok(held)
 }
@@ -299,7 +304,7 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
 /// version) as they are.
 fn copy_records(old: &Store, new: &Store) -> Result<(), StoreError> {
     for prefix in [keys::REPO, keys::AUTHOR, b'm'] {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut n = 0;
         for kv in old.db()?.scan_prefix([prefix]) {
             let (k, v) = kv.map_err(|e| old.err(e))?;
@@ -336,7 +341,7 @@ fn old_commit(store: &Store, id: u32, hash: &Hash) -> Result<Option<StoredCommit
 /// aggregates and totals.
 fn write_block(
     store: &Store,
-    batch: &mut sled::Batch,
+    batch: &mut Batch,
     id: u32,
     seq: u32,
     commits: &[(Hash, StoredCommit)],
@@ -355,5 +360,99 @@ fn write_block(
     authors.write(store, batch, &mut totals)?;
     totals.blocks += 1;
     batch.insert(keys::META_TOTALS, totals.encode());
+    Ok(())
+}
+
+/// Keys sealed per batch by [`seal_in_place`].
+const SEAL_BATCH_KEYS: usize = 2_000;
+
+/// Schema 2 → 3: every value gets its seal (see `seal`), in place — the
+/// layout is the same, so each value is rewritten under its own key, in key
+/// order, a batch at a time. Each batch also records the last key it
+/// sealed (`META_SEALED_UPTO`), so a `kill -9` leaves values up to that
+/// key sealed and the rest not, and the next open carries on after it. The
+/// last batch writes schema 3 and removes the marker: from then on every
+/// value is read sealed. Nothing is read through the store meanwhile (the
+/// open that migrates holds sled's lock).
+pub(super) fn seal_in_place(store: &Store) -> Result<(), StoreError> {
+    let db = store.db()?;
+    let dir = store.path();
+    let upto = db
+        .get(keys::META_SEALED_UPTO)
+        .map_err(|e| store.err(e))?
+        .map(|v| v.to_vec());
+    let started = Instant::now();
+    tracing::info!(
+        store = %dir.display(),
+        resumed = upto.is_some(),
+        "migrating the store from schema 2 to schema 3 (a checksum on every value), in place; an interruption loses nothing"
+    );
+    let pause = std::env::var(PAUSE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(db.len() as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "migrating the store to schema 3: {pos}/{len} values ({per_sec}, {eta} left)",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let from = match &upto {
+        Some(k) => std::ops::Bound::Excluded(k.clone()),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut keys = db.range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded));
+    let mut done = 0u64;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        let mut n = 0;
+        // Small batches when a test pauses between them, to kill it in
+        // the middle.
+        let per_batch = if pause.is_some() { 10 } else { SEAL_BATCH_KEYS };
+        for kv in keys.by_ref() {
+            let (k, v) = kv.map_err(|e| store.err(e))?;
+            if k.as_ref() == keys::META_SCHEMA || k.as_ref() == keys::META_SEALED_UPTO {
+                continue;
+            }
+            batch.insert(k.clone(), seal::seal(&k, &v));
+            last = Some(k);
+            n += 1;
+            if n == per_batch {
+                break;
+            }
+        }
+        let Some(last) = last else { break };
+        batch.insert(keys::META_SEALED_UPTO, last);
+        db.apply_batch(batch).map_err(|e| store.err(e))?;
+        done += n as u64;
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+        if let Some(p) = pause {
+            db.flush().map_err(|e| store.err(e))?;
+            std::thread::sleep(p);
+        }
+    }
+    let mut batch = sled::Batch::default();
+    batch.remove(keys::META_SEALED_UPTO);
+    batch.insert(keys::META_SCHEMA, &3u32.to_be_bytes());
+    db.apply_batch(batch).map_err(|e| store.err(e))?;
+    db.flush().map_err(|e| store.err(e))?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    tracing::info!(
+        store = %dir.display(),
+        values = done,
+        seconds = format_args!("{:.1}", started.elapsed().as_secs_f64()),
+        "store migrated to schema 3"
+    );
     Ok(())
 }

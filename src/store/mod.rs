@@ -14,9 +14,11 @@ pub mod block;
 mod check;
 pub mod codec;
 pub mod keys;
+mod manifest;
 mod migrate;
 mod read;
 mod repair;
+mod seal;
 mod sorted;
 mod write;
 
@@ -33,8 +35,10 @@ use crate::record::{Author, CommitRecord, Committer, RepoState};
 pub use backup::{restore, BackupReport};
 pub use check::{CheckReport, Problem};
 pub use keys::{Hash, IndexEntry, Posting, Summary};
+pub use manifest::Manifest;
 pub use read::{instant, AuthorStats, Entries, Totals};
 pub use repair::{RepairReport, Rewound};
+use seal::Batch;
 
 /// sled's page cache. Explicit so memory use does not depend on sled's
 /// default (1 GiB). Measured over a 1M-commit crawl: 64 MiB gave a 256 MB
@@ -225,6 +229,19 @@ pub struct Store {
     write_gate: std::sync::RwLock<()>,
     /// Set when sled fails an I/O (see [`Store::needs_reopen`]).
     io_failed: AtomicBool,
+    /// The store's write sequence: the `mseq` of the last batch applied
+    /// (see `manifest`). Held while a batch is applied, so the sequences
+    /// reach sled in order.
+    seq: Mutex<u64>,
+    /// The sequence the manifest file records, when it was read or
+    /// written by this handle.
+    manifest_seq: Mutex<Option<u64>>,
+    /// What the manifest check at open found wrong, for a store opened by
+    /// `store check` or `store repair` (every other opening fails on it).
+    manifest_problem: Option<String>,
+    /// Whether values carry seals (schema 3, see `seal`); older stores are
+    /// read as they are until migrated.
+    sealed: bool,
 }
 
 /// How [`Store::open_with`] treats a directory without a store.
@@ -234,6 +251,9 @@ enum Create {
     IfEmpty,
     /// Never (read commands).
     Never,
+    /// Never, and open a store whose manifest disagrees with sled (`store
+    /// check` reports it, `store repair` accepts what sled holds).
+    Inspect,
 }
 
 /// Whether sled's files are in `dir` (its configuration and its log).
@@ -393,6 +413,13 @@ impl Store {
         Store::open_with(dir, Create::Never)
     }
 
+    /// Opens the existing store in `dir` for `store check` and `store
+    /// repair`: like [`Store::open_existing`], but a manifest that
+    /// disagrees with sled is left to [`Store::manifest_problem`].
+    pub fn open_to_inspect(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, Create::Inspect)
+    }
+
     fn open_with(dir: &Path, create: Create) -> Result<Store, StoreError> {
         crate::panic::note_store(dir);
         // What an interrupted schema migration left, first.
@@ -404,7 +431,7 @@ impl Store {
         };
         let fresh = match std::fs::read_dir(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if create == Create::Never {
+                if create != Create::IfEmpty {
                     return Err(not_a_store(
                         "there is no such directory (run `bbcrawl sync` first, or pass --store)",
                     ));
@@ -423,7 +450,7 @@ impl Store {
             Ok(mut entries) => {
                 if has_sled_files(dir) {
                     false
-                } else if create == Create::Never {
+                } else if create != Create::IfEmpty {
                     return Err(not_a_store(
                         "it holds no store files (run `bbcrawl sync` first, or pass --store)",
                     ));
@@ -460,6 +487,10 @@ impl Store {
             wrote: AtomicBool::new(false),
             write_gate: std::sync::RwLock::new(()),
             io_failed: AtomicBool::new(false),
+            seq: Mutex::new(0),
+            manifest_seq: Mutex::new(None),
+            manifest_problem: None,
+            sealed: true,
         };
         match store
             .db()?
@@ -468,7 +499,7 @@ impl Store {
         {
             // An empty sled database is what a crash right after creation
             // leaves: still ours to initialise, but never a reader's.
-            None if create == Create::Never || (!fresh && !store.db()?.is_empty()) => {
+            None if create != Create::IfEmpty || (!fresh && !store.db()?.is_empty()) => {
                 return Err(StoreError::NotAStore {
                     path: store.path.clone(),
                     why: "it is a sled database without bbcrawl's schema".into(),
@@ -483,9 +514,13 @@ impl Store {
                 store.db()?.flush().map_err(|e| store.err(e))?;
             }
             Some(v) => {
+                // The one value without a seal: every bbcrawl, older ones
+                // included, reads it as four bytes, and refuses a newer
+                // schema by name.
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
                     .map_err(|_| store.corrupt("schema version", "unreadable"))?;
+                store.sealed = found >= 3;
                 if found > keys::SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
                         path: store.path.clone(),
@@ -493,7 +528,10 @@ impl Store {
                         supported: keys::SCHEMA_VERSION,
                     });
                 }
-                if found < keys::SCHEMA_VERSION {
+                if found == 2 {
+                    migrate::seal_in_place(&store)?;
+                    store.sealed = true;
+                } else if found < keys::SCHEMA_VERSION {
                     let lock = migrate::run(&store, found)?;
                     drop(store);
                     migrate::resume(dir, Some(lock))?;
@@ -501,16 +539,13 @@ impl Store {
                 }
             }
         }
-        if let Some(v) = store
-            .db()?
-            .get(keys::META_NEXT_ID)
-            .map_err(|e| store.err(e))?
-        {
+        if let Some(v) = store.get(keys::META_NEXT_ID)? {
             let n = <[u8; 4]>::try_from(v.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| store.corrupt("repository id counter", "unreadable"))?;
             store.next_id = Mutex::new(n);
         }
+        store.check_manifest(create)?;
         store.id = match read_id(&store.path) {
             Some(id) => Some(id),
             // Only a writer names the store: it holds the lock, so no one
@@ -564,11 +599,78 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a batch, remembering that this handle wrote.
-    fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
+    /// Applies a batch with the next write sequence in it, remembering
+    /// that this handle wrote.
+    fn apply(&self, mut batch: Batch) -> Result<(), StoreError> {
         let _gate = self.write_gate.read().unwrap_or_else(|e| e.into_inner());
         self.wrote.store(true, Ordering::Relaxed);
-        self.db()?.apply_batch(batch).map_err(|e| self.err(e))
+        let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        batch.insert(keys::META_SEQ, (*seq + 1).to_be_bytes());
+        self.db()?.apply_batch(batch.0).map_err(|e| self.err(e))?;
+        *seq += 1;
+        Ok(())
+    }
+
+    /// Reads the write sequence and compares sled's view with the manifest
+    /// (see `manifest`): a disagreement is damage, except for `store check`
+    /// and `store repair`, which keep it in `manifest_problem`.
+    fn check_manifest(&mut self, create: Create) -> Result<(), StoreError> {
+        let seq = match self.get(keys::META_SEQ)? {
+            None => 0,
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt("write sequence", "unreadable"))?,
+        };
+        self.seq = Mutex::new(seq);
+        let problem = match Manifest::read(&self.path) {
+            Err(why) => Some(why),
+            Ok(None) => None,
+            Ok(Some(m)) => {
+                let problem = m.disagreement(seq, &self.totals()?);
+                if problem.is_none() {
+                    self.manifest_seq = Mutex::new(Some(m.seq));
+                }
+                problem
+            }
+        };
+        match problem {
+            Some(message) if create != Create::Inspect => Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                message,
+            }),
+            problem => {
+                self.manifest_problem = problem;
+                Ok(())
+            }
+        }
+    }
+
+    /// What the manifest check at open found wrong (only a store opened
+    /// with [`Store::open_to_inspect`] opens with one).
+    pub fn manifest_problem(&self) -> Option<&str> {
+        self.manifest_problem.as_deref()
+    }
+
+    /// The manifest of the store as it is now (the sequence held, so no
+    /// batch lands between reading it and the totals).
+    fn manifest_now(&self) -> Result<Manifest, StoreError> {
+        let seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Manifest::new(*seq, &self.totals()?))
+    }
+
+    /// Writes `m` as the store's manifest unless it records that already.
+    /// Only after a flush that put everything up to `m.seq` on disk.
+    fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let mut written = self.manifest_seq.lock().unwrap_or_else(|e| e.into_inner());
+        if *written == Some(m.seq) {
+            return Ok(());
+        }
+        m.write(&self.path).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            message: format!("cannot write {}: {e}", manifest::FILE),
+        })?;
+        *written = Some(m.seq);
+        Ok(())
     }
 
     /// Settles sled's log. sled replays everything written since a
@@ -579,6 +681,10 @@ impl Store {
     /// Called by `drop`; best effort (another process may take the lock in
     /// between, and then that one settles it).
     fn settle(&mut self) {
+        let manifest = match self.wrote.load(Ordering::Relaxed) {
+            true => self.manifest_now().ok(),
+            false => None,
+        };
         let Some(db) = self
             .slot
             .get_mut()
@@ -587,10 +693,10 @@ impl Store {
         else {
             return;
         };
-        if !self.wrote.load(Ordering::Relaxed) {
+        let Some(m) = manifest else {
             return;
-        }
-        if db.flush().is_err() {
+        };
+        if db.flush().is_err() || self.write_manifest(&m).is_err() {
             return;
         }
         drop(db);
@@ -624,6 +730,39 @@ impl Store {
         self.io_failed.load(Ordering::Relaxed)
     }
 
+    /// A value as written: its seal checked and cut off (schema 3), or as
+    /// it is (older stores, read only to migrate them).
+    fn unseal(&self, key: &[u8], v: sled::IVec) -> Result<sled::IVec, StoreError> {
+        if !self.sealed {
+            return Ok(v);
+        }
+        match seal::payload_len(key, &v) {
+            Some(n) => Ok(v.subslice(0, n)),
+            None => Err(self.corrupt(&keys::describe(key), "it fails its checksum")),
+        }
+    }
+
+    /// The value under `key`, its seal checked.
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        match self.db()?.get(key).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => self.unseal(key, v).map(Some),
+        }
+    }
+
+    /// Every (key, value) under `prefix`, in key order, seals checked.
+    fn scan(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> Result<impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> + '_, StoreError>
+    {
+        Ok(self.db()?.scan_prefix(prefix).map(move |kv| {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let v = self.unseal(&k, v)?;
+            Ok((k, v))
+        }))
+    }
+
     fn corrupt(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
@@ -641,7 +780,7 @@ impl Store {
         key: &[u8],
         what: &str,
     ) -> Result<Option<T>, StoreError> {
-        match self.db()?.get(key).map_err(|e| self.err(e))? {
+        match self.get(key)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -655,10 +794,9 @@ impl Store {
         prefix: u8,
         what: &str,
     ) -> Result<Vec<T>, StoreError> {
-        self.db()?
-            .scan_prefix([prefix])
+        self.scan([prefix])?
             .map(|kv| {
-                let (_, v) = kv.map_err(|e| self.err(e))?;
+                let (_, v) = kv?;
                 serde_json::from_slice(&v).map_err(|e| self.corrupt(what, e))
             })
             .collect()
@@ -681,7 +819,7 @@ impl Store {
 
     /// Gives `repo` an id if it has none (reusing the stored one), adding
     /// the counter update to `batch`.
-    fn assign_id(&self, repo: &mut RepoState, batch: &mut sled::Batch) -> Result<(), StoreError> {
+    fn assign_id(&self, repo: &mut RepoState, batch: &mut Batch) -> Result<(), StoreError> {
         if repo.id != 0 {
             return Ok(());
         }
@@ -694,7 +832,7 @@ impl Store {
         let mut next = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
         repo.id = *next;
         *next += 1;
-        batch.insert(keys::META_NEXT_ID, &next.to_be_bytes());
+        batch.insert(keys::META_NEXT_ID, next.to_be_bytes());
         Ok(())
     }
 
@@ -702,7 +840,7 @@ impl Store {
     /// returns it with its id.
     pub fn put_repo(&self, repo: &RepoState) -> Result<RepoState, StoreError> {
         let mut repo = repo.clone();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         self.assign_id(&mut repo, &mut batch)?;
         batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
         self.apply(batch)?;
@@ -711,8 +849,12 @@ impl Store {
 
     /// Writes everything to disk; returns the bytes flushed. Blocking: call
     /// it from the writer's own thread.
+    /// The manifest follows (see `manifest`).
     pub fn flush(&self) -> Result<usize, StoreError> {
-        self.db()?.flush().map_err(|e| self.err(e))
+        let m = self.manifest_now()?;
+        let n = self.db()?.flush().map_err(|e| self.err(e))?;
+        self.write_manifest(&m)?;
+        Ok(n)
     }
 
     /// Bytes the store occupies on disk.
@@ -722,7 +864,7 @@ impl Store {
 
     /// Saves a small JSON document under a meta name (e.g. the last pass).
     pub fn put_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(key, self.json(value)?);
         self.apply(batch)
     }

@@ -269,7 +269,7 @@ pub type PostingChunks<'a> =
 impl Store {
     /// The store totals.
     pub fn totals(&self) -> Result<Totals, StoreError> {
-        match self.db()?.get(keys::META_TOTALS).map_err(|e| self.err(e))? {
+        match self.get(keys::META_TOTALS)? {
             None => Ok(Totals::default()),
             Some(v) => postcard::from_bytes(&v).map_err(|e| self.corrupt("store totals", e)),
         }
@@ -277,11 +277,7 @@ impl Store {
 
     /// One author identity's aggregate.
     pub fn author_stats(&self, identity: &str) -> Result<Option<AuthorStats>, StoreError> {
-        match self
-            .db()?
-            .get(keys::author_stats(identity))
-            .map_err(|e| self.err(e))?
-        {
+        match self.get(&keys::author_stats(identity))? {
             None => Ok(None),
             Some(v) => postcard::from_bytes(&v)
                 .map(Some)
@@ -291,10 +287,9 @@ impl Store {
 
     /// Every author aggregate, by identity.
     pub fn all_author_stats(&self) -> Result<Vec<(String, AuthorStats)>, StoreError> {
-        self.db()?
-            .scan_prefix([keys::AUTHOR_STATS])
+        self.scan([keys::AUTHOR_STATS])?
             .map(|kv| {
-                let (k, v) = kv.map_err(|e| self.err(e))?;
+                let (k, v) = kv?;
                 let identity = String::from_utf8_lossy(&k[1..]).into_owned();
                 let stats =
                     postcard::from_bytes(&v).map_err(|e| self.corrupt("author aggregate", e))?;
@@ -314,11 +309,7 @@ impl Store {
 
     /// A block as stored, decoded (not cached: the writer changes it).
     pub(super) fn read_block(&self, id: u32, seq: u32) -> Result<Columns, StoreError> {
-        match self
-            .db()?
-            .get(keys::block(BLOCK, id, seq))
-            .map_err(|e| self.err(e))?
-        {
+        match self.get(&keys::block(BLOCK, id, seq))? {
             None => Err(self.corrupt(
                 "commit block",
                 format!("block {seq} of repository {id} is missing"),
@@ -362,10 +353,9 @@ impl Store {
 
     /// A repository's block summaries, in seq order.
     pub fn summaries(&self, id: u32) -> Result<Vec<Summary>, StoreError> {
-        self.db()?
-            .scan_prefix(keys::blocks_prefix(SUMMARY, id))
+        self.scan(keys::blocks_prefix(SUMMARY, id))?
             .map(|kv| {
-                let (k, v) = kv.map_err(|e| self.err(e))?;
+                let (k, v) = kv?;
                 Summary::decode(&k, &v)
                     .ok_or_else(|| self.corrupt("block summary", keys::hash_hex(&k)))
             })
@@ -406,12 +396,12 @@ impl Store {
     ) -> Entries<'_> {
         let window = Window::new(since, until);
         let mut postings: Vec<(i64, Place)> = Vec::new();
-        let db = match self.db() {
-            Ok(db) => db,
+        let scan = match self.scan(keys::postings_prefix(identity)) {
+            Ok(scan) => scan,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        for kv in db.scan_prefix(keys::postings_prefix(identity)) {
-            let read = kv.map_err(|e| self.err(e)).and_then(|(k, v)| {
+        for kv in scan {
+            let read = kv.and_then(|(k, v)| {
                 Posting::decode_all(&k, &v)
                     .ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))
             });
@@ -436,12 +426,12 @@ impl Store {
 
     /// Every identity's postings, a chunk at a time, in key order.
     pub fn scan_postings(&self) -> PostingChunks<'_> {
-        let db = match self.db() {
-            Ok(db) => db,
+        let scan = match self.scan([keys::POSTING]) {
+            Ok(scan) => scan,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        Box::new(db.scan_prefix([keys::POSTING]).map(move |kv| {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
+        Box::new(scan.map(move |kv| {
+            let (k, v) = kv?;
             Posting::decode_all(&k, &v).ok_or_else(|| self.corrupt("postings", keys::hash_hex(&k)))
         }))
     }
@@ -546,8 +536,8 @@ impl Store {
         }
         let bit = keys::filter_bit([lo[0], lo[1]]);
         let mut out = Vec::new();
-        for kv in self.db()?.scan_prefix([SUMMARY]) {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
+        for kv in self.scan([SUMMARY])? {
+            let (k, v) = kv?;
             let s = Summary::decode(&k, &v)
                 .ok_or_else(|| self.corrupt("block summary", keys::hash_hex(&k)))?;
             if !s.may_hold(bit) {

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::block::Columns;
 use super::keys::{self, Summary, BLOCK};
 use super::read::Totals;
+use super::seal::Batch;
 use super::write::AuthorChanges;
 use super::{Store, StoreError};
 
@@ -46,6 +47,10 @@ pub struct RepairReport {
     pub commits: u64,
     /// Repositories the next `sync` walks again.
     pub rewound: Vec<Rewound>,
+    /// What the manifest said the database had lost (see `manifest`):
+    /// repair accepts the database as it is, and the next `sync` fetches
+    /// what the lost writes held as new commits.
+    pub lost_writes: Option<String>,
 }
 
 impl RepairReport {
@@ -64,6 +69,11 @@ impl RepairReport {
             self.rewound.len(),
             self.requests()
         );
+        if let Some(lost) = &self.lost_writes {
+            out.push_str(&format!(
+                "  accepted the database as it is, though {lost}; the next sync fetches what those writes held again\n"
+            ));
+        }
         for r in &self.rewound {
             out.push_str(&format!(
                 "  {}: {} blocks dropped, {} of {} commits kept; its next walk costs about {} requests\n",
@@ -80,10 +90,13 @@ const PAGE: u64 = 100;
 impl Store {
     /// Repairs the store (see the module notes).
     pub fn repair(&self) -> Result<RepairReport, StoreError> {
-        let mut report = RepairReport::default();
+        let mut report = RepairReport {
+            lost_writes: self.manifest_problem().map(str::to_owned),
+            ..RepairReport::default()
+        };
         // Author data is rebuilt from scratch.
         for prefix in [keys::POSTING, keys::AUTHOR_STATS, keys::AUTHOR_REPO] {
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             for k in self.db()?.scan_prefix([prefix]).keys() {
                 batch.remove(k.map_err(|e| self.err(e))?);
             }
@@ -92,7 +105,7 @@ impl Store {
         let mut totals = Totals::default();
         for mut repo in self.repos()? {
             let name = format!("{}/{}", repo.workspace, repo.slug);
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             for k in self
                 .db()?
                 .scan_prefix(keys::blocks_prefix(keys::SUMMARY, repo.id))
@@ -105,8 +118,12 @@ impl Store {
             let mut hashes = std::collections::HashSet::new();
             for kv in self.db()?.scan_prefix(keys::blocks_prefix(BLOCK, repo.id)) {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
-                let cols = match (keys::parse_block(&k), Columns::decode(&v)) {
-                    (Some((_, seq)), Ok(cols)) => (seq, cols),
+                let cols = self
+                    .unseal(&k, v)
+                    .ok()
+                    .and_then(|v| Columns::decode(&v).ok());
+                let cols = match (keys::parse_block(&k), cols) {
+                    (Some((_, seq)), Some(cols)) => (seq, cols),
                     _ => {
                         batch.remove(k);
                         dropped += 1;
@@ -120,7 +137,7 @@ impl Store {
                     cols.hashes(),
                     (0..cols.len()).map(|i| cols.date_ms(i)),
                 );
-                batch.insert(&keys::block(keys::SUMMARY, repo.id, seq), summary.encode());
+                batch.insert(keys::block(keys::SUMMARY, repo.id, seq), summary.encode());
                 authors.add_block(self, &mut batch, repo.id, seq, &cols)?;
                 for i in 0..cols.len() {
                     hashes.insert(*cols.hash(i));
@@ -160,7 +177,7 @@ impl Store {
             report.commits += kept;
             report.repositories += 1;
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(keys::META_TOTALS, totals.encode());
         self.apply(batch)?;
         // Blocks were dropped: what the writer and readers hold is stale.

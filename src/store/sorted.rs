@@ -52,11 +52,7 @@ fn for_each_block(
     mut f: impl FnMut(Columns) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     for summary in store.summaries(id)? {
-        let Some(v) = store
-            .db()?
-            .get(keys::block(BLOCK, id, summary.seq))
-            .map_err(|e| store.err(e))?
-        else {
+        let Some(v) = store.get(&keys::block(BLOCK, id, summary.seq))? else {
             return Err(store.corrupt(
                 "commit block",
                 format!("block {} of repository {id} is missing", summary.seq),

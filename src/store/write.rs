@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use super::block::{self, Columns};
 use super::keys::{self, parse_hash, Hash, Posting, Summary, BLOCK, SUMMARY};
 use super::read::{AuthorStats, Totals};
+use super::seal::Batch;
 use super::{PageOutcome, Store, StoreError, StoredCommit};
 use crate::record::{AuthorRecord, CommitRecord, RepoState};
 
@@ -98,7 +99,7 @@ impl AuthorChanges {
     pub(super) fn add_block(
         &mut self,
         store: &Store,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         id: u32,
         seq: u32,
         cols: &Columns,
@@ -125,9 +126,7 @@ impl AuthorChanges {
                     Vec::new()
                 } else {
                     store
-                        .db()?
-                        .get(keys::postings(&identity, chunk))
-                        .map_err(|e| store.err(e))?
+                        .get(&keys::postings(&identity, chunk))?
                         .map(|v| v.to_vec())
                         .unwrap_or_default()
                 };
@@ -149,7 +148,7 @@ impl AuthorChanges {
             if !self.pairs.contains(&pair) {
                 let key = keys::author_repo(&pair.0, id);
                 if !store.db()?.contains_key(&key).map_err(|e| store.err(e))? {
-                    batch.insert(key, &[]);
+                    batch.insert(key, []);
                     self.stats(store, &pair.0)?.repos += 1;
                 }
                 self.pairs.insert(pair);
@@ -161,7 +160,7 @@ impl AuthorChanges {
     pub(super) fn write(
         self,
         store: &Store,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         totals: &mut Totals,
     ) -> Result<(), StoreError> {
         for ((identity, chunk), value) in self.chunks {
@@ -191,8 +190,8 @@ impl Store {
     /// Reads repository `id`'s hash index from its blocks.
     fn read_index(&self, id: u32) -> Result<RepoIndex, StoreError> {
         let mut index = RepoIndex::default();
-        for kv in self.db()?.scan_prefix(keys::blocks_prefix(BLOCK, id)) {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
+        for kv in self.scan(keys::blocks_prefix(BLOCK, id))? {
+            let (k, v) = kv?;
             let (_, seq) = keys::parse_block(&k)
                 .ok_or_else(|| self.corrupt("block key", keys::hash_hex(&k)))?;
             let (hashes, reachable) =
@@ -217,7 +216,7 @@ impl Store {
         repo: &RepoState,
         commits: &[CommitRecord],
     ) -> Result<PageOutcome, StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut repo = repo.clone();
         self.assign_id(&mut repo, &mut batch)?;
         let id = repo.id;
@@ -258,7 +257,7 @@ impl Store {
             let bytes = cols
                 .encode()
                 .map_err(|e| self.invalid(format!("block {seq}"), e))?;
-            batch.insert(&keys::block(BLOCK, id, *seq), bytes);
+            batch.insert(keys::block(BLOCK, id, *seq), bytes);
         }
         let mut placed: Vec<(Hash, u32, u8)> = Vec::with_capacity(fresh.len());
         let mut next_seq = index.next_seq;
@@ -323,7 +322,7 @@ impl Store {
     /// authors' postings and aggregates (in `authors`).
     pub(super) fn put_block(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         authors: &mut AuthorChanges,
         id: u32,
         seq: u32,
@@ -332,22 +331,22 @@ impl Store {
         let bytes = cols
             .encode()
             .map_err(|e| self.invalid(format!("block {seq} of repository {id}"), e))?;
-        batch.insert(&keys::block(BLOCK, id, seq), bytes);
+        batch.insert(keys::block(BLOCK, id, seq), bytes);
         let summary = Summary::of(
             id,
             seq,
             cols.hashes(),
             (0..cols.len()).map(|i| cols.date_ms(i)),
         );
-        batch.insert(&keys::block(SUMMARY, id, seq), summary.encode());
+        batch.insert(keys::block(SUMMARY, id, seq), summary.encode());
         authors.add_block(self, batch, id, seq, cols)
     }
 
     /// Every block of a repository, decoded, in seq order.
     fn read_blocks(&self, id: u32) -> Result<Vec<(u32, Columns)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.db()?.scan_prefix(keys::blocks_prefix(BLOCK, id)) {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
+        for kv in self.scan(keys::blocks_prefix(BLOCK, id))? {
+            let (k, v) = kv?;
             let (_, seq) = keys::parse_block(&k)
                 .ok_or_else(|| self.corrupt("block key", keys::hash_hex(&k)))?;
             out.push((
@@ -370,7 +369,7 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<(RepoState, u64), StoreError> {
         let mut repo = repo.clone();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         self.assign_id(&mut repo, &mut batch)?;
         let id = repo.id;
         let mut cache = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -418,7 +417,7 @@ impl Store {
                 let bytes = cols
                     .encode()
                     .map_err(|e| self.invalid(format!("block {seq}"), e))?;
-                batch.insert(&keys::block(BLOCK, id, *seq), bytes);
+                batch.insert(keys::block(BLOCK, id, *seq), bytes);
             }
         }
         authors.write(self, &mut batch, &mut totals)?;
