@@ -14,6 +14,7 @@
 //! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
 //! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
+//! - [`web`]       the endpoint's TLS and basic auth, from the exporter toolkit's web config file.
 //!
 //! Crawling:
 //! - [`actors`]    the crawl: supervisor, repository and writer actors (the only place
@@ -53,3 +54,4 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 pub mod verify;
+pub mod web;

@@ -22,7 +22,7 @@ pub enum Source {
     /// The store, opened by this process.
     Local(Box<Store>),
     /// The daemon holding the store.
-    Daemon(Daemon),
+    Daemon(Box<Daemon>),
 }
 
 /// Why a question got no answer.
@@ -65,7 +65,7 @@ impl Source {
     pub fn open(dir: &Path) -> Result<Source, SourceError> {
         match Store::open_existing(dir) {
             Ok(store) => Ok(Source::Local(Box::new(store))),
-            Err(StoreError::Locked { .. }) => Ok(Source::Daemon(Daemon::locate(dir)?)),
+            Err(StoreError::Locked { .. }) => Ok(Source::Daemon(Box::new(Daemon::locate(dir)?))),
             Err(e) => Err(e.into()),
         }
     }
@@ -111,6 +111,9 @@ pub enum RemoteError {
 pub struct Daemon {
     address: DaemonAddress,
     http: reqwest::Client,
+    /// The store directory (its address file is read again after a
+    /// certificate renewal).
+    dir: std::path::PathBuf,
     store: String,
     /// The id of the store the CLI means (its `store-id` file).
     store_id: Option<String>,
@@ -148,15 +151,11 @@ impl Daemon {
                 holder: String::new(),
             });
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            // The daemon is local: no proxy between us.
-            .no_proxy()
-            .build()
-            .map_err(|e| RemoteError::Failed(e.to_string()))?;
+        let http = client_for(&address)?;
         Ok(Daemon {
             address,
             http,
+            dir: store_dir.to_path_buf(),
             store,
             store_id: crate::store::read_id(store_dir),
         })
@@ -197,19 +196,55 @@ impl Daemon {
         }
     }
 
+    /// `https` when the daemon serves TLS.
+    fn url(&self, path: &str) -> String {
+        let scheme = match self.address.tls_cert {
+            Some(_) => "https",
+            None => "http",
+        };
+        format!("{scheme}://{}{path}", self.address.addr)
+    }
+
+    /// Sends `build(client, url)` with the local token; with TLS, once more
+    /// after a failure if the daemon has recorded a renewed certificate
+    /// meanwhile.
+    async fn send(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RemoteError> {
+        let with_token = |rb: reqwest::RequestBuilder, a: &DaemonAddress| match &a.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        };
+        let first = with_token(build(&self.http, self.url(path)), &self.address)
+            .send()
+            .await;
+        match first {
+            Ok(resp) => Ok(resp),
+            Err(_) if self.address.tls_cert.is_some() => {
+                let fresh = read_address(&self.dir)
+                    .filter(|a| a.pid == self.address.pid && a.tls_cert != self.address.tls_cert)
+                    .ok_or_else(|| self.no_answer())?;
+                let http = client_for(&fresh)?;
+                let url = format!("https://{}{path}", fresh.addr);
+                with_token(build(&http, url), &fresh)
+                    .send()
+                    .await
+                    .map_err(|_| self.no_answer())
+            }
+            Err(_) => Err(self.no_answer()),
+        }
+    }
+
     async fn get(
         &self,
         path: &str,
         params: &[(String, String)],
     ) -> Result<reqwest::Response, RemoteError> {
-        let url = format!("http://{}{}", self.address.addr, path);
         let resp = self
-            .http
-            .get(url)
-            .query(params)
-            .send()
-            .await
-            .map_err(|_| self.no_answer())?;
+            .send(path, |http, url| http.get(url).query(params))
+            .await?;
         if !self.is_ours(&resp) {
             return Err(self.not_ours());
         }
@@ -260,24 +295,17 @@ impl Daemon {
     /// token of its address file; the copy is made in the daemon, between
     /// pages.
     pub async fn backup(&self, dest: &Path) -> Result<crate::store::BackupReport, RemoteError> {
-        let Some(token) = &self.address.token else {
+        if self.address.token.is_none() {
             return Err(RemoteError::Failed(
                 "the daemon holding the store does not take backup requests (an older bbcrawl); stop it to back the store up".into(),
             ));
-        };
-        let url = format!(
-            "http://{}{}",
-            self.address.addr,
-            crate::daemon::ADMIN_BACKUP
-        );
+        }
+        let body = serde_json::json!({ "dest": dest });
         let resp = self
-            .http
-            .post(url)
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "dest": dest }))
-            .send()
-            .await
-            .map_err(|_| self.no_answer())?;
+            .send(crate::daemon::ADMIN_BACKUP, |http, url| {
+                http.post(url).json(&body)
+            })
+            .await?;
         if !self.is_ours(&resp) {
             return Err(self.not_ours());
         }
@@ -295,6 +323,25 @@ impl Daemon {
         let (path, params) = req.to_url();
         self.get(&path, &params).await
     }
+}
+
+/// The HTTP client for the daemon at `address`: no proxy (it is local);
+/// with TLS, trusting exactly the certificate it recorded (it is reached
+/// by IP, so no name would match).
+fn client_for(address: &DaemonAddress) -> Result<reqwest::Client, RemoteError> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .no_proxy();
+    if address.tls_cert.is_some() {
+        let der = address.tls_cert_der().ok_or_else(|| {
+            RemoteError::Failed("the daemon's address file holds an unreadable certificate".into())
+        })?;
+        b = b.use_preconfigured_tls(crate::web::tls::pinned_client_config_with(
+            der,
+            address.local_client().as_ref(),
+        ));
+    }
+    b.build().map_err(|e| RemoteError::Failed(e.to_string()))
 }
 
 impl RemoteError {

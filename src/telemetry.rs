@@ -65,6 +65,12 @@ pub const RATELIMIT_WAIT: &str = "bbcrawl_ratelimit_wait_seconds";
 pub const WRITER_QUEUE_DEPTH: &str = "bbcrawl_writer_queue_depth";
 /// `{version}`: always 1.
 pub const BUILD_INFO: &str = "bbcrawl_build_info";
+/// Requests the endpoint's basic auth refused, by reason.
+pub const HTTP_AUTH_FAILURES: &str = crate::daemon::AUTH_FAILURES;
+/// TLS handshakes of the endpoint that failed.
+pub const TLS_HANDSHAKE_FAILURES: &str = crate::web::listener::HANDSHAKE_FAILURES;
+/// The values of `reason` on [`HTTP_AUTH_FAILURES`].
+pub const AUTH_FAILURE_REASONS: [&str; 3] = ["missing", "wrong", "overloaded"];
 /// Repositories the change gate skipped (unchanged, no audit due).
 pub const REPOS_SKIPPED: &str = "bbcrawl_repos_skipped_total";
 /// Repositories checked because their audit was due.
@@ -132,7 +138,7 @@ pub struct MetricDef {
 }
 
 /// Every metric bbcrawl exports.
-pub const METRICS: [MetricDef; 27] = [
+pub const METRICS: [MetricDef; 29] = [
     MetricDef { name: HTTP_REQUESTS, kind: Kind::Counter, unit: Unit::Count, labels: &["endpoint", "code"],
         help: "HTTP attempts sent to Bitbucket, every retry included, by endpoint and status code (`error` when no answer came)." },
     MetricDef { name: HTTP_REQUEST_DURATION, kind: Kind::Histogram, unit: Unit::Seconds, labels: &["endpoint"],
@@ -185,6 +191,10 @@ pub const METRICS: [MetricDef; 27] = [
         help: "Audits that found a change the listing's updated_on had not announced." },
     MetricDef { name: BACKFILL_REPOS, kind: Kind::Gauge, unit: Unit::Count, labels: &[],
         help: "Repositories whose first crawl is not finished." },
+    MetricDef { name: HTTP_AUTH_FAILURES, kind: Kind::Counter, unit: Unit::Count, labels: &["reason"],
+        help: "Requests to the daemon's endpoint refused by basic auth: missing (no credentials), wrong (unknown user or wrong password), overloaded (too many checks waiting)." },
+    MetricDef { name: TLS_HANDSHAKE_FAILURES, kind: Kind::Counter, unit: Unit::Count, labels: &[],
+        help: "Connections to the daemon's TLS endpoint whose handshake failed or timed out (plain HTTP, an untrusted or missing client certificate, a scanner)." },
     MetricDef { name: BACKFILL_ETA, kind: Kind::Gauge, unit: Unit::Seconds, labels: &[],
         help: "Rough time to finish outstanding backfill at the current budget (each unfinished walk is assumed to need as many pages again as it has fetched)." },
 ];
@@ -242,6 +252,10 @@ pub fn describe_and_register() {
     for reason in RETRY_REASONS {
         metrics::counter!(RETRIES, "reason" => reason).absolute(0);
     }
+    for reason in AUTH_FAILURE_REASONS {
+        metrics::counter!(HTTP_AUTH_FAILURES, "reason" => reason).absolute(0);
+    }
+    metrics::counter!(TLS_HANDSHAKE_FAILURES).absolute(0);
     for result in PASS_RESULTS {
         metrics::counter!(SYNC_PASSES, "result" => result).absolute(0);
     }

@@ -162,6 +162,7 @@ api_url = "https://file.example/2.0"
         workspaces: vec!["flagws".to_string()],
         api_url: Some("https://flag.example/2.0".to_string()),
         listen: Some("127.0.0.1:1003".to_string()),
+        web_config_file: None,
         requests_per_hour: Some(300),
     };
     let flag_over_env = Config::load_with_env(&flags, &env_of(&env)).unwrap();
@@ -739,15 +740,36 @@ fn http_api_url_is_allowed_only_to_loopback() {
     }
 }
 
+/// A non-loopback `listen` loads (only `run` listens, and refuses it
+/// without a web config: tests/web.rs); with `insecure_listen = true` the
+/// configuration warns what it exposes.
 #[test]
-fn non_loopback_listen_is_accepted_with_a_warning() {
+fn non_loopback_listen_loads_and_warns_when_insecure() {
     let overrides = Overrides {
         listen: Some("0.0.0.0:9490".to_string()),
         ..Overrides::default()
     };
     let config = Config::load_with_env(&overrides, &env_of(&[])).unwrap();
     assert_eq!(config.listen, "0.0.0.0:9490".parse().unwrap());
-    assert!(config.warnings.iter().any(|w| w.contains("not loopback")));
+    assert!(!config.insecure_listen && config.web_config_file.is_none());
+    let dir = Dir::new();
+    let path = dir.config("listen = \"0.0.0.0:9490\"\ninsecure_listen = true\n");
+    let config = load(&path, &[]).unwrap();
+    assert!(config.insecure_listen);
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("not loopback and there is no web_config_file")),
+        "{:?}",
+        config.warnings
+    );
+    let path =
+        dir.config("listen = \"0.0.0.0:9490\"\nweb_config_file = \"web.yml\"\napi = false\n");
+    let config = load(&path, &[]).unwrap();
+    assert_eq!(config.web_config_file, Some(path.with_file_name("web.yml")));
+    assert!(!config.api && !config.health_without_auth);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
 
 #[test]

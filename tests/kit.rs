@@ -358,7 +358,7 @@ fn ci_means_ci(value: &str) -> bool {
 
 /// `tool` on PATH for `test`, or `None` (the test returns early) after a
 /// note on stderr; under CI a missing tool panics instead.
-fn find_tool(test: &str, tool: &str) -> Option<PathBuf> {
+pub(crate) fn find_tool(test: &str, tool: &str) -> Option<PathBuf> {
     let found = on_path(tool);
     if found.is_none() {
         let ci = std::env::var("CI").is_ok_and(|v| ci_means_ci(&v));
@@ -824,7 +824,7 @@ fn systemd_unit_passes_systemd_analyze() {
 // A real Prometheus
 
 /// A Prometheus server on a free loopback port, killed when dropped.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: tokio::process::Child,
     url: String,
     dir: tempfile::TempDir,
@@ -835,15 +835,21 @@ impl Prometheus {
     /// Starts `prometheus` scraping `target` (if any) every second as job
     /// `bbcrawl`, and waits until it is ready.
     async fn start(binary: &Path, target: Option<&str>) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = String::from(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
-        );
-        if let Some(target) = target {
-            config += &format!(
+        let job = target.map(|target| {
+            format!(
                 "  - job_name: bbcrawl\n    metrics_path: /metrics\n    static_configs:\n      - targets: [\"{target}\"]\n"
-            );
-        }
+            )
+        });
+        Prometheus::start_job(binary, job.as_deref().unwrap_or("")).await
+    }
+
+    /// Starts `prometheus` with `job` (YAML, indented as an entry of
+    /// `scrape_configs`) scraped every second, and waits until it is ready.
+    pub(crate) async fn start_job(binary: &Path, job: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{job}"
+        );
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();
         let port = util::free_port();
@@ -887,7 +893,7 @@ impl Prometheus {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
@@ -905,7 +911,7 @@ impl Prometheus {
     }
 
     /// The single value of an instant query, if it has one.
-    async fn value(&self, expr: &str) -> Option<f64> {
+    pub(crate) async fn value(&self, expr: &str) -> Option<f64> {
         let (_, v) = self.query(expr).await;
         let result = v["data"]["result"].as_array()?;
         match result.as_slice() {

@@ -88,7 +88,7 @@ impl Fake {
             date,
             raw,
             account,
-            committer: n % 5 != 0,
+            committer: !n.is_multiple_of(5),
             message: format!("{repo}: change {n} ✓\n\nbody line with \"quotes\", commas\ttabs"),
         }
     }

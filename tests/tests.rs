@@ -25,4 +25,5 @@ mod secrets;
 mod simulator;
 mod store;
 mod verify;
+mod web;
 mod wire;

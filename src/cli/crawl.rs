@@ -128,6 +128,7 @@ pub(super) async fn run_daemon(
     g: &Global,
     workspaces: Vec<String>,
     listen: Option<String>,
+    web_config_file: Option<std::path::PathBuf>,
 ) -> Result<u8, CliError> {
     bbcrawl::store::private_umask();
     let cfg = load_config(
@@ -135,10 +136,20 @@ pub(super) async fn run_daemon(
         Overrides {
             workspaces,
             listen,
+            web_config_file,
             ..Overrides::default()
         },
     )?;
     require_api_config(&cfg)?;
+    // Every mistake in the endpoint's security is exit 2, before anything
+    // starts.
+    let endpoint = bbcrawl::web::Endpoint::prepare(&bbcrawl::web::EndpointConfig {
+        listen: cfg.listen,
+        web_config_file: cfg.web_config_file.as_deref(),
+        insecure_listen: cfg.insecure_listen,
+        api: cfg.api,
+        health_without_auth: cfg.health_without_auth,
+    })?;
     // Signals first: a SIGTERM during start-up then stops the daemon
     // gracefully instead of killing it.
     let shutdown = daemon::shutdown_signal()?;
@@ -157,6 +168,7 @@ pub(super) async fn run_daemon(
         pass: pass_options(&cfg, Vec::new(), false),
         min_free_disk: cfg.min_free_disk,
         observer,
+        endpoint,
     };
     let ran = daemon::run(client, Arc::clone(&store), opts, metrics, shutdown).await;
     close_store(store).await;

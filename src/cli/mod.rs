@@ -137,6 +137,11 @@ enum Command {
         /// (default 127.0.0.1:9490).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// The endpoint's TLS and basic auth, in the Prometheus exporter
+        /// toolkit's web-config format (YAML); also BBCRAWL_WEB_CONFIG_FILE
+        /// or `web_config_file`.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<std::path::PathBuf>,
     },
     /// Crawl the built-in simulator into a fresh store (or --store) and show
     /// the results: no credentials, no network, no configuration.
@@ -304,6 +309,9 @@ pub enum CliError {
     /// The daemon.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    /// The daemon's endpoint settings (exit 2).
+    #[error(transparent)]
+    Endpoint(#[from] bbcrawl::web::EndpointError),
     /// The metrics recorder.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -332,6 +340,7 @@ impl CliError {
             CliError::Pass(e) => e.exit_code(),
             CliError::Api(e) => e.exit_code(),
             CliError::Daemon(e) => e.exit_code(),
+            CliError::Endpoint(e) => e.exit_code(),
             CliError::Telemetry(_) | CliError::Demo(_) | CliError::Io { .. } => exit::RUNTIME,
         }
     }
@@ -435,7 +444,11 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             repos,
             full,
         } => crawl::sync(g, workspaces, repos, full).await,
-        Command::Run { workspaces, listen } => crawl::run_daemon(g, workspaces, listen).await,
+        Command::Run {
+            workspaces,
+            listen,
+            web_config_file,
+        } => crawl::run_daemon(g, workspaces, listen, web_config_file).await,
         Command::Demo => demo(g).await,
         Command::Store {
             what: StoreCommand::Backup { dest },

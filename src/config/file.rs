@@ -129,6 +129,10 @@ pub(super) struct FileConfig {
     pub(super) interval_seconds: Option<i64>,
     pub(super) audit_interval_seconds: Option<i64>,
     pub(super) min_free_disk_mb: Option<i64>,
+    pub(super) web_config_file: Option<PathBuf>,
+    pub(super) insecure_listen: Option<bool>,
+    pub(super) api: Option<bool>,
+    pub(super) health_without_auth: Option<bool>,
     #[serde(default)]
     pub(super) credentials: Vec<FileCredential>,
 }

@@ -61,7 +61,7 @@ pub use file::{read_small_file, FileReadError, MAX_FILE_BYTES};
 pub use values::{parse_instant, parse_workspace};
 
 use credentials::resolve_credentials;
-use file::{in_file, read_file};
+use file::{in_file, read_file, FileConfig};
 use resolve::{invalid, resolve, Env, Found, Origin};
 use values::{
     non_empty_path, parse_api_url, parse_globs, parse_listen, parse_since, parse_workspaces,
@@ -152,6 +152,15 @@ pub struct Config {
     /// filesystem (`min_free_disk_mb`; 0: no floor); `None`: automatic (see
     /// `store::disk`).
     pub min_free_disk: Option<u64>,
+    /// The exporter toolkit's web configuration for the endpoint (TLS,
+    /// basic auth, headers), when set (`web_config_file`).
+    pub web_config_file: Option<PathBuf>,
+    /// A non-loopback `listen` without a web config is allowed.
+    pub insecure_listen: bool,
+    /// `/api/v1/*` is served on the endpoint.
+    pub api: bool,
+    /// `/healthz` answers without basic auth.
+    pub health_without_auth: bool,
     /// Credentials, in file order (or the single one from the environment). May be
     /// empty: commands that need the API check that themselves.
     pub credentials: Vec<Credential>,
@@ -183,6 +192,8 @@ pub struct Overrides {
     pub api_url: Option<String>,
     /// `--listen`.
     pub listen: Option<String>,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
     /// `--requests-per-hour`.
     pub requests_per_hour: Option<u32>,
 }
@@ -377,9 +388,25 @@ impl Config {
             DEFAULT_LISTEN,
             |raw| Ok(parse_listen(&raw)?),
         )?;
-        if !listen.ip().is_loopback() {
+        let web_config_file = resolve(
+            "web_config_file",
+            Found::flag("--web.config.file", overrides.web_config_file.clone()),
+            env.found("BBCRAWL_WEB_CONFIG_FILE")
+                .map(|f| f.map(PathBuf::from)),
+            file.and_then(|f| f.path(|v| v.web_config_file.as_ref())),
+            None,
+            |p| non_empty_path(p).map(Some),
+        )?;
+        let flag_in_file = |key: &str, field: fn(&FileConfig) -> Option<bool>, default: bool| {
+            resolve(key, None, None, in_file(file, field), default, Ok)
+        };
+        let insecure_listen = flag_in_file("insecure_listen", |v| v.insecure_listen, false)?;
+        let api = flag_in_file("api", |v| v.api, true)?;
+        let health_without_auth =
+            flag_in_file("health_without_auth", |v| v.health_without_auth, false)?;
+        if !listen.ip().is_loopback() && web_config_file.is_none() && insecure_listen {
             warnings.push(format!(
-                "listen address {listen} is not loopback: metrics, health and the query API are reachable from the network"
+                "listen address {listen} is not loopback and there is no web_config_file (insecure_listen = true): metrics, health and the query API — every commit message and author e-mail — are reachable from the network without TLS or a password"
             ));
         }
 
@@ -401,6 +428,10 @@ impl Config {
             interval,
             audit_interval,
             min_free_disk: u64::try_from(min_free_disk_mb).ok().map(|mb| mb << 20),
+            web_config_file,
+            insecure_listen,
+            api,
+            health_without_auth,
             credentials,
             warnings,
         })

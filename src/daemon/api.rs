@@ -38,6 +38,19 @@ pub(super) struct AppState {
     pub(super) health: Arc<RwLock<Health>>,
     pub(super) metrics: PrometheusHandle,
     pub(super) client: BitbucketClient,
+    pub(super) web: Arc<WebState>,
+}
+
+/// The endpoint's security settings (see `web::Endpoint`).
+pub(super) struct WebState {
+    /// Basic auth, when configured.
+    pub(super) auth: Option<Arc<crate::web::BasicAuth>>,
+    /// `http_server_config.headers`.
+    pub(super) headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    /// `/api/v1/*` served to everyone allowed in (else only to the CLI).
+    pub(super) api: bool,
+    /// `/healthz` without basic auth.
+    pub(super) health_without_auth: bool,
 }
 
 impl AppState {
@@ -56,6 +69,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route(&format!("{API_PREFIX}/{{*question}}"), get(api))
         .route(ADMIN_BACKUP, axum::routing::post(backup))
         .fallback(|| async { ApiFailure::from(BadRequest::NoSuchEndpoint) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             identify,
@@ -63,10 +77,79 @@ pub(super) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Whether the request carries the local token of the daemon's address
+/// file (the CLI of the store's owner), compared in constant time.
+fn has_local_token(s: &AppState, headers: &header::HeaderMap) -> bool {
+    use subtle::ConstantTimeEq;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(s.admin_token.as_bytes())))
+}
+
+/// Counts failed logins (`reason`: missing, wrong, overloaded).
+pub const AUTH_FAILURES: &str = "bbcrawl_http_auth_failures_total";
+
+/// Basic auth and the API switch, before any handler: the local token
+/// passes both; `/healthz` skips basic auth with `health_without_auth`;
+/// with `api = false`, `/api/v1/*` is not found for anyone else. A refusal
+/// says nothing of the store.
+async fn guard(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let local = has_local_token(&s, req.headers());
+    if !local && !s.web.api && (path == API_PREFIX || path.starts_with(&format!("{API_PREFIX}/"))) {
+        return ApiFailure::from(BadRequest::NoSuchEndpoint).into_response();
+    }
+    let exempt = local || (path == "/healthz" && s.web.health_without_auth);
+    if let (Some(auth), false) = (&s.web.auth, exempt) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let verdict = auth.check(given).await;
+        if let Some(reason) = verdict.reason() {
+            metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+            let (status, message) = match verdict {
+                crate::web::Verdict::Overloaded => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many login attempts at once; try again",
+                ),
+                _ => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            };
+            let mut resp = ApiFailure::new(status, "unauthorized", message).into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"bbcrawl\", charset=\"UTF-8\""),
+            );
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
 /// Names the store and the process on every answer, so the CLI can tell
 /// this daemon from another that took over a stale address.
+///
+/// Also the security headers of every answer: no content sniffing, no
+/// caching (answers hold commit data), then the web config's own.
 async fn identify(State(s): State<AppState>, mut resp: Response) -> Response {
     let headers = resp.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    for (name, value) in &s.web.headers {
+        headers.insert(name.clone(), value.clone());
+    }
     if let Some(Ok(id)) = s.store.id().map(header::HeaderValue::from_str) {
         headers.insert(STORE_ID_HEADER, id);
     }
@@ -86,7 +169,6 @@ async fn backup(
     headers: header::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    use subtle::ConstantTimeEq;
     let answer = |status: u16, v: serde_json::Value| {
         (
             axum::http::StatusCode::from_u16(status).unwrap_or_default(),
@@ -95,12 +177,7 @@ async fn backup(
         )
             .into_response()
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !bool::from(given.as_bytes().ct_eq(s.admin_token.as_bytes())) {
+    if !has_local_token(&s, &headers) {
         return answer(
             401,
             serde_json::json!({"code": "unauthorized", "error": "admin requests need the token of the daemon's address file"}),

@@ -20,7 +20,7 @@
 
 mod address;
 mod api;
-pub use api::ADMIN_BACKUP;
+pub use api::{ADMIN_BACKUP, AUTH_FAILURES};
 mod health;
 mod passes;
 
@@ -48,6 +48,10 @@ use passes::passes;
 /// once the daemon stops.
 const SERVER_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How often the TLS certificate and key files are looked at for a
+/// renewal besides at each handshake.
+const TLS_REFRESH_EVERY: Duration = Duration::from_secs(5);
+
 /// How often histograms are compacted (the recorder's upkeep).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -64,6 +68,8 @@ pub struct DaemonOptions {
     pub min_free_disk: Option<u64>,
     /// Receives pass events (log lines per repository).
     pub observer: Arc<dyn PassObserver>,
+    /// TLS, basic auth, headers and the API switch of the endpoint.
+    pub endpoint: crate::web::Endpoint,
 }
 
 /// Why the daemon could not run.
@@ -186,23 +192,108 @@ pub async fn run(
         use rand::Rng;
         format!("{:032x}", rand::thread_rng().gen::<u128>())
     };
+    let endpoint = &opts.endpoint;
+    let scheme = endpoint.scheme();
     let state = AppState {
         admin_token: Arc::new(token.clone()),
         store: Arc::clone(&store),
         health: Arc::clone(&health),
         metrics: metrics.clone(),
         client: client.clone(),
+        web: Arc::new(api::WebState {
+            auth: endpoint.auth.clone(),
+            headers: endpoint.headers.clone(),
+            api: endpoint.api,
+            health_without_auth: endpoint.health_without_auth,
+        }),
     };
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async {
-                let _ = server_stop_rx.await;
-            })
-            .await
+    let stopped = async {
+        let _ = server_stop_rx.await;
+    };
+    let router = api::router(state);
+    // With TLS, the address file also carries the certificate being
+    // served, for the CLI to trust exactly that one; a renewal rewrites it.
+    let (server, reloads) =
+        match &endpoint.tls {
+            Some(tls) => {
+                let listener = crate::web::TlsListener::new(listener, tls.server_config())
+                    .map_err(|source| DaemonError::Listen {
+                        addr: opts.listen,
+                        source,
+                    })?;
+                let server = tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                });
+                (server, Some(tls.subscribe()))
+            }
+            None => {
+                let server = tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                });
+                (server, None)
+            }
+        };
+    // With TLS, the CLI's own client identity, accepted whatever
+    // `client_auth_type` asks.
+    let local_client = match &endpoint.tls {
+        Some(tls) => {
+            let client =
+                crate::web::tls::LocalClient::generate().map_err(|e| DaemonError::Listen {
+                    addr: opts.listen,
+                    source: io::Error::other(format!(
+                        "cannot make the local client certificate: {e}"
+                    )),
+                })?;
+            tls.accept_local_client(client.cert_der.clone());
+            Some(Arc::new(client))
+        }
+        None => None,
+    };
+    let leaf = endpoint.tls.as_ref().map(|t| t.leaf_der());
+    let tls_address = leaf.as_deref().zip(local_client.as_deref());
+    let address_file =
+        address::write_address(store.path(), &DaemonAddress::new(addr, &token, tls_address))?;
+    // The files are also looked at every few seconds, not only when a
+    // client connects: the CLI's next connection then already trusts the
+    // renewed certificate.
+    let rewriting = reloads.zip(endpoint.tls.clone()).map(|(mut reloads, tls)| {
+        let (dir, token) = (store.path().to_path_buf(), token.clone());
+        let local_client = local_client.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TLS_REFRESH_EVERY);
+            loop {
+                tokio::select! {
+                    changed = reloads.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let leaf = reloads.borrow_and_update().clone();
+                        let tls = local_client.as_deref().map(|c| (leaf.as_slice(), c));
+                        if let Err(e) = address::write_address(&dir, &DaemonAddress::new(addr, &token, tls)) {
+                            tracing::warn!(error = %e, "cannot record the renewed certificate for the CLI");
+                        }
+                    }
+                    _ = tick.tick() => {
+                        let tls = tls.clone();
+                        let _ = tokio::task::spawn_blocking(move || tls.refresh()).await;
+                    }
+                }
+            }
+        })
     });
-    let address_file = address::write_address(store.path(), addr, &token)?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /api/v1 on http://{addr}");
+    tracing::info!(
+        %addr,
+        tls = endpoint.tls.is_some(),
+        basic_auth = endpoint.auth.is_some(),
+        api = endpoint.api,
+        "serving /metrics, /healthz{} on {scheme}://{addr}",
+        if endpoint.api { " and /api/v1" } else { "" }
+    );
     let upkeep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(UPKEEP_EVERY);
         loop {
@@ -222,6 +313,9 @@ pub async fn run(
         Err(_) => tracing::warn!("HTTP answers still in flight were cut off"),
     }
     upkeep.abort();
+    if let Some(r) = rewriting {
+        r.abort();
+    }
     if let Err(e) = std::fs::remove_file(&address_file) {
         tracing::warn!(path = %address_file.display(), error = %e, "cannot remove the address file");
     }

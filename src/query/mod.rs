@@ -174,7 +174,7 @@ fn in_window(f: &CommitFilter, date: &DateTime<FixedOffset>) -> bool {
 /// only the commit's full date can.
 fn index_in_window(f: &CommitFilter, at: DateTime<Utc>) -> Option<bool> {
     let straddles = |b: DateTime<Utc>| {
-        b.timestamp_subsec_nanos() % NANOS_PER_MS != 0
+        !b.timestamp_subsec_nanos().is_multiple_of(NANOS_PER_MS)
             && b.timestamp_millis() == at.timestamp_millis()
     };
     if f.since.is_some_and(straddles) || f.until.is_some_and(straddles) {

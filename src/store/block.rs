@@ -568,7 +568,7 @@ mod tests {
         let raw = Some(format!("Dev {} <dev{}@acme.io>", i % 3, i % 3));
         let (name, email) = raw.as_deref().map(parse_raw).unwrap_or((None, None));
         StoredCommit {
-            branch: if i % 5 == 0 {
+            branch: if i.is_multiple_of(5) {
                 "master".into()
             } else {
                 "main".into()
@@ -579,9 +579,9 @@ mod tests {
                 raw: raw.clone(),
                 name: name.clone(),
                 email: email.clone(),
-                uuid: (i % 2 == 0).then(|| "{u}".to_owned()),
+                uuid: i.is_multiple_of(2).then(|| "{u}".to_owned()),
                 account_id: None,
-                display_name: (i % 2 == 0).then(|| "D".to_owned()),
+                display_name: i.is_multiple_of(2).then(|| "D".to_owned()),
             },
             committer: match i % 3 {
                 0 => Some(Committer { raw, name, email }),
@@ -598,8 +598,9 @@ mod tests {
             } else {
                 vec![format!("{:040x}", 999_999), format!("{:040x}", i + 2)]
             },
-            reachable: i % 4 != 0,
-            unreachable_since: (i % 4 == 0)
+            reachable: !i.is_multiple_of(4),
+            unreachable_since: i
+                .is_multiple_of(4)
                 .then(|| Utc.timestamp_millis_opt(1_700_000_000_123).unwrap()),
         }
     }

@@ -323,7 +323,7 @@ impl Posting {
     /// The identity and postings of one chunk (`None` when malformed).
     pub fn decode_all(key: &[u8], value: &[u8]) -> Option<(String, Vec<Posting>)> {
         let (identity, _) = parse_postings(key)?;
-        if value.len() % POSTING_BYTES != 0 {
+        if !value.len().is_multiple_of(POSTING_BYTES) {
             return None;
         }
         let postings = value
