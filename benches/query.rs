@@ -987,6 +987,26 @@ fn main() {
     f.mb("proc_export_rss_mb", export_rss);
     f.add("store_commits", commits as f64, "commits");
 
+    // The change feed (issue 16), when the binary has it: every commit is
+    // one `commit_stored` change here (the bench store has no force push).
+    let help = Command::new(bin)
+        .args(["export", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if help.contains("--changes") {
+        let (changes_p, changes_rss, _) = run_many(bin, &dir, &["export", "--changes"], runs, true);
+        let rate = commits as f64 / changes_p.as_secs_f64();
+        println!(
+            "  process: export --changes > /dev/null            {:>8.1} s   ({rate:.0} changes/s; peak RSS {:.1} MB)",
+            changes_p.as_secs_f64(),
+            mb(changes_rss)
+        );
+        f.add("proc_changes_s", changes_p.as_secs_f64(), "s");
+        f.add("proc_changes_per_s", rate, "changes/s");
+        f.mb("proc_changes_rss_mb", changes_rss);
+    }
+
     if std::env::var("BBCRAWL_BENCH_DAEMON").as_deref() != Ok("0") {
         small_worlds(bin, &dir, copy_max_mb, &mid_slug, &author_filter, &mut f);
     }

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use bbcrawl::record::CommitRecord;
 use bbcrawl::record::{RepoEventKind, RepoStatus};
-use bbcrawl::simulator::{RepoSpec, Simulator};
+use bbcrawl::simulator::{Fault, RepoSpec, Simulator};
 use bbcrawl::store::Store;
 
 use crate::util::*;
@@ -502,4 +502,40 @@ async fn a_damaged_store_is_exit_1_not_a_panic() {
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert!(stderr(&o).contains("store"), "{}", stderr(&o));
+}
+
+/// A walk that stored pages and is then restarted from the top (its saved
+/// `next` link rejected: here the repository was renamed, so the link's old
+/// path answers 404) after a force push removed commits it had stored: the
+/// restarted walk re-marks reachability at its end, so those commits are
+/// unreachable, not left reachable forever. (Found by the change feed's
+/// loader test: a daemon killed mid-walk, then a rename and a force push.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_walk_re_marks_what_a_force_push_removed() {
+    let sim = world(0);
+    sim.add_repo(WS, RepoSpec::new("svc", 30));
+    let (server, dir, store) = synced(&sim).await;
+    // 150 new commits: the first page (the newest 100) is stored, the
+    // second fails (no retries): the walk is saved in the middle.
+    sim.push(WS, "svc", 150);
+    let config = dir.path().join("bbcrawl.toml");
+    std::fs::write(&config, "max_retries = 0\n").unwrap();
+    let cfg = config.to_str().unwrap();
+    sim.inject_after(1, Some("/svc/commits"), vec![Fault::Status(500)]);
+    let o = sync(&store, &server.api_url(), &[], &[("BBCRAWL_CONFIG", cfg)]).await;
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    let saved = stored_repo(&store, "svc");
+    assert!(
+        saved.walk.as_ref().is_some_and(|w| w.pages == 1),
+        "{saved:?}"
+    );
+    // The five newest stored commits are force-pushed away; the repository
+    // is renamed, so the saved link's path is gone.
+    sim.force_push(WS, "svc", 5, 2);
+    sim.rename_repo(WS, "svc", "svc-renamed");
+    let o = sync(&store, &server.api_url(), &[], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(assert_reachable_is_truth(&store, &sim), 5);
+    let repo = stored_repo(&store, "svc-renamed");
+    assert_eq!(repo.commits_unreachable, 5, "{repo:?}");
 }

@@ -570,18 +570,18 @@ async fn the_migration_is_announced_once_and_an_older_bbcrawl_is_refused_after()
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     let err = stderr(&first);
     assert!(
-        err.contains("migrating the store") && err.contains("schema 1 to schema 3"),
+        err.contains("migrating the store") && err.contains("schema 1 to schema 4"),
         "{err}"
     );
-    assert!(err.contains("store migrated to schema 3"), "{err}");
+    assert!(err.contains("store migrated to schema 4"), "{err}");
     let second = bbcrawl(store.parent().unwrap(), &args, &[]).await;
     assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
     assert!(!stderr(&second).contains("migrat"), "{}", stderr(&second));
     std::thread::sleep(std::time::Duration::from_millis(100));
     let db = sled::open(&store).unwrap();
     let schema = db.get(b"mschema").unwrap().expect("no mschema key");
-    // A bbcrawl that knows only schema 1 or 2 refuses a store of schema 3.
-    assert_eq!(schema.as_ref(), 3u32.to_be_bytes(), "schema version");
+    // A bbcrawl that knows only an older schema refuses a store of schema 4.
+    assert_eq!(schema.as_ref(), 4u32.to_be_bytes(), "schema version");
 }
 
 #[test]
@@ -665,6 +665,17 @@ async fn sealing_a_schema_2_store_killed_three_times_ends_exact() {
     )
     .await;
     check(&store, "export.csv", &["export", "--format", "csv"]).await;
+    // Schema 4's feed, filled in at the same open: one `commit_stored` per
+    // stored commit, seqs from 1.
+    let feed = run(&store, &["export", "--changes"]).await;
+    let all = expected("export-all.ndjson");
+    assert_eq!(
+        feed.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        all.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
+    );
+    assert!(feed.starts_with(b"{\"feed\":1,\"seq\":1,\"kind\":\"commit_stored\""));
     let o = bbcrawl(
         store.parent().unwrap(),
         &["--store", store.to_str().unwrap(), "store", "check"],
@@ -676,7 +687,7 @@ async fn sealing_a_schema_2_store_killed_three_times_ends_exact() {
     let db = sled::open(&store).unwrap();
     assert_eq!(
         db.get(b"mschema").unwrap().unwrap().as_ref(),
-        3u32.to_be_bytes()
+        4u32.to_be_bytes()
     );
     assert!(db.get(b"msealed_upto").unwrap().is_none());
 }

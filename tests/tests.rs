@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod crawl;
 mod daemon;
+mod feed;
 mod freshness;
 mod hostile;
 mod hostile_input;

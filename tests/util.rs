@@ -296,7 +296,37 @@ pub fn spawn_bbcrawl(args: &[&str], env: &[(String, String)], log: &Path) -> tok
 /// repository: same hashes, no duplicates, and each record's date, author,
 /// message and parents as served.
 pub fn assert_store_is_truth(store: &Path, sim: &Simulator) {
-    let records = store_records(store);
+    assert_truth(store_records(store), sim);
+}
+
+/// After force pushes: the store's *reachable* commits are exactly the
+/// simulator's default branches (as [`assert_store_is_truth`] checks), and
+/// every unreachable one is off its branch; returns how many are
+/// unreachable.
+pub fn assert_reachable_is_truth(store: &Path, sim: &Simulator) -> usize {
+    let (reachable, gone): (Vec<_>, Vec<_>) =
+        store_records(store).into_iter().partition(|r| r.reachable);
+    for r in &gone {
+        let on_branch = sim
+            .repos(WS)
+            .iter()
+            .filter(|repo| repo.uuid == r.repo_uuid)
+            .any(|repo| {
+                sim.branch_commits(WS, &repo.slug)
+                    .iter()
+                    .any(|c| c.hash == r.hash)
+            });
+        assert!(
+            !on_branch,
+            "{} is marked unreachable but is on its branch",
+            r.hash
+        );
+    }
+    assert_truth(reachable, sim);
+    gone.len()
+}
+
+fn assert_truth(records: Vec<bbcrawl::record::CommitRecord>, sim: &Simulator) {
     let mut by_repo: HashMap<String, Vec<CommitRecord>> = HashMap::new();
     for r in records {
         by_repo.entry(r.repo_uuid.clone()).or_default().push(r);

@@ -424,7 +424,13 @@ async fn walk_pages(
                 // idempotent.
                 tracing::warn!(repo = %repo.full_name, error = %e, "saved position rejected; restarting the walk from the top");
                 restarted = true;
+                // The abandoned walk stored pages of the branch as it was
+                // when it began; a force push since may have taken some of
+                // them off it, and the new walk (from the new tip) never
+                // sees them again: re-mark reachability at its end.
+                let remark = walk.pages > 0 || walk.full;
                 *walk = new_walk(branch, walk.exclude.first().cloned(), repo, listed.clone());
+                walk.full |= remark;
                 visited.clear();
                 continue;
             }

@@ -76,35 +76,55 @@ pub(super) async fn export(
             source.answer(&req, &mut out).await?;
         }
         ExportTarget::Replace { path, mode } => {
-            // A temporary file beside the target, renamed over it when
-            // complete: readers see the old file or the new one, never half.
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let tmp = tempfile::Builder::new()
-                .prefix(".bbcrawl-export-")
-                .tempfile_in(&dir)
-                .map_err(io(format!(
-                    "cannot create a temporary file in {}",
-                    dir.display()
-                )))?;
-            let cannot_write = || io(format!("cannot write {}", path.display()));
-            let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
-            source.answer(&req, &mut out).await?;
-            let tmp = out
-                .into_inner()
-                .map_err(|e| cannot_write()(e.into_error()))?;
-            tmp.as_file().sync_all().map_err(cannot_write())?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-                    .map_err(cannot_write())?;
-            }
-            tmp.persist(&path).map_err(|e| cannot_write()(e.error))?;
+            answer_to_file(&source, &req, &path, mode, false).await?;
         }
     }
     Ok(exit::SUCCESS)
+}
+
+/// Writes the answer to `req` into a temporary file beside `path`, synced
+/// and given `mode`, then renamed over `path`: readers see the old file or
+/// the new one, never half. With `track`, returns the seq of the last
+/// change line written (`export --changes`).
+async fn answer_to_file(
+    source: &Source,
+    req: &Request,
+    path: &Path,
+    mode: u32,
+    track: bool,
+) -> Result<Option<u64>, CliError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".bbcrawl-export-")
+        .tempfile_in(&dir)
+        .map_err(io(format!(
+            "cannot create a temporary file in {}",
+            dir.display()
+        )))?;
+    let cannot_write = || io(format!("cannot write {}", path.display()));
+    let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
+    let last = if track {
+        let mut seqs = SeqTracker::new(&mut out);
+        source.answer(req, &mut seqs).await?;
+        seqs.last
+    } else {
+        source.answer(req, &mut out).await?;
+        None
+    };
+    let tmp = out
+        .into_inner()
+        .map_err(|e| cannot_write()(e.into_error()))?;
+    tmp.as_file().sync_all().map_err(cannot_write())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+            .map_err(cannot_write())?;
+    }
+    tmp.persist(path).map_err(|e| cannot_write()(e.error))?;
+    Ok(last)
 }
 
 /// How `export --output PATH` writes.
@@ -153,5 +173,123 @@ fn export_target(path: &Path) -> Result<ExportTarget, CliError> {
             })
         }
         Err(e) => Err(io(format!("cannot use --output {shown}"))(e)),
+    }
+}
+
+/// `bbcrawl export --changes [--after SEQ | --cursor FILE] [--limit N]
+/// [--output FILE]`. The cursor moves only after every line is written and
+/// flushed (with --output: synced and renamed into place), to the last seq
+/// written: a run that fails or is killed before that leaves it where it
+/// was, and the next run prints those changes again (see README, "The
+/// change feed").
+pub(super) async fn changes(
+    g: &Global,
+    after: Option<u64>,
+    cursor: Option<&Path>,
+    limit: Option<u64>,
+    output: Option<&Path>,
+) -> Result<u8, CliError> {
+    let after = match (after, cursor) {
+        (Some(a), _) => a,
+        (None, Some(c)) => read_cursor(c)?,
+        (None, None) => 0,
+    };
+    let req = request(
+        Question::Changes {
+            after,
+            limit,
+            wait: 0,
+        },
+        Format::Ndjson,
+    )?;
+    // Decided before anything is read: a bad --output is a usage error.
+    let target = output.map(export_target).transpose()?;
+    let source = source(g)?;
+    let last = match target {
+        Some(ExportTarget::Replace { path, mode }) => {
+            answer_to_file(&source, &req, &path, mode, true).await?
+        }
+        stream => {
+            let file: Box<dyn std::io::Write> = match stream {
+                Some(ExportTarget::Stream(path)) => Box::new(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io(format!("cannot open {}", path.display())))?,
+                ),
+                _ => Box::new(std::io::stdout().lock()),
+            };
+            let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, file);
+            let mut seqs = SeqTracker::new(&mut out);
+            source.answer(&req, &mut seqs).await?;
+            seqs.last
+        }
+    };
+    if let (Some(c), Some(last)) = (cursor, last) {
+        bbcrawl::store::write_atomically(c, format!("{last}\n").as_bytes(), 0o600)
+            .map_err(io(format!("cannot write the cursor {}", c.display())))?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// The seq a cursor file holds (missing: 0).
+fn read_cursor(path: &Path) -> Result<u64, CliError> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io(format!("cannot read the cursor {}", path.display()))(e)),
+        Ok(text) => text.trim().parse().map_err(|_| {
+            CliError::Usage(format!(
+                "the cursor {} does not hold a sequence number (a whole number): {:?}",
+                path.display(),
+                bbcrawl::human::truncate(text.trim(), 40)
+            ))
+        }),
+    }
+}
+
+/// Passes change lines through, noting the seq of the last whole line.
+struct SeqTracker<'a> {
+    inner: &'a mut dyn std::io::Write,
+    /// The start of the current line (enough to hold its seq).
+    head: Vec<u8>,
+    last: Option<u64>,
+}
+
+impl<'a> SeqTracker<'a> {
+    fn new(inner: &'a mut dyn std::io::Write) -> SeqTracker<'a> {
+        SeqTracker {
+            inner,
+            head: Vec::with_capacity(64),
+            last: None,
+        }
+    }
+
+    /// `{"feed":1,"seq":N,…` → N.
+    fn seq_of(head: &[u8]) -> Option<u64> {
+        let text = std::str::from_utf8(head).ok()?;
+        let rest = &text[text.find("\"seq\":")? + 6..];
+        let end = rest.find(|c: char| !c.is_ascii_digit())?;
+        rest[..end].parse().ok()
+    }
+}
+
+impl std::io::Write for SeqTracker<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                if let Some(seq) = SeqTracker::seq_of(&self.head) {
+                    self.last = Some(seq);
+                }
+                self.head.clear();
+            } else if self.head.len() < 64 {
+                self.head.push(b);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

@@ -171,6 +171,28 @@ enum Command {
         /// instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// The change feed instead: every change (commit stored, unreachable,
+        /// reachable again; repository renamed, deleted, restored, default
+        /// branch changed) after a sequence number, in order, as NDJSON.
+        #[arg(long, conflicts_with = "all")]
+        changes: bool,
+        /// With --changes: the changes after this sequence number (default 0:
+        /// all).
+        #[arg(
+            long,
+            value_name = "SEQ",
+            requires = "changes",
+            conflicts_with = "cursor"
+        )]
+        after: Option<u64>,
+        /// With --changes: read the last sequence number loaded from FILE,
+        /// and once every line is written and flushed, replace FILE with the
+        /// new one (atomically). Missing: from the start.
+        #[arg(long, value_name = "FILE", requires = "changes")]
+        cursor: Option<PathBuf>,
+        /// With --changes: at most N changes.
+        #[arg(long, value_name = "N", requires = "changes", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// The store itself: check it, repair it, back it up, restore a backup.
     Store {
@@ -522,8 +544,25 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Show { hash, format } => ask::show(g, hash, format).await,
         Command::Export {
             format,
+            output,
+            changes: true,
+            after,
+            cursor,
+            limit,
+            ..
+        } => {
+            if format != bbcrawl::query::Format::Ndjson {
+                return Err(CliError::Usage(
+                    "--changes prints NDJSON (--format ndjson)".into(),
+                ));
+            }
+            ask::changes(g, after, cursor.as_deref(), limit, output.as_deref()).await
+        }
+        Command::Export {
+            format,
             all,
             output,
+            ..
         } => ask::export(g, format, all, output.as_deref()).await,
         Command::Simulate {
             listen,

@@ -208,8 +208,21 @@ async fn backup(
 }
 
 /// `GET /api/v1/…`: the question the URL asks, answered as the CLI would.
+///
+/// `changes?wait=N` long-polls: the answer waits until a change after
+/// `after` is stored (or N seconds pass), then streams what there is.
 async fn api(State(s): State<AppState>, uri: Uri) -> Result<Response, ApiFailure> {
     let req = Request::from_url(uri.path(), uri.query())?;
+    if let crate::query::Question::Changes { after, wait, .. } = *req.question() {
+        if wait > 0 {
+            let mut head = s.store.feed_watch();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(wait),
+                head.wait_for(|seq| *seq > after),
+            )
+            .await;
+        }
+    }
     Ok(stream(s.store, req).await)
 }
 

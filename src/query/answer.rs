@@ -32,6 +32,15 @@ pub fn answer(store: &Store, req: &Request, mut out: &mut dyn Write) -> Result<(
             export_json(store, *all, format == Format::Ndjson, out)
         }
         Question::Export { all } => write_rows(&mut out, format, width, export(store, *all)?),
+        Question::Changes { after, limit, .. } => {
+            store
+                .write_changes(*after, *limit, out)
+                .map_err(|e| match e {
+                    crate::store::feed::ChangesError::Store(e) => OutputError::Query(e.into()),
+                    crate::store::feed::ChangesError::Io(e) => OutputError::Io(e),
+                })?;
+            Ok(())
+        }
     }
 }
 
@@ -211,7 +220,7 @@ pub fn table_from_json(
     }
     let table = Format::Table;
     match question {
-        Question::Commits(_) | Question::Export { .. } => {
+        Question::Commits(_) | Question::Export { .. } | Question::Changes { .. } => {
             write_rows(&mut out, table, width, ok(rows::<CommitRecord>(json)?))
         }
         Question::Authors(_) => write_rows(&mut out, table, width, ok(rows::<AuthorRow>(json)?)),

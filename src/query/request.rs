@@ -198,7 +198,20 @@ pub enum Question {
         /// Include commits no longer reachable from the default branch.
         all: bool,
     },
+    /// `export --changes`: the change feed after a seq (see `store::feed`).
+    Changes {
+        /// Changes with a greater seq.
+        after: u64,
+        /// At most this many.
+        limit: Option<u64>,
+        /// The daemon waits up to this many seconds for a change after
+        /// `after` before answering (long poll; 0: answer at once).
+        wait: u64,
+    },
 }
+
+/// The longest long poll of `GET /api/v1/changes?wait=`.
+pub const MAX_WAIT_SECONDS: u64 = 300;
 
 impl Question {
     /// The formats this question can be answered in; the first is the
@@ -211,6 +224,7 @@ impl Question {
             | Question::Stats => &[Format::Json, Format::Ndjson, Format::Csv, Format::Table],
             Question::Show { .. } => &[Format::Json, Format::Text],
             Question::Export { .. } => &[Format::Ndjson, Format::Csv],
+            Question::Changes { .. } => &[Format::Ndjson],
         }
     }
 
@@ -228,6 +242,7 @@ impl Question {
                 percent_encoding::utf8_percent_encode(hash, percent_encoding::NON_ALPHANUMERIC)
             ),
             Question::Export { .. } => "export".to_owned(),
+            Question::Changes { .. } => "changes".to_owned(),
         };
         format!("{API_PREFIX}/{tail}")
     }
@@ -244,6 +259,13 @@ impl Question {
                 );
             }
             Question::Export { all: true } => p.push(("all".into(), "true".into())),
+            Question::Changes { after, limit, wait } => {
+                p.push(("after".into(), after.to_string()));
+                p.extend(limit.map(|l| ("limit".to_owned(), l.to_string())));
+                if *wait > 0 {
+                    p.push(("wait".into(), wait.to_string()));
+                }
+            }
             Question::Stats | Question::Show { .. } | Question::Export { all: false } => {}
         }
     }
@@ -339,6 +361,33 @@ impl Request {
                 (Question::Repos { workspace }, p)
             }
             "stats" => (Question::Stats, Params::parse(query, &["format"])?),
+            "changes" => {
+                let p = Params::parse(query, &["after", "limit", "wait", "format"])?;
+                let number = |name: &str| -> Result<Option<u64>, BadRequest> {
+                    p.one(name)?
+                        .map(|v| {
+                            v.parse::<u64>().map_err(|_| {
+                                BadRequest::Invalid(format!("{name}={v:?}: give a whole number"))
+                            })
+                        })
+                        .transpose()
+                };
+                let wait = number("wait")?.unwrap_or(0);
+                if wait > MAX_WAIT_SECONDS {
+                    return Err(BadRequest::Invalid(format!(
+                        "wait={wait}: at most {MAX_WAIT_SECONDS} seconds"
+                    )));
+                }
+                let limit = p.limit("limit")?.map(|l| l as u64);
+                (
+                    Question::Changes {
+                        after: number("after")?.unwrap_or(0),
+                        limit,
+                        wait,
+                    },
+                    p,
+                )
+            }
             "export" => {
                 let p = Params::parse(query, &["all", "format"])?;
                 (

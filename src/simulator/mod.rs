@@ -570,8 +570,33 @@ impl Simulator {
 
     /// Deletes a repository (absent from the listing; its URLs answer 404).
     pub fn delete_repo(&self, ws: &str, slug: &str) {
-        if let Some(w) = self.world().workspace_mut(ws) {
-            w.repos.retain(|r| r.slug != slug);
+        let mut world = self.world();
+        let Some(w) = world.workspace_mut(ws) else {
+            return;
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut w.repos)
+            .into_iter()
+            .partition(|r| r.slug == slug);
+        w.repos = kept;
+        world
+            .deleted
+            .extend(gone.into_iter().map(|r| (ws.to_owned(), r)));
+    }
+
+    /// Brings back a repository [`Simulator::delete_repo`] deleted (same
+    /// uuid, same history).
+    pub fn restore_repo(&self, ws: &str, slug: &str) {
+        let mut world = self.world();
+        let Some(i) = world
+            .deleted
+            .iter()
+            .position(|(w, r)| w == ws && r.slug == slug)
+        else {
+            return;
+        };
+        let (_, repo) = world.deleted.remove(i);
+        if let Some(w) = world.workspace_mut(ws) {
+            w.repos.push(repo);
         }
     }
 

@@ -331,6 +331,9 @@ pub(crate) struct World {
     pub now: i64,
     /// Counts created repositories and workspaces, to derive their seeds.
     pub counter: u64,
+    /// Deleted repositories, by workspace, for
+    /// [`super::Simulator::restore_repo`].
+    pub deleted: Vec<(String, Repo)>,
 }
 
 impl World {
@@ -342,6 +345,7 @@ impl World {
             revoked: HashSet::new(),
             now: BASE_TIME,
             counter: 0,
+            deleted: Vec::new(),
         }
     }
 

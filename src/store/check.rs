@@ -87,6 +87,7 @@ fn kind_of(key: &[u8]) -> &'static str {
         Some(&keys::SUMMARY) => "summary",
         Some(&keys::REPO) => "repository",
         Some(b'm') => "totals",
+        Some(&super::feed::FEED) => "feed",
         _ => "author",
     }
 }

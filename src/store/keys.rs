@@ -17,6 +17,7 @@
 //! | `g`    | `g` identity                             | author aggregate (postcard: commits, unreachable, first, last, repository count) |
 //! | `q`    | `q` identity `\0` repo-id                 | (empty) the author has commits in the repository |
 //! | `u`    | `u` identity                             | author record (JSON: names, e-mails, account) |
+//! | `f`    | `f` first-seq                            | change-feed entry (postcard, see `feed`) |
 //!
 //! - `repo-id`: a u32 given to each repository when first stored; `seq` a
 //!   u32 counting that repository's blocks in write order (both big-endian).
@@ -34,7 +35,8 @@ use chrono::{DateTime, TimeZone, Utc};
 
 /// Schema version written by this build. Bump it when the layout changes.
 /// 3: schema 2's layout with every value sealed (see `seal`).
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4: schema 3 with the change feed (`f` keys, see `feed`).
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Meta key holding the schema version.
 pub const META_SCHEMA: &[u8] = b"mschema";
@@ -47,6 +49,11 @@ pub const META_TOTALS: &[u8] = b"mtotals";
 /// Meta key holding the store's write sequence (u64, big-endian): one more
 /// in every batch (see `manifest`).
 pub const META_SEQ: &[u8] = b"mseq";
+/// Meta key holding the next change-feed seq (u64, big-endian; see `feed`).
+pub const META_FEED_NEXT: &[u8] = b"mfeed_next";
+/// Meta key, only while a store's feed is being filled in at open: how far
+/// it got (see `feed`).
+pub const META_FEED_BACKFILL: &[u8] = b"mfeed_backfill";
 /// Meta key, only while schema 2 → 3 runs: the last key sealed (see
 /// `migrate::seal_in_place`).
 pub const META_SEALED_UPTO: &[u8] = b"msealed_upto";

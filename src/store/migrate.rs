@@ -216,7 +216,13 @@ pub(super) fn run(old: &Store, found: u32) -> Result<MigrationLock, StoreError> 
                 }
                 let mut batch = Batch::default();
                 write_block(&new, &mut batch, id, *seq, &commits)?;
-                new.apply(batch)?;
+                let stored = super::feed::Entry::Commits {
+                    change: super::feed::CommitChange::Stored,
+                    repo: id,
+                    block: *seq,
+                    slots: (0..commits.len() as u8).collect(),
+                };
+                new.apply_with_feed(batch, vec![stored])?;
                 *seq += 1;
                 done += commits.len() as u64;
                 if let Some(bar) = &bar {

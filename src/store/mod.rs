@@ -13,6 +13,7 @@ mod backup;
 pub mod block;
 mod check;
 pub mod codec;
+pub mod feed;
 pub mod keys;
 mod manifest;
 mod migrate;
@@ -242,6 +243,14 @@ pub struct Store {
     /// Whether values carry seals (schema 3, see `seal`); older stores are
     /// read as they are until migrated.
     sealed: bool,
+    /// The next change-feed seq (see `feed`). Held while a batch with feed
+    /// entries is built and applied.
+    feed: Mutex<u64>,
+    /// The last seq on disk (given before the last flush), which is as far
+    /// as the feed is served: a change served before it is on disk could
+    /// be lost to a crash and its seq given again to another change. Sent
+    /// to the daemon's long polls.
+    feed_tx: tokio::sync::watch::Sender<u64>,
 }
 
 /// How [`Store::open_with`] treats a directory without a store.
@@ -491,6 +500,8 @@ impl Store {
             manifest_seq: Mutex::new(None),
             manifest_problem: None,
             sealed: true,
+            feed: Mutex::new(1),
+            feed_tx: tokio::sync::watch::Sender::new(0),
         };
         match store
             .db()?
@@ -531,7 +542,7 @@ impl Store {
                 if found == 2 {
                     migrate::seal_in_place(&store)?;
                     store.sealed = true;
-                } else if found < keys::SCHEMA_VERSION {
+                } else if found == 1 {
                     let lock = migrate::run(&store, found)?;
                     drop(store);
                     migrate::resume(dir, Some(lock))?;
@@ -545,6 +556,12 @@ impl Store {
                 .map_err(|_| store.corrupt("repository id counter", "unreadable"))?;
             store.next_id = Mutex::new(n);
         }
+        // Schema 3 and older (and a schema-1 migration's copy) have no
+        // feed yet: it is filled in from the blocks, and the store is
+        // schema 4.
+        let next = store.backfill_feed()?;
+        store.feed = Mutex::new(next);
+        store.feed_tx.send_replace(next - 1);
         store.check_manifest(create)?;
         store.id = match read_id(&store.path) {
             Some(id) => Some(id),
@@ -609,6 +626,36 @@ impl Store {
         self.db()?.apply_batch(batch.0).map_err(|e| self.err(e))?;
         *seq += 1;
         Ok(())
+    }
+
+    /// Applies `batch` with the feed entries `build` adds from the next
+    /// seq; the feed moves on only if the batch lands.
+    fn apply_with_feed(
+        &self,
+        mut batch: Batch,
+        entries: Vec<feed::Entry>,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = *guard;
+        for e in entries {
+            feed::push(&mut batch, &mut next, e);
+        }
+        self.apply(batch)?;
+        *guard = next;
+        Ok(())
+    }
+
+    /// The feed entries for the repository events `repo` has that its
+    /// stored record has not.
+    fn repo_entries(&self, repo: &RepoState) -> Result<Vec<feed::Entry>, StoreError> {
+        let old = self.repo(&repo.workspace, &repo.uuid)?;
+        Ok(feed::new_repo_changes(old.as_ref(), repo)
+            .into_iter()
+            .map(|change| feed::Entry::Repo {
+                repo: repo.id,
+                change,
+            })
+            .collect())
     }
 
     /// Reads the write sequence and compares sled's view with the manifest
@@ -842,8 +889,9 @@ impl Store {
         let mut repo = repo.clone();
         let mut batch = Batch::default();
         self.assign_id(&mut repo, &mut batch)?;
+        let entries = self.repo_entries(&repo)?;
         batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
-        self.apply(batch)?;
+        self.apply_with_feed(batch, entries)?;
         Ok(repo)
     }
 
@@ -852,7 +900,13 @@ impl Store {
     /// The manifest follows (see `manifest`).
     pub fn flush(&self) -> Result<usize, StoreError> {
         let m = self.manifest_now()?;
+        let feed_head = self.feed_head();
         let n = self.db()?.flush().map_err(|e| self.err(e))?;
+        self.feed_tx.send_if_modified(|durable| {
+            let moved = feed_head > *durable;
+            *durable = (*durable).max(feed_head);
+            moved
+        });
         self.write_manifest(&m)?;
         Ok(n)
     }

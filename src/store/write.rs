@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::block::{self, Columns};
+use super::feed;
 use super::keys::{self, parse_hash, Hash, Posting, Summary, BLOCK, SUMMARY};
 use super::read::{AuthorStats, Totals};
 use super::seal::Batch;
@@ -259,6 +260,15 @@ impl Store {
                 .map_err(|e| self.invalid(format!("block {seq}"), e))?;
             batch.insert(keys::block(BLOCK, id, *seq), bytes);
         }
+        let mut entries: Vec<feed::Entry> = revive
+            .iter()
+            .map(|(seq, slots)| feed::Entry::Commits {
+                change: feed::CommitChange::Reachable,
+                repo: id,
+                block: *seq,
+                slots: slots.iter().map(|(s, _)| *s).collect(),
+            })
+            .collect();
         let mut placed: Vec<(Hash, u32, u8)> = Vec::with_capacity(fresh.len());
         let mut next_seq = index.next_seq;
         for part in fresh.chunks(BLOCK_COMMITS) {
@@ -271,6 +281,12 @@ impl Store {
             let cols = Columns::of(&stored)
                 .map_err(|e| self.invalid(format!("a page of {}", repo.full_name), e))?;
             self.put_block(&mut batch, &mut authors, id, seq, &cols)?;
+            entries.push(feed::Entry::Commits {
+                change: feed::CommitChange::Stored,
+                repo: id,
+                block: seq,
+                slots: (0..part.len() as u8).collect(),
+            });
             for (slot, (hash, c)) in part.iter().enumerate() {
                 placed.push((*hash, seq, slot as u8));
                 let identity = c.author.identity();
@@ -300,8 +316,9 @@ impl Store {
         batch.insert(keys::META_TOTALS, totals.encode());
         repo.commits_stored += new_commits;
         repo.commits_unreachable = repo.commits_unreachable.saturating_sub(revived);
+        entries.extend(self.repo_entries(&repo)?);
         batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
-        if let Err(e) = self.apply(batch) {
+        if let Err(e) = self.apply_with_feed(batch, entries) {
             cache.forget(id);
             return Err(e);
         }
@@ -392,8 +409,10 @@ impl Store {
         let mut totals = self.totals()?;
         let (mut orphaned, mut unreachable, mut revived) = (0u64, 0u64, 0u64);
         let mut flipped: Vec<(Hash, bool)> = Vec::new();
+        let mut entries: Vec<feed::Entry> = Vec::new();
         for (seq, cols) in blocks.iter_mut() {
             let mut dirty = false;
+            let (mut gone, mut back) = (Vec::new(), Vec::new());
             for i in 0..cols.len() {
                 let now = reached.contains(cols.hash(i));
                 if !now {
@@ -402,6 +421,11 @@ impl Store {
                 if now != cols.reachable(i) {
                     cols.set_reachable(i, now, Some(at));
                     dirty = true;
+                    if now {
+                        back.push(i as u8)
+                    } else {
+                        gone.push(i as u8)
+                    }
                     flipped.push((*cols.hash(i), now));
                     let s = authors.stats(self, &cols.author(i).identity())?;
                     if now {
@@ -419,13 +443,25 @@ impl Store {
                     .map_err(|e| self.invalid(format!("block {seq}"), e))?;
                 batch.insert(keys::block(BLOCK, id, *seq), bytes);
             }
+            for (change, slots) in [
+                (feed::CommitChange::Unreachable, gone),
+                (feed::CommitChange::Reachable, back),
+            ] {
+                entries.push(feed::Entry::Commits {
+                    change,
+                    repo: id,
+                    block: *seq,
+                    slots,
+                });
+            }
         }
         authors.write(self, &mut batch, &mut totals)?;
         totals.unreachable = (totals.unreachable + orphaned).saturating_sub(revived);
         batch.insert(keys::META_TOTALS, totals.encode());
         repo.commits_unreachable = unreachable;
+        entries.extend(self.repo_entries(&repo)?);
         batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
-        if let Err(e) = self.apply(batch) {
+        if let Err(e) = self.apply_with_feed(batch, entries) {
             cache.forget(id);
             return Err(e);
         }
