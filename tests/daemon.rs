@@ -955,10 +955,10 @@ fn rss_reading_fails_for_a_process_it_cannot_see() {
 }
 
 /// Ten minutes of `bbcrawl run` with pushes every few seconds: resident
-/// memory stays flat. Long: run with `cargo test -- --ignored soak`
+/// memory stays flat. Long: run with `cargo test --test integration -- --ignored soak_memory`
 /// (`BBCRAWL_SOAK_SECONDS` shortens or lengthens it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long soak test (10 minutes): cargo test -- --ignored soak"]
+#[ignore = "long soak test (10 minutes): cargo test --test integration -- --ignored soak_memory"]
 async fn soak_memory_stays_flat_over_ten_minutes_of_passes_and_pushes() {
     let seconds: u64 = std::env::var("BBCRAWL_SOAK_SECONDS")
         .ok()

@@ -24,6 +24,7 @@ mod quirks;
 mod ratelimit;
 mod secrets;
 mod simulator;
+mod soak;
 mod store;
 mod verify;
 mod web;

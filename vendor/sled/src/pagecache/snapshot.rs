@@ -456,7 +456,15 @@ pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
 /// Returns an error if the read snapshot was corrupted.
 /// Returns `Ok(Some(snapshot))` if there was nothing written.
 fn read_snapshot(config: &RunningConfig) -> Result<Option<Snapshot>> {
-    let mut candidates = config.get_snapshot_files()?;
+    // bbcrawl: a `.generating` file is a snapshot whose writing did not
+    // finish (a full disk, a kill): a complete one is renamed without the
+    // suffix. Upstream 0.34.7 could pick it as the newest and report the
+    // store corrupt on every later open (vendor/README.md).
+    let mut candidates: Vec<_> = config
+        .get_snapshot_files()?
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".generating"))
+        .collect();
     if candidates.is_empty() {
         debug!("no previous snapshot found");
         return Ok(None);
