@@ -841,11 +841,19 @@ async fn an_unfinished_snapshot_file_is_not_damage() {
     let leftover = store.join("snap.FFFFFFFFFFFFFF00.generating");
     std::fs::write(&leftover, b"").unwrap();
     let s = store.to_str().unwrap();
-    let o = bbcrawl(store.parent().unwrap(), &["--store", s, "store", "check"], &[]).await;
+    let o = bbcrawl(
+        store.parent().unwrap(),
+        &["--store", s, "store", "check"],
+        &[],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     sim.push(WS, "web", 3);
     let o = sync(&store, &server.api_url(), &[], &[]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_store_is_truth(&store, &sim);
-    assert!(!leftover.exists(), "the leftover snapshot file is still there");
+    assert!(
+        !leftover.exists(),
+        "the leftover snapshot file is still there"
+    );
 }

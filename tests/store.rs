@@ -159,3 +159,30 @@ fn a_damaged_store_is_an_error_not_a_panic() {
         Err(_) => panic!("opening a damaged store panicked"),
     }
 }
+
+/// A repository record saved from a copy older than the store's (the
+/// crawler saw a page's write fail although the page was stored — its
+/// flush failed on a full disk — and then saved the repository's status)
+/// keeps the store's commit counts: they are kept by the writes of commits
+/// only. (Found by the issue-14 soak: counts 4 below the records.)
+#[test]
+fn saving_a_stale_repository_record_keeps_the_store_s_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let stale = repo();
+    let page = vec![
+        commit("b", &["a"], "2024-01-02T00:00:00+00:00"),
+        commit("a", &[], "2024-01-01T00:00:00+00:00"),
+    ];
+    let out = store.apply_page(&stale, &page).unwrap();
+    assert_eq!(out.repo.commits_stored, 2);
+    let mut failed = out.repo.clone();
+    failed.commits_stored = 0;
+    failed.status = bbcrawl::record::RepoStatus::Failed;
+    let saved = store.put_repo(&failed).unwrap();
+    assert_eq!(saved.commits_stored, 2);
+    let back = store.repo("acme", "{r1}").unwrap().unwrap();
+    assert_eq!(back.status, bbcrawl::record::RepoStatus::Failed);
+    assert_eq!(back.commits_stored, 2);
+    assert!(store.check().unwrap().healthy());
+}

@@ -707,16 +707,24 @@ impl Store {
 
     /// Writes `m` as the store's manifest unless it records that already.
     /// Only after a flush that put everything up to `m.seq` on disk.
+    ///
+    /// A manifest that cannot be written (a full disk) is not an error: what
+    /// sled flushed is on disk all the same, and a manifest behind sled is
+    /// what a crash leaves anyway; the next flush writes it.
     fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         let mut written = self.manifest_seq.lock().unwrap_or_else(|e| e.into_inner());
         if *written == Some(m.seq) {
             return Ok(());
         }
-        m.write(&self.path).map_err(|e| StoreError::Io {
-            path: self.path.clone(),
-            message: format!("cannot write {}: {e}", manifest::FILE),
-        })?;
-        *written = Some(m.seq);
+        match m.write(&self.path) {
+            Ok(()) => *written = Some(m.seq),
+            Err(e) => tracing::warn!(
+                store = %self.path.display(),
+                error = %e,
+                "cannot write {} (it stays behind the database until a flush can write it)",
+                manifest::FILE
+            ),
+        }
         Ok(())
     }
 
@@ -889,7 +897,22 @@ impl Store {
         let mut repo = repo.clone();
         let mut batch = Batch::default();
         self.assign_id(&mut repo, &mut batch)?;
-        let entries = self.repo_entries(&repo)?;
+        // The commit counts are the store's: kept in the batches that store
+        // and mark commits, never taken from a caller whose copy may be
+        // older (a page stored, then its flush failed: the crawler saw an
+        // error and still holds the count from before).
+        let stored = self.repo(&repo.workspace, &repo.uuid)?;
+        if let Some(s) = &stored {
+            repo.commits_stored = s.commits_stored;
+            repo.commits_unreachable = s.commits_unreachable;
+        }
+        let entries = feed::new_repo_changes(stored.as_ref(), &repo)
+            .into_iter()
+            .map(|change| feed::Entry::Repo {
+                repo: repo.id,
+                change,
+            })
+            .collect();
         batch.insert(keys::repo(&repo.workspace, &repo.uuid), self.json(&repo)?);
         self.apply_with_feed(batch, entries)?;
         Ok(repo)
