@@ -22,6 +22,7 @@ mod query;
 mod quirks;
 mod ratelimit;
 mod secrets;
+mod shards;
 mod simulator;
 mod store;
 mod verify;
