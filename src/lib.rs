@@ -21,6 +21,8 @@
 //!   actix appears); the writer owns every store write and flush.
 //! - [`schedule`]  which repositories a pass crawls, in what order and how far (slug
 //!   filter, change gate, audits).
+//! - [`shard`]     which repositories are this instance's when several split a workspace
+//!   (`shard = "I/N"`: a SHA-256 of the uuid, mod N).
 //! - [`bitbucket`] the API: models, client (auth, paging, origin and cycle checks,
 //!   retries), rate budget.
 //! - [`store`]     everything sled: key layout, encoding, schema, atomic batches.
@@ -49,6 +51,7 @@ mod proptests;
 pub mod query;
 pub mod record;
 pub mod schedule;
+pub mod shard;
 pub mod simulator;
 pub mod source;
 pub mod store;

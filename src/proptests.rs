@@ -180,12 +180,13 @@ proptest! {
     fn any_configuration_loads_or_is_refused(
         file in prop_oneof![
             ".{0,200}",
-            "(workspaces = \\[\"[a-z]{1,8}\"\\]\n)?(requests_per_hour = -?[0-9]{1,12}\n)?(listen = \".{0,20}\"\n)?(since = .{0,30}\n)?(\\[\\[credentials\\]\\]\naccess_token = \".{0,10}\"\n)?(min_free_disk_mb = -?[0-9]{1,12}\n)?",
+            "(workspaces = \\[\"[a-z]{1,8}\"\\]\n)?(requests_per_hour = -?[0-9]{1,12}\n)?(listen = \".{0,20}\"\n)?(since = .{0,30}\n)?(\\[\\[credentials\\]\\]\naccess_token = \".{0,10}\"\n)?(min_free_disk_mb = -?[0-9]{1,12}\n)?(shard = \".{0,10}\"\n)?",
         ],
         key in prop_oneof![
             Just("BBCRAWL_REQUESTS_PER_HOUR"), Just("BBCRAWL_LISTEN"), Just("BBCRAWL_SINCE"),
             Just("BBCRAWL_WORKSPACES"), Just("BBCRAWL_API_URL"), Just("BBCRAWL_MIN_FREE_DISK_MB"),
             Just("BBCRAWL_INTERVAL_SECONDS"), Just("BITBUCKET_ACCESS_TOKEN"),
+            Just("BBCRAWL_SHARD"), Just("BBCRAWL_SHARDS"), Just("BBCRAWL_SHARD_INDEX"),
         ],
         value in ".{0,30}",
     ) {

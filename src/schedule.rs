@@ -3,8 +3,10 @@
 //!
 //! First the user's choice: [`SlugFilter`], the `include` / `exclude` globs on
 //! repository slugs, compiled when the configuration is loaded (so a bad glob is a
-//! configuration error for every command, not a failed pass). Then the change gate
-//! below, over the repositories the filter wants.
+//! configuration error for every command, not a failed pass); with `shard = "I/N"`,
+//! only the repositories whose uuid hashes to this instance's shard ([`crate::shard`]),
+//! applied beside the slug filter in the supervisor. Then the change gate below, over
+//! the repositories both want.
 //!
 //! Every pass reads the whole listing anyway; the listing's `updated_on`
 //! and `mainbranch` tell which repositories changed. A repository gets a

@@ -65,6 +65,8 @@ pub const RATELIMIT_WAIT: &str = "bbcrawl_ratelimit_wait_seconds";
 pub const WRITER_QUEUE_DEPTH: &str = "bbcrawl_writer_queue_depth";
 /// `{version}`: always 1.
 pub const BUILD_INFO: &str = "bbcrawl_build_info";
+/// `{shard,shards}`: always 1; which shard of how many this instance crawls.
+pub const SHARD_INFO: &str = "bbcrawl_shard_info";
 /// Requests the endpoint's basic auth refused, by reason.
 pub const HTTP_AUTH_FAILURES: &str = crate::daemon::AUTH_FAILURES;
 /// TLS handshakes of the endpoint that failed.
@@ -138,7 +140,7 @@ pub struct MetricDef {
 }
 
 /// Every metric bbcrawl exports.
-pub const METRICS: [MetricDef; 29] = [
+pub const METRICS: [MetricDef; 30] = [
     MetricDef { name: HTTP_REQUESTS, kind: Kind::Counter, unit: Unit::Count, labels: &["endpoint", "code"],
         help: "HTTP attempts sent to Bitbucket, every retry included, by endpoint and status code (`error` when no answer came)." },
     MetricDef { name: HTTP_REQUEST_DURATION, kind: Kind::Histogram, unit: Unit::Seconds, labels: &["endpoint"],
@@ -183,6 +185,8 @@ pub const METRICS: [MetricDef; 29] = [
         help: "Pages handed to the writer and not yet acknowledged." },
     MetricDef { name: BUILD_INFO, kind: Kind::Gauge, unit: Unit::Count, labels: &["version"],
         help: "Always 1; the label carries the bbcrawl version." },
+    MetricDef { name: SHARD_INFO, kind: Kind::Gauge, unit: Unit::Count, labels: &["shard", "shards"],
+        help: "Always 1; the labels say which shard (from 0) of how many this instance crawls (shard = \"I/N\"); 0 of 1 when no shard is configured." },
     MetricDef { name: REPOS_SKIPPED, kind: Kind::Counter, unit: Unit::Count, labels: &[],
         help: "Repositories a pass did not ask for commits: unchanged in the listing and no audit due (or an audit deferred for budget)." },
     MetricDef { name: AUDITS, kind: Kind::Counter, unit: Unit::Count, labels: &[],
@@ -289,6 +293,16 @@ pub fn describe_and_register() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
+/// Sets [`SHARD_INFO`] for this instance's shard: `shard="0",shards="1"`
+/// without one (one shard of one crawls everything), so every instance has
+/// the series and `count by (shards) (bbcrawl_shard_info)` can tell when a
+/// shard is missing. Call once, after [`install`].
+pub fn shard_info(shard: Option<crate::shard::Shard>) {
+    let (index, count) = shard.map_or((0, 1), |s| (s.index(), s.count()));
+    metrics::gauge!(SHARD_INFO, "shard" => index.to_string(), "shards" => count.to_string())
+        .set(1.0);
+}
+
 /// The `endpoint` label of a Bitbucket URL path: `commits` for a commits
 /// listing, `repositories` for everything else bbcrawl calls (listings).
 pub fn endpoint_of(path: &str) -> &'static str {
@@ -355,6 +369,7 @@ mod tests {
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             describe_and_register();
+            shard_info(None);
             http_attempt("commits", Some(200), 0.01);
             http_attempt("repositories", None, 0.01);
             metrics::histogram!(STORE_WRITE_DURATION).record(0.001);
@@ -403,6 +418,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"code="error""#), "{text}");
+        assert!(
+            text.contains(r#"bbcrawl_shard_info{shard="0",shards="1"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn shard_info_names_the_configured_shard() {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            shard_info(Some(crate::shard::Shard::new(2, 4).unwrap()));
+        });
+        let text = handle.render();
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert_eq!(
+            samples,
+            [r#"bbcrawl_shard_info{shard="2",shards="4"} 1"#],
+            "{text}"
+        );
     }
 
     #[test]

@@ -164,6 +164,7 @@ api_url = "https://file.example/2.0"
         listen: Some("127.0.0.1:1003".to_string()),
         web_config_file: None,
         requests_per_hour: Some(300),
+        shard: None,
     };
     let flag_over_env = Config::load_with_env(&flags, &env_of(&env)).unwrap();
     assert_eq!(flag_over_env.store, PathBuf::from("/from/flag"));
@@ -872,4 +873,190 @@ fn example_config_credentials_load_when_uncommented() {
         ]
     );
     assert!(!config.workspaces.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// `shard` (issue 16): flag, BBCRAWL_SHARD, Kubernetes' variables, file.
+
+/// The `shard` a config file (`toml`, may be empty) and `env` give, with
+/// `--shard` when `flag` is set, as `I/N`.
+fn shard_of(
+    toml: &str,
+    env: &[(&str, &str)],
+    flag: Option<&str>,
+) -> Result<Option<String>, String> {
+    let dir = Dir::new();
+    let path = dir.config(toml);
+    let overrides = Overrides {
+        shard: flag.map(str::to_owned),
+        ..with_file(&path)
+    };
+    Config::load_with_env(&overrides, &env_of(env))
+        .map(|c| c.shard.map(|s| s.to_string()))
+        .map_err(|e| e.to_string().replace(&path.display().to_string(), "FILE"))
+}
+
+#[test]
+fn shard_comes_from_the_flag_the_environment_or_the_file() {
+    assert_eq!(shard_of("", &[], None), Ok(None));
+    assert_eq!(
+        shard_of("shard = \"1/4\"\n", &[], None),
+        Ok(Some("1/4".into()))
+    );
+    assert_eq!(
+        shard_of("shard = \"1/4\"\n", &[("BBCRAWL_SHARD", " 2 / 4 ")], None),
+        Ok(Some("2/4".into()))
+    );
+    assert_eq!(
+        shard_of(
+            "shard = \"1/4\"\n",
+            &[("BBCRAWL_SHARD", "2/4")],
+            Some("3/8")
+        ),
+        Ok(Some("3/8".into()))
+    );
+    // One shard of one is allowed: it crawls everything.
+    assert_eq!(
+        shard_of("", &[("BBCRAWL_SHARD", "0/1")], None),
+        Ok(Some("0/1".into()))
+    );
+    // Set but empty counts as unset, as for every variable.
+    assert_eq!(
+        shard_of("shard = \"1/4\"\n", &[("BBCRAWL_SHARD", "")], None),
+        Ok(Some("1/4".into()))
+    );
+}
+
+#[test]
+fn shard_comes_from_kubernetes_pod_or_job_index_with_bbcrawl_shards() {
+    let statefulset = [("BBCRAWL_SHARDS", "4"), ("BBCRAWL_SHARD_INDEX", "3")];
+    assert_eq!(shard_of("", &statefulset, None), Ok(Some("3/4".into())));
+    let job = [("BBCRAWL_SHARDS", "8"), ("JOB_COMPLETION_INDEX", "5")];
+    assert_eq!(shard_of("", &job, None), Ok(Some("5/8".into())));
+    // Our own variable beats the Job's.
+    let both = [
+        ("BBCRAWL_SHARDS", "8"),
+        ("JOB_COMPLETION_INDEX", "5"),
+        ("BBCRAWL_SHARD_INDEX", "6"),
+    ];
+    assert_eq!(shard_of("", &both, None), Ok(Some("6/8".into())));
+    // The pair is the environment's value: it beats the file, BBCRAWL_SHARD
+    // and the flag beat it.
+    assert_eq!(
+        shard_of("shard = \"0/2\"\n", &statefulset, None),
+        Ok(Some("3/4".into()))
+    );
+    let mut with_shard = statefulset.to_vec();
+    with_shard.push(("BBCRAWL_SHARD", "1/2"));
+    assert_eq!(shard_of("", &with_shard, None), Ok(Some("1/2".into())));
+    assert_eq!(
+        shard_of("", &statefulset, Some("0/3")),
+        Ok(Some("0/3".into()))
+    );
+    // Kubernetes sets JOB_COMPLETION_INDEX in every indexed Job: alone it
+    // means nothing.
+    assert_eq!(
+        shard_of("", &[("JOB_COMPLETION_INDEX", "2")], None),
+        Ok(None)
+    );
+    // A broken pair does not matter when a higher source sets the shard.
+    assert_eq!(
+        shard_of(
+            "",
+            &[("BBCRAWL_SHARDS", "4"), ("BBCRAWL_SHARD", "1/4")],
+            None
+        ),
+        Ok(Some("1/4".into()))
+    );
+}
+
+/// A config file, an environment, a `--shard` flag and the error they give.
+type ShardCase = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Option<&'static str>,
+    &'static str,
+);
+
+#[test]
+fn bad_shards_name_the_key_and_where_they_were_set() {
+    let cases: [ShardCase; 11] = [
+        (
+            "shard = \"4/4\"\n",
+            &[],
+            None,
+            "invalid value for `shard` (from FILE): the shard index must be below the number of shards, 4 (shards are numbered from 0: 0 to 3) (got 4)",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARD", "1-4")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARD): must be I/N, the shard index and the number of shards (such as 0/4; shards are numbered from 0) (got \"1-4\")",
+        ),
+        (
+            "",
+            &[],
+            Some("0/0"),
+            "invalid value for `shard` (from --shard): the number of shards must be between 1 and 1024 (got 0)",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARD", "0/2048")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARD): the number of shards must be between 1 and 1024 (got 2048)",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARDS", "4")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARDS): BBCRAWL_SHARDS is set but no shard index is: set BBCRAWL_SHARD_INDEX (in a StatefulSet, from the pod-index label `apps.kubernetes.io/pod-index` through the downward API; Kubernetes 1.28 or later sets it), run as an indexed Job (JOB_COMPLETION_INDEX), or set BBCRAWL_SHARD=I/N",
+        ),
+        (
+            // The downward API gives an empty value when the label is missing.
+            "",
+            &[("BBCRAWL_SHARDS", "4"), ("BBCRAWL_SHARD_INDEX", "")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARDS): BBCRAWL_SHARDS is set but no shard index is",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARD_INDEX", "1")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARD_INDEX): BBCRAWL_SHARD_INDEX needs BBCRAWL_SHARDS, the number of shards (a StatefulSet's replicas)",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARDS", "4"), ("BBCRAWL_SHARD_INDEX", "bbcrawl-2")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARD_INDEX and BBCRAWL_SHARDS): BBCRAWL_SHARD_INDEX must be a whole number (got \"bbcrawl-2\")",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARDS", "four"), ("BBCRAWL_SHARD_INDEX", "1")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARD_INDEX and BBCRAWL_SHARDS): BBCRAWL_SHARDS must be a whole number (got \"four\")",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARDS", "4"), ("JOB_COMPLETION_INDEX", "4")],
+            None,
+            "invalid value for `shard` (from JOB_COMPLETION_INDEX and BBCRAWL_SHARDS): JOB_COMPLETION_INDEX: the shard index must be below the number of shards, 4 (shards are numbered from 0: 0 to 3) (got 4)",
+        ),
+        (
+            "",
+            &[("BBCRAWL_SHARDS", "0"), ("BBCRAWL_SHARD_INDEX", "0")],
+            None,
+            "invalid value for `shard` (from BBCRAWL_SHARD_INDEX and BBCRAWL_SHARDS): BBCRAWL_SHARDS: the number of shards must be between 1 and 1024 (got 0)",
+        ),
+    ];
+    for (toml, env, flag, want) in cases {
+        let got = shard_of(toml, env, flag).expect_err(want);
+        assert!(
+            got.starts_with(want),
+            "{toml:?} {env:?} {flag:?}:\n got {got}\nwant {want}"
+        );
+    }
+    // A number where a string belongs is the file's type error, naming the key.
+    let err = error_text("shard = 1\n");
+    assert!(err.contains("`shard`"), "{err}");
 }

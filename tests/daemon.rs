@@ -483,7 +483,7 @@ async fn metrics_count_what_the_simulator_saw() {
     forbidden.insert(server.api_url());
     forbidden.insert(TOKEN.to_owned());
     let allowed_keys = [
-        "endpoint", "code", "reason", "result", "state", "version", "le",
+        "endpoint", "code", "reason", "result", "state", "version", "shard", "shards", "le",
     ];
     for sample in &s.samples {
         for (k, v) in &sample.labels {

@@ -23,6 +23,7 @@ mod query;
 mod quirks;
 mod ratelimit;
 mod secrets;
+mod shards;
 mod simulator;
 mod soak;
 mod store;

@@ -148,13 +148,31 @@ pub struct PassSummary {
     pub backfilling: u64,
     /// `workspace/slug: error` for each failed repository.
     pub failures: Vec<String>,
+    /// The shard this instance crawls (`I/N`), when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// Listed repositories that belong to other shards (not crawled, not
+    /// stored, not counted above).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other_shards: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PassSummary {
     /// The closing summary line.
     pub fn line(&self) -> String {
+        let (shard, others) = match &self.shard {
+            Some(shard) => (
+                format!("shard {shard}: "),
+                format!(" ({} listed for other shards)", self.other_shards),
+            ),
+            None => (String::new(), String::new()),
+        };
         format!(
-            "{} repositories: {} ok, {} empty, {} failed, {} deleted, {} skipped unchanged{}{}; {} new commits; {} requests, {} rate limited (429); {}",
+            "{shard}{} repositories{others}: {} ok, {} empty, {} failed, {} deleted, {} skipped unchanged{}{}; {} new commits; {} requests, {} rate limited (429); {}",
             self.repos + self.skipped + self.audits_deferred,
             self.ok,
             self.empty,

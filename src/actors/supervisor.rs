@@ -16,6 +16,7 @@ use crate::bitbucket::models::Repository;
 use crate::bitbucket::{ApiError, BitbucketClient};
 use crate::record::{RepoEventKind, RepoState, RepoStatus};
 use crate::schedule::{self, PlanInput, Reason, SlugFilter};
+use crate::shard::Shard;
 use crate::store::{keys, Store, StoreError};
 
 /// What one pass covers.
@@ -25,6 +26,8 @@ pub struct PassOptions {
     pub workspaces: Vec<String>,
     /// Which repositories to crawl by slug (the default: all).
     pub slugs: SlugFilter,
+    /// Only the repositories of this shard, by uuid (`None`: all).
+    pub shard: Option<Shard>,
     /// Only these slugs (`sync --repo`), if any.
     pub only: Vec<String>,
     /// Re-walk every default branch.
@@ -243,6 +246,7 @@ impl Pass {
         let before = self.client.stats();
         let mut summary = PassSummary {
             started_at: Some(Utc::now()),
+            shard: self.opts.shard.map(|s| s.to_string()),
             ..PassSummary::default()
         };
         let only: HashSet<&str> = self.opts.only.iter().map(String::as_str).collect();
@@ -274,6 +278,18 @@ impl Pass {
                 .map(|r| (r.uuid.clone(), r))
                 .collect();
             let listed: HashSet<&str> = listing.iter().map(|r| r.uuid.as_str()).collect();
+            if let Some(shard) = self.opts.shard {
+                // Only after the number of shards changed (or a store
+                // crawled unsharded got a shard): those stay as they were.
+                let foreign = stored.values().filter(|r| !shard.owns(&r.uuid)).count();
+                if foreign > 0 {
+                    tracing::warn!(
+                        workspace = %ws,
+                        shard = %shard,
+                        "the store holds {foreign} repositories of other shards (was the number of shards changed?): they are no longer crawled here and keep their last state; start this shard with a fresh store to drop them"
+                    );
+                }
+            }
 
             // Repositories gone from the listing: deleted, commits kept.
             for repo in stored.values() {
@@ -294,6 +310,20 @@ impl Pass {
                 };
                 if slug == "." || slug == ".." || slug.contains('/') {
                     tracing::warn!(slug = %slug, "repository with an unusable slug skipped");
+                    continue;
+                }
+                // Another shard's repository is not this instance's business
+                // at all: not crawled, stored, counted or audited.
+                if let Some(shard) = self.opts.shard.filter(|s| !s.owns(&listing.uuid)) {
+                    summary.other_shards += 1;
+                    if only.contains(slug.as_str()) {
+                        tracing::warn!(
+                            repo = %slug,
+                            "--repo {slug}: the repository belongs to shard {}/{}, not to this instance's {shard}: not crawled",
+                            crate::shard::shard_of(&listing.uuid, shard.count()),
+                            shard.count()
+                        );
+                    }
                     continue;
                 }
                 let wanted = (only.is_empty() || only.contains(slug.as_str()))

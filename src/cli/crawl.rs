@@ -40,11 +40,24 @@ pub(super) fn require_api_config(cfg: &Config) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Logs which shard this instance crawls, when it has one.
+fn say_shard(cfg: &Config) {
+    if let Some(shard) = cfg.shard {
+        tracing::info!(
+            shard = %shard,
+            "shard {shard}: crawling only the repositories whose uuid hashes to shard {} of {}",
+            shard.index(),
+            shard.count()
+        );
+    }
+}
+
 /// What a pass covers, from the configuration.
 fn pass_options(cfg: &Config, only: Vec<String>, full: bool) -> PassOptions {
     PassOptions {
         workspaces: cfg.workspaces.clone(),
         slugs: cfg.slugs.clone(),
+        shard: cfg.shard,
         only,
         full,
         since: cfg.since,
@@ -62,16 +75,19 @@ pub(super) async fn sync(
     workspaces: Vec<String>,
     repos: Vec<String>,
     full: bool,
+    shard: Option<String>,
 ) -> Result<u8, CliError> {
     bbcrawl::store::private_umask();
     let cfg = load_config(
         g,
         Overrides {
             workspaces,
+            shard,
             ..Overrides::default()
         },
     )?;
     require_api_config(&cfg)?;
+    say_shard(&cfg);
     let signal = daemon::shutdown_signal()?;
     let store = Arc::new(Store::open(&cfg.store)?);
     // This process holds the store: no daemon of it runs.
@@ -129,6 +145,7 @@ pub(super) async fn run_daemon(
     workspaces: Vec<String>,
     listen: Option<String>,
     web_config_file: Option<std::path::PathBuf>,
+    shard: Option<String>,
 ) -> Result<u8, CliError> {
     bbcrawl::store::private_umask();
     let cfg = load_config(
@@ -137,10 +154,12 @@ pub(super) async fn run_daemon(
             workspaces,
             listen,
             web_config_file,
+            shard,
             ..Overrides::default()
         },
     )?;
     require_api_config(&cfg)?;
+    say_shard(&cfg);
     // Every mistake in the endpoint's security is exit 2, before anything
     // starts.
     let endpoint = bbcrawl::web::Endpoint::prepare(&bbcrawl::web::EndpointConfig {
@@ -154,6 +173,7 @@ pub(super) async fn run_daemon(
     // gracefully instead of killing it.
     let shutdown = daemon::shutdown_signal()?;
     let metrics = bbcrawl::telemetry::install()?;
+    bbcrawl::telemetry::shard_info(cfg.shard);
     let store = Arc::new(Store::open(&cfg.store)?);
     let client = BitbucketClient::new(ClientOptions::from_config(&cfg))?;
     let mode = if g.quiet {

@@ -125,6 +125,10 @@ enum Command {
         /// Re-walk every default branch from the top (idempotent).
         #[arg(long)]
         full: bool,
+        /// Crawl only the repositories of shard I of N (I from 0), by a hash
+        /// of their uuid; also BBCRAWL_SHARD or `shard`.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
     },
     /// The daemon: a sync pass every `interval_seconds`, the HTTP endpoint
     /// on `listen` (/metrics, /healthz, /api/v1/…), graceful stop on
@@ -142,6 +146,11 @@ enum Command {
         /// or `web_config_file`.
         #[arg(long = "web.config.file", value_name = "FILE")]
         web_config_file: Option<std::path::PathBuf>,
+        /// Crawl only the repositories of shard I of N (I from 0), by a hash
+        /// of their uuid; also BBCRAWL_SHARD (or BBCRAWL_SHARDS with
+        /// BBCRAWL_SHARD_INDEX or JOB_COMPLETION_INDEX) or `shard`.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
     },
     /// Crawl the built-in simulator into a fresh store (or --store) and show
     /// the results: no credentials, no network, no configuration.
@@ -465,12 +474,14 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             workspaces,
             repos,
             full,
-        } => crawl::sync(g, workspaces, repos, full).await,
+            shard,
+        } => crawl::sync(g, workspaces, repos, full, shard).await,
         Command::Run {
             workspaces,
             listen,
             web_config_file,
-        } => crawl::run_daemon(g, workspaces, listen, web_config_file).await,
+            shard,
+        } => crawl::run_daemon(g, workspaces, listen, web_config_file, shard).await,
         Command::Demo => demo(g).await,
         Command::Store {
             what: StoreCommand::Backup { dest },

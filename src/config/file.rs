@@ -133,6 +133,7 @@ pub(super) struct FileConfig {
     pub(super) insecure_listen: Option<bool>,
     pub(super) api: Option<bool>,
     pub(super) health_without_auth: Option<bool>,
+    pub(super) shard: Option<String>,
     #[serde(default)]
     pub(super) credentials: Vec<FileCredential>,
 }

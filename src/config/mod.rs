@@ -21,6 +21,13 @@
 //!   directory; paths from flags and the environment resolve against the working
 //!   directory, as a shell user expects.
 //! - **Workspace names** are lowercased; see [`parse_workspace`] for the rules.
+//! - **`shard` from Kubernetes**: when `BBCRAWL_SHARD` is unset, `BBCRAWL_SHARDS`
+//!   (the number of shards) with `BBCRAWL_SHARD_INDEX` (a StatefulSet's pod index,
+//!   through the downward API) or else `JOB_COMPLETION_INDEX` (an indexed Job) are
+//!   the environment's value of `shard`; so a flag and `BBCRAWL_SHARD` beat them and
+//!   they beat the file, as any environment value does. One of the pair without the
+//!   other is an error (a pod that lost its index must not crawl every shard), except
+//!   `JOB_COMPLETION_INDEX` alone, which Kubernetes sets in every indexed Job.
 //! - **Unknown keys are errors**, in the file and inside `[[credentials]]`: a typo
 //!   such as `requests_per_hr` must not be silently ignored.
 //! - **The config file and secret files are small regular files**: at most
@@ -54,6 +61,7 @@ use chrono::{DateTime, Utc};
 use url::Url;
 
 use crate::schedule::{SlugFilter, SlugGlobs};
+use crate::shard::{Shard, ShardError};
 
 pub use credentials::{Credential, CredentialKind, Secret};
 pub use error::ConfigError;
@@ -62,7 +70,7 @@ pub use values::{parse_instant, parse_workspace};
 
 use credentials::resolve_credentials;
 use file::{in_file, read_file, FileConfig};
-use resolve::{invalid, resolve, Env, Found, Origin};
+use resolve::{invalid, resolve, Env, Found, Origin, Refusal};
 use values::{
     non_empty_path, parse_api_url, parse_globs, parse_listen, parse_since, parse_workspaces,
     split_list, toml_date_text, IntRange,
@@ -161,6 +169,9 @@ pub struct Config {
     pub api: bool,
     /// `/healthz` answers without basic auth.
     pub health_without_auth: bool,
+    /// This instance crawls only the repositories of this shard (`shard`);
+    /// `None`: every repository.
+    pub shard: Option<Shard>,
     /// Credentials, in file order (or the single one from the environment). May be
     /// empty: commands that need the API check that themselves.
     pub credentials: Vec<Credential>,
@@ -196,6 +207,8 @@ pub struct Overrides {
     pub web_config_file: Option<PathBuf>,
     /// `--requests-per-hour`.
     pub requests_per_hour: Option<u32>,
+    /// `--shard` (`I/N`).
+    pub shard: Option<String>,
 }
 
 impl Config {
@@ -410,6 +423,20 @@ impl Config {
             ));
         }
 
+        let parse_shard = |found: Found<String>| {
+            found.and_then(|text| Shard::parse(&text).map_err(|e| Refusal::from(e.to_string())))
+        };
+        let shard = resolve(
+            "shard",
+            Found::flag("--shard", overrides.shard.clone()).map(parse_shard),
+            env.found("BBCRAWL_SHARD")
+                .map(parse_shard)
+                .or_else(|| shard_from_kubernetes(&env)),
+            in_file(file, |v| v.shard.clone()).map(parse_shard),
+            None,
+            |shard| Ok(Some(shard)),
+        )?;
+
         let credentials = resolve_credentials(&env, file, &mut warnings)?;
 
         Ok(Config {
@@ -432,6 +459,7 @@ impl Config {
             insecure_listen,
             api,
             health_without_auth,
+            shard,
             credentials,
             warnings,
         })
@@ -450,4 +478,58 @@ fn int_key<T: TryFrom<i64>>(
 ) -> Result<T, ConfigError> {
     let env = env.map(|f| f.and_then(|text| range.parse_text(&text)));
     resolve(key, flag, env, file, default, |n| range.check(n))
+}
+
+/// `shard` as Kubernetes gives it (see the module documentation):
+/// `BBCRAWL_SHARDS` with `BBCRAWL_SHARD_INDEX`, else with `JOB_COMPLETION_INDEX`.
+fn shard_from_kubernetes(env: &Env) -> Option<Found<Shard>> {
+    const COUNT: &str = "BBCRAWL_SHARDS";
+    let count = env.get(COUNT);
+    let (index_var, index, origin) = match (env.get("BBCRAWL_SHARD_INDEX"), &count) {
+        (Some(index), _) => (
+            "BBCRAWL_SHARD_INDEX",
+            index,
+            "BBCRAWL_SHARD_INDEX and BBCRAWL_SHARDS",
+        ),
+        (None, Some(_)) => match env.get("JOB_COMPLETION_INDEX") {
+            Some(index) => (
+                "JOB_COMPLETION_INDEX",
+                index,
+                "JOB_COMPLETION_INDEX and BBCRAWL_SHARDS",
+            ),
+            None => {
+                return Some(Found::refused(
+                    Origin::Env(COUNT),
+                    "BBCRAWL_SHARDS is set but no shard index is: set BBCRAWL_SHARD_INDEX (in a StatefulSet, from the pod-index label `apps.kubernetes.io/pod-index` through the downward API; Kubernetes 1.28 or later sets it), run as an indexed Job (JOB_COMPLETION_INDEX), or set BBCRAWL_SHARD=I/N",
+                ))
+            }
+        },
+        (None, None) => return None,
+    };
+    let Some(count) = count else {
+        return Some(Found::refused(
+            Origin::Env("BBCRAWL_SHARD_INDEX"),
+            "BBCRAWL_SHARD_INDEX needs BBCRAWL_SHARDS, the number of shards (a StatefulSet's replicas)",
+        ));
+    };
+    let number = |var: &str, text: &str| -> Result<u64, Refusal> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{var} must be a whole number (got {text:?})").into());
+        }
+        Ok(text.parse::<u64>().unwrap_or(u64::MAX))
+    };
+    let shard = number(index_var, &index).and_then(|i| {
+        let n = number(COUNT, &count)?;
+        Shard::new(i, n).map_err(|e| {
+            let var = match e {
+                ShardError::Count(_) => COUNT,
+                _ => index_var,
+            };
+            Refusal::from(format!("{var}: {e}"))
+        })
+    });
+    Some(match shard {
+        Ok(shard) => Found::new(Origin::Env(origin), shard),
+        Err(refusal) => Found::refused(Origin::Env(origin), refusal),
+    })
 }

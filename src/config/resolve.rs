@@ -111,6 +111,15 @@ impl<R> Found<R> {
         }
     }
 
+    /// A value `origin` sets but that cannot be read as the key's raw form
+    /// (reported only if this source wins).
+    pub(super) fn refused(origin: Origin, refusal: impl Into<Refusal>) -> Found<R> {
+        Found {
+            origin,
+            raw: Err(refusal.into()),
+        }
+    }
+
     /// The flag `name`, if it was given.
     pub(super) fn flag(name: &'static str, value: Option<R>) -> Option<Found<R>> {
         value.map(|raw| Found::new(Origin::Flag(name), raw))
