@@ -185,7 +185,8 @@ enum Command {
         output: Option<PathBuf>,
         /// The change feed instead: every change (commit stored, unreachable,
         /// reachable again; repository renamed, deleted, restored, default
-        /// branch changed) after a sequence number, in order, as NDJSON.
+        /// branch changed) after a sequence number, in order, as NDJSON (with
+        /// --format parquet, as one Parquet file per batch).
         #[arg(long, conflicts_with = "all")]
         changes: bool,
         /// With --changes: the changes after this sequence number (default 0:
