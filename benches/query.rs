@@ -3,8 +3,10 @@
 //! `BBCRAWL_BENCH_REPOS` (default 2,000) repositories of workspace `acme`,
 //! then: the build's write rate, the store's bytes per commit, the first
 //! query after the build, store open time and filtered queries in-process,
-//! whole processes of the release binary (median wall time and peak RSS),
-//! `bbcrawl sync` of a small workspace into a copy of the store, and the
+//! whole processes of the release binary (median wall time and peak RSS;
+//! `export` as NDJSON, as the change feed and, when the binary has it, as
+//! Parquet into a file, with its bytes per commit, beside NDJSON into a
+//! file), `bbcrawl sync` of a small workspace into a copy of the store, and the
 //! daemon (`bbcrawl run`) on the store answering the same questions over
 //! its API.
 //!
@@ -1005,6 +1007,66 @@ fn main() {
         f.add("proc_changes_s", changes_p.as_secs_f64(), "s");
         f.add("proc_changes_per_s", rate, "changes/s");
         f.mb("proc_changes_rss_mb", changes_rss);
+    }
+
+    // Parquet (issue 16 §2), when the binary has it: every commit into a
+    // file (written beside it, synced, renamed), against NDJSON into a
+    // file the same way in the same run.
+    if help.contains("parquet") {
+        let out = common::fresh_dir("query-parquet");
+        let (pq_path, nd_path) = (out.join("commits.parquet"), out.join("commits.ndjson"));
+        let (pq, pq_rss, _) = run_many(
+            bin,
+            &dir,
+            &[
+                "export",
+                "--format",
+                "parquet",
+                "--output",
+                pq_path.to_str().unwrap(),
+            ],
+            runs,
+            true,
+        );
+        let (nd, nd_rss, _) = run_many(
+            bin,
+            &dir,
+            &[
+                "export",
+                "--format",
+                "ndjson",
+                "--output",
+                nd_path.to_str().unwrap(),
+            ],
+            runs,
+            true,
+        );
+        let bytes = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64;
+        let (pq_bytes, nd_bytes) = (bytes(&pq_path), bytes(&nd_path));
+        let _ = std::fs::remove_dir_all(&out);
+        let per = |b: f64| b / commits.max(1) as f64;
+        let (pq_rate, nd_rate) = (
+            commits as f64 / pq.as_secs_f64(),
+            commits as f64 / nd.as_secs_f64(),
+        );
+        println!(
+            "  process: export --format parquet --output F      {:>8.1} s   ({pq_rate:.0} commits/s; {:.1} bytes/commit; peak RSS {:.1} MB)",
+            pq.as_secs_f64(),
+            per(pq_bytes),
+            mb(pq_rss)
+        );
+        println!(
+            "  process: export --format ndjson --output F       {:>8.1} s   ({nd_rate:.0} commits/s; {:.1} bytes/commit; peak RSS {:.1} MB)",
+            nd.as_secs_f64(),
+            per(nd_bytes),
+            mb(nd_rss)
+        );
+        f.add("proc_parquet_s", pq.as_secs_f64(), "s");
+        f.add("proc_parquet_commits_per_s", pq_rate, "commits/s");
+        f.add("parquet_bytes_per_commit", per(pq_bytes), "bytes");
+        f.mb("proc_parquet_rss_mb", pq_rss);
+        f.add("proc_ndjson_file_commits_per_s", nd_rate, "commits/s");
+        f.add("ndjson_bytes_per_commit", per(nd_bytes), "bytes");
     }
 
     if std::env::var("BBCRAWL_BENCH_DAEMON").as_deref() != Ok("0") {

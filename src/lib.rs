@@ -10,7 +10,8 @@
 //!   (metrics and one handler for the query API) and its address file.
 //! - [`source`]    where the CLI's question is answered: the store, or the daemon holding it.
 //! - [`query`]     a question ([`query::Request`]: what, filter, format; its URL form) and
-//!   the one [`query::answer`] the CLI and the daemon both call; how answers print.
+//!   the one [`query::answer`] the CLI and the daemon both call; how answers print,
+//!   and the Parquet export ([`query::parquet`]).
 //! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
 //! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.

@@ -70,6 +70,41 @@ impl Source {
         }
     }
 
+    /// Writes the Parquet file `req` asks for (`export` or `export
+    /// --changes` in [`Format::Parquet`]) into `out`; returns `out` and, for
+    /// the change feed, the last seq written. From the daemon the answer is
+    /// fetched as NDJSON and written here (the API serves only text).
+    pub async fn parquet<W: Write + Send>(
+        &self,
+        req: &Request,
+        out: W,
+    ) -> Result<(W, Option<u64>), SourceError> {
+        use query::parquet::{self as pq, Table};
+        use query::Question;
+        let table = match req.question() {
+            Question::Changes { .. } => Table::Changes,
+            _ => Table::Commits,
+        };
+        match self {
+            Source::Local(store) => Ok(match req.question() {
+                Question::Export { all } => {
+                    let (out, _) = pq::export(store, *all, out)?;
+                    (out, None)
+                }
+                Question::Changes { after, limit, .. } => pq::changes(store, *after, *limit, out)?,
+                _ => return Err(OutputError::NotText(Format::Parquet.name()).into()),
+            }),
+            Source::Daemon(daemon) => {
+                let ndjson = req
+                    .in_format(Format::Ndjson)
+                    .map_err(|e| RemoteError::BadRequest(e.to_string()))?;
+                let mut file = pq::FromNdjson::new(out, table)?;
+                daemon.answer(&ndjson, &mut file).await?;
+                Ok(file.finish()?)
+            }
+        }
+    }
+
     /// Answers `req` into `out`, streaming.
     pub async fn answer(&self, req: &Request, out: &mut dyn Write) -> Result<(), SourceError> {
         match self {

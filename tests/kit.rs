@@ -352,7 +352,7 @@ const TOOL_PACKAGES: &[(&str, &str)] = &[
 
 /// Does a `CI` variable with this value mark a CI run? (`true` or `1`, as CI
 /// services set it.)
-fn ci_means_ci(value: &str) -> bool {
+pub(crate) fn ci_means_ci(value: &str) -> bool {
     value.eq_ignore_ascii_case("true") || value == "1"
 }
 

@@ -148,7 +148,7 @@ async fn serve_fake() -> String {
 }
 
 /// A store the real binary synced from the fake.
-async fn crawled() -> (String, tempfile::TempDir, PathBuf) {
+pub(crate) async fn crawled() -> (String, tempfile::TempDir, PathBuf) {
     let api = serve_fake().await;
     let (dir, store) = fresh_store();
     let out = sync(&store, &api, &[], RARE_AUDITS).await;

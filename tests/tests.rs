@@ -18,6 +18,7 @@ mod integrity;
 mod kit;
 mod migrate;
 mod model;
+mod parquet;
 mod precision;
 mod query;
 mod quirks;

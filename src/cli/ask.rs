@@ -62,7 +62,11 @@ pub(super) async fn export(
     let req = request(Question::Export { all }, format)?;
     // Decided before anything is read: a bad --output is a usage error.
     let target = match path.map(export_target).transpose()? {
+        None if format == Format::Parquet => return Err(parquet_needs_a_file(None)),
         None => return ask_to_stdout(g, req, EXPORT_BUFFER).await,
+        Some(ExportTarget::Stream(path)) if format == Format::Parquet => {
+            return Err(parquet_needs_a_file(Some(&path)))
+        }
         Some(t) => t,
     };
     let source = source(g)?;
@@ -82,10 +86,52 @@ pub(super) async fn export(
     Ok(exit::SUCCESS)
 }
 
+/// `--format parquet` without a file to replace: a Parquet file is only
+/// readable once its footer is written, so it is written beside its place
+/// and renamed, never streamed (exit 2).
+fn parquet_needs_a_file(stream: Option<&Path>) -> CliError {
+    CliError::Usage(match stream {
+        None => "--format parquet needs --output FILE: a Parquet file is written whole, then renamed into place".into(),
+        Some(p) => format!(
+            "--output {} is not a regular file: --format parquet writes a file whole, then renames it into place",
+            p.display()
+        ),
+    })
+}
+
+/// A temporary file beside `path`, to be renamed over it.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile, CliError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".bbcrawl-export-")
+        .tempfile_in(&dir)
+        .map_err(io(format!(
+            "cannot create a temporary file in {}",
+            dir.display()
+        )))
+}
+
+/// Syncs `tmp`, gives it `mode` and renames it over `path`.
+fn put_in_place(tmp: tempfile::NamedTempFile, path: &Path, mode: u32) -> Result<(), CliError> {
+    let cannot_write = || io(format!("cannot write {}", path.display()));
+    tmp.as_file().sync_all().map_err(cannot_write())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+            .map_err(cannot_write())?;
+    }
+    tmp.persist(path).map_err(|e| cannot_write()(e.error))?;
+    Ok(())
+}
+
 /// Writes the answer to `req` into a temporary file beside `path`, synced
 /// and given `mode`, then renamed over `path`: readers see the old file or
 /// the new one, never half. With `track`, returns the seq of the last
-/// change line written (`export --changes`).
+/// change line written (`export --changes`); a Parquet file returns it
+/// anyway.
 async fn answer_to_file(
     source: &Source,
     req: &Request,
@@ -93,17 +139,12 @@ async fn answer_to_file(
     mode: u32,
     track: bool,
 ) -> Result<Option<u64>, CliError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".bbcrawl-export-")
-        .tempfile_in(&dir)
-        .map_err(io(format!(
-            "cannot create a temporary file in {}",
-            dir.display()
-        )))?;
+    let tmp = temp_beside(path)?;
+    if req.format() == Format::Parquet {
+        let (tmp, last) = source.parquet(req, tmp).await?;
+        put_in_place(tmp, path, mode)?;
+        return Ok(last);
+    }
     let cannot_write = || io(format!("cannot write {}", path.display()));
     let mut out = std::io::BufWriter::with_capacity(EXPORT_BUFFER, tmp);
     let last = if track {
@@ -117,13 +158,7 @@ async fn answer_to_file(
     let tmp = out
         .into_inner()
         .map_err(|e| cannot_write()(e.into_error()))?;
-    tmp.as_file().sync_all().map_err(cannot_write())?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-            .map_err(cannot_write())?;
-    }
-    tmp.persist(path).map_err(|e| cannot_write()(e.error))?;
+    put_in_place(tmp, path, mode)?;
     Ok(last)
 }
 
@@ -177,13 +212,14 @@ fn export_target(path: &Path) -> Result<ExportTarget, CliError> {
 }
 
 /// `bbcrawl export --changes [--after SEQ | --cursor FILE] [--limit N]
-/// [--output FILE]`. The cursor moves only after every line is written and
-/// flushed (with --output: synced and renamed into place), to the last seq
-/// written: a run that fails or is killed before that leaves it where it
-/// was, and the next run prints those changes again (see README, "The
-/// change feed").
+/// [--output FILE] [--format ndjson|parquet]`. The cursor moves only after
+/// every line is written and flushed (with --output: synced and renamed
+/// into place; Parquet is always a file), to the last seq written: a run
+/// that fails or is killed before that leaves it where it was, and the
+/// next run prints those changes again (see README, "The change feed").
 pub(super) async fn changes(
     g: &Global,
+    format: Format,
     after: Option<u64>,
     cursor: Option<&Path>,
     limit: Option<u64>,
@@ -200,10 +236,17 @@ pub(super) async fn changes(
             limit,
             wait: 0,
         },
-        Format::Ndjson,
+        format,
     )?;
     // Decided before anything is read: a bad --output is a usage error.
     let target = output.map(export_target).transpose()?;
+    if format == Format::Parquet {
+        match &target {
+            None => return Err(parquet_needs_a_file(None)),
+            Some(ExportTarget::Stream(p)) => return Err(parquet_needs_a_file(Some(p))),
+            Some(ExportTarget::Replace { .. }) => {}
+        }
+    }
     let source = source(g)?;
     let last = match target {
         Some(ExportTarget::Replace { path, mode }) => {

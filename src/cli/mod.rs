@@ -168,10 +168,22 @@ enum Command {
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = FormatChoice(&[Format::Text, Format::Json]))]
         format: Format,
     },
-    /// Every stored commit, repository by repository.
+    /// Every stored commit, repository by repository (each in hash order).
+    ///
+    /// `--format parquet` writes typed columns to `--output FILE` (never to
+    /// stdout or a pipe): workspace, repo, repo_uuid, branch, hash (STRING);
+    /// date (TIMESTAMP in microseconds, UTC), date_nanos and
+    /// date_offset_minutes (INT32: the offset Bitbucket sent); author_raw,
+    /// author_name, author_email, author_uuid, author_account_id,
+    /// author_display_name, committer_raw, committer_name, committer_email
+    /// (STRING, null when absent); message (STRING); parents
+    /// (LIST<STRING>); reachable (BOOLEAN). With --changes, each row starts
+    /// with feed, seq (INT64) and kind, and a repository event is a row
+    /// with workspace, repo and repo_uuid, event_from and event_to, and the
+    /// commit columns null. README, "Parquet", has the details.
     Export {
-        /// Output format.
-        #[arg(long, value_name = "FORMAT", default_value = "ndjson", value_parser = FormatChoice(&[Format::Ndjson, Format::Csv]))]
+        /// Output format (`parquet`: with --output FILE).
+        #[arg(long, value_name = "FORMAT", default_value = "ndjson", value_parser = FormatChoice(&[Format::Ndjson, Format::Csv, Format::Parquet]))]
         format: Format,
         /// Include commits no longer reachable from the default branch.
         #[arg(long)]
@@ -182,7 +194,8 @@ enum Command {
         output: Option<PathBuf>,
         /// The change feed instead: every change (commit stored, unreachable,
         /// reachable again; repository renamed, deleted, restored, default
-        /// branch changed) after a sequence number, in order, as NDJSON.
+        /// branch changed) after a sequence number, in order, as NDJSON (with
+        /// --format parquet, as one Parquet file per batch).
         #[arg(long, conflicts_with = "all")]
         changes: bool,
         /// With --changes: the changes after this sequence number (default 0:
@@ -562,12 +575,23 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             limit,
             ..
         } => {
-            if format != bbcrawl::query::Format::Ndjson {
+            if !matches!(
+                format,
+                bbcrawl::query::Format::Ndjson | bbcrawl::query::Format::Parquet
+            ) {
                 return Err(CliError::Usage(
-                    "--changes prints NDJSON (--format ndjson)".into(),
+                    "--changes writes NDJSON or Parquet (--format ndjson|parquet)".into(),
                 ));
             }
-            ask::changes(g, after, cursor.as_deref(), limit, output.as_deref()).await
+            ask::changes(
+                g,
+                format,
+                after,
+                cursor.as_deref(),
+                limit,
+                output.as_deref(),
+            )
+            .await
         }
         Command::Export {
             format,

@@ -291,6 +291,10 @@ impl From<OutputError> for ApiFailure {
                 ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e.to_string())
             }
             OutputError::Query(e) => e.into(),
+            // Never asked: `Request::from_url` serves no Parquet.
+            e @ OutputError::NotText(_) => {
+                ApiFailure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+            }
         }
     }
 }

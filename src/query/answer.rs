@@ -17,6 +17,9 @@ use crate::store::Store;
 /// they are read; only a table holds its first batch back).
 pub fn answer(store: &Store, req: &Request, mut out: &mut dyn Write) -> Result<(), OutputError> {
     let (format, width) = (req.format(), req.width());
+    if format == Format::Parquet {
+        return Err(OutputError::NotText(format.name()));
+    }
     match req.question() {
         Question::Commits(f) => write_rows(&mut out, format, width, commits(store, f)?),
         Question::Authors(f) => write_rows(&mut out, format, width, ok(authors(store, f)?)),

@@ -8,6 +8,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 mod answer;
 pub mod output;
+pub mod parquet;
 mod request;
 
 pub use answer::{answer, table_from_json};

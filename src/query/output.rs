@@ -38,6 +38,10 @@ pub enum OutputError {
     /// The rows could not be read.
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// A format that is written to a file, asked as a stream of text
+    /// (Parquet: see `query::parquet`).
+    #[error("{0} is written to a file (export --output FILE), not printed")]
+    NotText(&'static str),
 }
 
 impl OutputError {
@@ -46,6 +50,7 @@ impl OutputError {
         match self {
             OutputError::Query(e) => e.exit_code(),
             OutputError::Io(_) => crate::exit::RUNTIME,
+            OutputError::NotText(_) => crate::exit::USAGE,
         }
     }
 }
@@ -176,6 +181,7 @@ where
             }
             w.flush()?;
         }
+        Format::Parquet => return Err(OutputError::NotText(format.name())),
         Format::Ndjson | Format::Table | Format::Text => {
             for row in rows {
                 serde_json::to_writer(&mut *out, &row?)?;

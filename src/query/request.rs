@@ -134,16 +134,21 @@ pub enum Format {
     Csv,
     /// `show`'s full record for people.
     Text,
+    /// Typed columns in a Parquet file (`export`, `export --changes`; the
+    /// CLI's only: it is written to a file, and from the daemon the CLI
+    /// asks for `ndjson` and writes the file itself).
+    Parquet,
 }
 
 impl Format {
     /// Every format, for parsing names.
-    const ALL: [Format; 5] = [
+    const ALL: [Format; 6] = [
         Format::Table,
         Format::Json,
         Format::Ndjson,
         Format::Csv,
         Format::Text,
+        Format::Parquet,
     ];
 
     /// Its name on the command line and in the API's `format` parameter.
@@ -154,6 +159,7 @@ impl Format {
             Format::Ndjson => "ndjson",
             Format::Csv => "csv",
             Format::Text => "text",
+            Format::Parquet => "parquet",
         }
     }
 
@@ -169,6 +175,7 @@ impl Format {
             Format::Ndjson => "application/x-ndjson",
             Format::Csv => "text/csv; charset=utf-8",
             Format::Table | Format::Text => "text/plain; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
         }
     }
 }
@@ -223,8 +230,8 @@ impl Question {
             | Question::Repos { .. }
             | Question::Stats => &[Format::Json, Format::Ndjson, Format::Csv, Format::Table],
             Question::Show { .. } => &[Format::Json, Format::Text],
-            Question::Export { .. } => &[Format::Ndjson, Format::Csv],
-            Question::Changes { .. } => &[Format::Ndjson],
+            Question::Export { .. } => &[Format::Ndjson, Format::Csv, Format::Parquet],
+            Question::Changes { .. } => &[Format::Ndjson, Format::Parquet],
         }
     }
 
@@ -337,7 +344,8 @@ impl Request {
 
     /// The request an API URL asks: `path` (percent-encoded, under
     /// [`API_PREFIX`]) and its raw query. A table is never served: it is
-    /// for people, and the CLI renders it from the `json` rows.
+    /// for people, and the CLI renders it from the `json` rows; nor is
+    /// Parquet: the CLI writes it from the `ndjson` lines.
     pub fn from_url(path: &str, query: Option<&str>) -> Result<Request, BadRequest> {
         let tail = path
             .strip_prefix(API_PREFIX)
@@ -411,7 +419,7 @@ impl Request {
             .formats()
             .iter()
             .copied()
-            .filter(|f| *f != Format::Table)
+            .filter(|f| !matches!(f, Format::Table | Format::Parquet))
             .collect();
         let format = match p.one("format")? {
             None => served[0],
@@ -565,6 +573,8 @@ mod tests {
             ("/api/v1/commits", "limit=0"),
             ("/api/v1/commits", "author=a&author=b"),
             ("/api/v1/export", "format=json"),
+            ("/api/v1/export", "format=parquet"),
+            ("/api/v1/changes", "format=parquet"),
             ("/api/v1/show/abc", "format=csv"),
         ] {
             assert!(

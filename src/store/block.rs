@@ -432,6 +432,39 @@ impl Columns {
         serde_json::to_writer(out, &view)
     }
 
+    /// Commit `i`'s fields borrowed from the block, as [`Columns::write_json`]
+    /// prints them (the Parquet export's columns): nothing is built but
+    /// the names parsed from a raw identity the block's table lacks.
+    pub fn view(&self, i: usize) -> CommitView<'_> {
+        let a = &self.authors[self.author[i] as usize];
+        let (name, email) = self.names_ref(a.raw.as_deref());
+        let committer_raw = match &self.committer[i] {
+            BlockCommitter::None => None,
+            BlockCommitter::SameAsAuthor => Some(a.raw.as_deref()),
+            BlockCommitter::Raw(raw) => Some(raw.as_deref()),
+        };
+        let committer = committer_raw.map(|raw| {
+            let (name, email) = self.names_ref(raw);
+            IdentityView { raw, name, email }
+        });
+        CommitView {
+            branch: &self.branches[self.branch[i] as usize],
+            hash: &self.hashes[i],
+            date: self.date(i),
+            author: IdentityView {
+                raw: a.raw.as_deref(),
+                name,
+                email,
+            },
+            author_uuid: a.uuid.as_deref(),
+            author_account_id: a.account_id.as_deref(),
+            author_display_name: a.display_name.as_deref(),
+            committer,
+            message: &self.messages[i],
+            reachable: self.reachable[i],
+        }
+    }
+
     /// Commit `i` with its message.
     fn build(&self, i: usize, message: String) -> StoredCommit {
         let date = self.date(i);
@@ -458,6 +491,43 @@ impl Columns {
                 .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
         }
     }
+}
+
+/// A commit's fields borrowed from its block ([`Columns::view`]); its
+/// parents are [`Columns::parent_hashes`].
+#[derive(Debug, Clone)]
+pub struct CommitView<'a> {
+    /// The default branch it was found on.
+    pub branch: &'a str,
+    /// Its hash.
+    pub hash: &'a Hash,
+    /// Its date, with the offset Bitbucket sent.
+    pub date: DateTime<FixedOffset>,
+    /// The author's raw identity and the name and e-mail parsed from it.
+    pub author: IdentityView<'a>,
+    /// The author's Bitbucket account uuid, when matched.
+    pub author_uuid: Option<&'a str>,
+    /// The author's Atlassian account id, when matched.
+    pub author_account_id: Option<&'a str>,
+    /// The author's Bitbucket display name, when matched.
+    pub author_display_name: Option<&'a str>,
+    /// The committer, when Bitbucket gave one.
+    pub committer: Option<IdentityView<'a>>,
+    /// The full message.
+    pub message: &'a str,
+    /// Whether it is reachable from the default branch.
+    pub reachable: bool,
+}
+
+/// A raw git identity and the name and e-mail parsed from it.
+#[derive(Debug, Clone)]
+pub struct IdentityView<'a> {
+    /// `Name <email>` as recorded in git.
+    pub raw: Option<&'a str>,
+    /// The name parsed from `raw`.
+    pub name: Option<Cow<'a, str>>,
+    /// The e-mail parsed from `raw`.
+    pub email: Option<Cow<'a, str>>,
 }
 
 /// [`crate::record::CommitRecord`]'s fields, in its order, borrowed from a

@@ -181,6 +181,39 @@ pub(super) fn new_repo_changes(old: Option<&RepoState>, new: &RepoState) -> Vec<
     fresh.iter().filter_map(RepoChange::of).collect()
 }
 
+/// One change, as [`Store::for_each_change`] hands it over.
+pub enum Change<'a> {
+    /// A commit stored, unreachable or reachable again: slot `slot` of
+    /// `block`, as the block is now.
+    Commit {
+        /// Its seq.
+        seq: u64,
+        /// `commit_stored`, `commit_unreachable` or `commit_reachable`.
+        kind: &'static str,
+        /// The block holding the commit.
+        block: &'a Columns,
+        /// The commit's slot in it.
+        slot: usize,
+        /// Its repository, as it is now.
+        repo: &'a RepoState,
+    },
+    /// A repository event.
+    Repo {
+        /// Its seq.
+        seq: u64,
+        /// `repo_renamed`, `repo_deleted`, `repo_restored` or
+        /// `repo_default_branch_changed`.
+        kind: &'static str,
+        /// The repository, as it is now.
+        repo: &'a RepoState,
+        /// The slug or default branch before (renamed, default branch
+        /// changed).
+        from: Option<&'a str>,
+        /// The slug or default branch after.
+        to: Option<&'a str>,
+    },
+}
+
 /// Why changes could not be printed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
@@ -238,6 +271,66 @@ impl Store {
         limit: Option<u64>,
         out: &mut dyn Write,
     ) -> Result<Option<u64>, ChangesError> {
+        let mut line = Vec::with_capacity(4096);
+        self.for_each_change(after, limit, &mut |change| {
+            line.clear();
+            match change {
+                Change::Commit {
+                    seq,
+                    kind,
+                    block,
+                    slot,
+                    repo,
+                } => {
+                    write!(
+                        line,
+                        "{{\"feed\":{FEED_VERSION},\"seq\":{seq},\"kind\":\"{kind}\",\"commit\":"
+                    )?;
+                    block
+                        .write_json(slot, repo, &mut line)
+                        .map_err(|e| self.corrupt("commit block", e))?;
+                    line.extend_from_slice(b"}\n");
+                }
+                Change::Repo {
+                    seq,
+                    kind,
+                    repo,
+                    from,
+                    to,
+                } => {
+                    let rec = RepoLine {
+                        feed: FEED_VERSION,
+                        seq,
+                        kind,
+                        repository: RepoView {
+                            workspace: &repo.workspace,
+                            uuid: &repo.uuid,
+                            slug: &repo.slug,
+                        },
+                        from,
+                        to,
+                    };
+                    serde_json::to_writer(&mut line, &rec)
+                        .map_err(|e| self.corrupt("repository record", e))?;
+                    line.push(b'\n');
+                }
+            }
+            out.write_all(&line)?;
+            Ok(())
+        })
+    }
+
+    /// Hands the changes after seq `after` (at most `limit`) to `visit`, in
+    /// seq order, up to the last seq on disk; returns the last seq handed
+    /// over. A change whose block is gone (`store repair` dropped it) is
+    /// skipped: its seq is never given. [`Store::write_changes`] prints
+    /// them; the Parquet export writes them as rows.
+    pub fn for_each_change(
+        &self,
+        after: u64,
+        limit: Option<u64>,
+        visit: &mut dyn FnMut(Change<'_>) -> Result<(), ChangesError>,
+    ) -> Result<Option<u64>, ChangesError> {
         let head = self.feed_durable();
         if after >= head {
             return Ok(None);
@@ -255,7 +348,6 @@ impl Store {
             _ => key(1).to_vec(),
         };
         let (mut written, mut last) = (0u64, None);
-        let mut line = Vec::with_capacity(4096);
         for kv in db.range(start..=key(head).to_vec()) {
             let (k, v) = kv.map_err(|e| self.err(e))?;
             let v = self.unseal(&k, v)?;
@@ -288,16 +380,13 @@ impl Store {
                         if seq <= after || (*slot as usize) >= cols.len() {
                             continue;
                         }
-                        line.clear();
-                        write!(
-                            line,
-                            "{{\"feed\":{FEED_VERSION},\"seq\":{seq},\"kind\":\"{}\",\"commit\":",
-                            change.kind()
-                        )?;
-                        cols.write_json(*slot as usize, state, &mut line)
-                            .map_err(|e| self.corrupt("commit block", e))?;
-                        line.extend_from_slice(b"}\n");
-                        out.write_all(&line)?;
+                        visit(Change::Commit {
+                            seq,
+                            kind: change.kind(),
+                            block: &cols,
+                            slot: *slot as usize,
+                            repo: state,
+                        })?;
                         last = Some(seq);
                         written += 1;
                         if limit.is_some_and(|l| written >= l) {
@@ -321,23 +410,13 @@ impl Store {
                         }
                         _ => (None, None),
                     };
-                    let rec = RepoLine {
-                        feed: FEED_VERSION,
+                    visit(Change::Repo {
                         seq: first,
                         kind: change.kind(),
-                        repository: RepoView {
-                            workspace: &state.workspace,
-                            uuid: &state.uuid,
-                            slug: &state.slug,
-                        },
+                        repo: state,
                         from,
                         to,
-                    };
-                    line.clear();
-                    serde_json::to_writer(&mut line, &rec)
-                        .map_err(|e| self.corrupt("repository record", e))?;
-                    line.push(b'\n');
-                    out.write_all(&line)?;
+                    })?;
                     last = Some(first);
                     written += 1;
                     if limit.is_some_and(|l| written >= l) {

@@ -40,6 +40,7 @@ pub use manifest::Manifest;
 pub use read::{instant, AuthorStats, Entries, Totals};
 pub use repair::{RepairReport, Rewound};
 use seal::Batch;
+pub use sorted::SortedCommit;
 
 /// sled's page cache. Explicit so memory use does not depend on sled's
 /// default (1 GiB). Measured over a 1M-commit crawl: 64 MiB gave a 256 MB

@@ -504,6 +504,21 @@ impl Store {
         super::sorted::commits_of(self, id)
     }
 
+    /// Repository `id`'s commits (reachable ones unless `all`) in hash
+    /// order (the order `export` prints), handed to `sink` until it returns
+    /// false: slots of its blocks, decoded and sorted in memory, when it
+    /// has at most `in_memory` commits, else whole commits read back from
+    /// sorted runs (see `sorted`).
+    pub fn for_each_sorted<E: From<StoreError>>(
+        &self,
+        id: u32,
+        all: bool,
+        in_memory: usize,
+        sink: &mut dyn FnMut(super::sorted::SortedCommit<'_>) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        super::sorted::for_each_sorted(self, id, all, in_memory, sink)
+    }
+
     /// Repository `repo`'s commits (reachable ones unless `all`) in hash
     /// order, each as its JSON record (SPEC section 4, the bytes
     /// `serde_json` prints for [`StoredCommit::into_record`]), handed to

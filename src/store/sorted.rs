@@ -181,6 +181,58 @@ fn sort(store: &Store, id: u32) -> Result<Sorted<'_>, StoreError> {
     }))
 }
 
+/// One commit handed over by [`for_each_sorted`].
+pub enum SortedCommit<'a> {
+    /// Slot `.1` of a decoded block.
+    Slot(&'a Columns, usize),
+    /// A commit read back from a sorted run (a repository too large to
+    /// sort its blocks in memory).
+    Stored(&'a StoredCommit),
+}
+
+/// Repository `id`'s commits (reachable ones unless `all`) in hash order,
+/// handed to `sink` until it returns false: slots of its decoded blocks,
+/// sorted in memory, when it has at most `in_memory` commits; else
+/// [`commits_of`]'s commits (bounded memory whatever its size).
+pub(super) fn for_each_sorted<E: From<StoreError>>(
+    store: &Store,
+    id: u32,
+    all: bool,
+    in_memory: usize,
+    sink: &mut dyn FnMut(SortedCommit<'_>) -> Result<bool, E>,
+) -> Result<(), E> {
+    let summaries = store.summaries(id)?;
+    let count: usize = summaries.iter().map(|s| s.count as usize).sum();
+    if count > in_memory {
+        for c in commits_of(store, id) {
+            let c = c?;
+            if (all || c.reachable) && !sink(SortedCommit::Stored(&c))? {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let mut blocks = Vec::with_capacity(summaries.len());
+    let mut slots: Vec<(Hash, u32, u32)> = Vec::with_capacity(count);
+    for summary in summaries {
+        let cols = store.read_block(id, summary.seq)?;
+        let b = blocks.len() as u32;
+        slots.extend(
+            (0..cols.len())
+                .filter(|&i| all || cols.reachable(i))
+                .map(|i| (*cols.hash(i), b, i as u32)),
+        );
+        blocks.push(cols);
+    }
+    slots.sort_unstable_by_key(|s| s.0);
+    for (_, b, i) in slots {
+        if !sink(SortedCommit::Slot(&blocks[b as usize], i as usize))? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Repository `repo`'s commits (reachable ones unless `all`) in hash
 /// order, each as its JSON record (`Columns::write_json`), handed to
 /// `sink` until it returns false.
