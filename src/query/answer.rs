@@ -244,7 +244,7 @@ pub fn table_from_json(
 mod tests {
     use super::*;
     use crate::record::{Author, RepoState};
-    use chrono::{DateTime, Utc};
+    use chrono::DateTime;
 
     fn record(repo: &RepoState, i: usize) -> CommitRecord {
         CommitRecord {
@@ -300,26 +300,10 @@ mod tests {
         check(&store);
         // Repositories of 0, 1, many commits (more than a part), in an
         // order unlike export order, one with unreachable commits.
-        for (n, slug) in [(0usize, "m"), (3000, "b"), (1, "z"), (250, "a"), (40, "k")] {
-            let mut repo = RepoState::new(
-                "ws",
-                &format!("{{{slug}}}"),
-                slug,
-                &format!("ws/{slug}"),
-                Utc::now(),
-            );
-            let commits: Vec<CommitRecord> = (0..n).map(|i| record(&repo, i)).collect();
-            for page in commits.chunks(100) {
-                repo = store.apply_page(&repo, page).unwrap().repo;
-            }
-            if n == 0 {
-                store.put_repo(&repo).unwrap();
-            }
-            if slug == "k" {
-                let head = record(&repo, 10).hash;
-                store.mark_reachability(&repo, &head, Utc::now()).unwrap();
-            }
-        }
+        let (_filled, store) = crate::query::test_store(
+            &[(0, "m"), (3000, "b"), (1, "z"), (250, "a"), (40, "k")],
+            record,
+        );
         check(&store);
     }
 }

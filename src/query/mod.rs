@@ -603,3 +603,41 @@ pub fn stats(store: &Store) -> Result<Stats, QueryError> {
         last_pass: store.meta(keys::META_LAST_PASS)?,
     })
 }
+
+/// For the tests of this module's answers: a store of repositories
+/// (`(commits, slug)`, each of workspace `ws` and uuid `{slug}`) filled
+/// page by page with `record(repo, i)`; an empty one is saved as it is;
+/// repository `k` has its commits before the tenth orphaned (a force
+/// push).
+#[cfg(test)]
+pub(crate) fn test_store(
+    sizes: &[(usize, &str)],
+    record: fn(&crate::record::RepoState, usize) -> crate::record::CommitRecord,
+) -> (tempfile::TempDir, Store) {
+    use crate::record::RepoState;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for (n, slug) in sizes {
+        let mut repo = RepoState::new(
+            "ws",
+            &format!("{{{slug}}}"),
+            slug,
+            &format!("ws/{slug}"),
+            chrono::Utc::now(),
+        );
+        let commits: Vec<_> = (0..*n).map(|i| record(&repo, i)).collect();
+        for page in commits.chunks(100) {
+            repo = store.apply_page(&repo, page).unwrap().repo;
+        }
+        if *n == 0 {
+            store.put_repo(&repo).unwrap();
+        }
+        if *slug == "k" {
+            let head = record(&repo, 10).hash;
+            store
+                .mark_reachability(&repo, &head, chrono::Utc::now())
+                .unwrap();
+        }
+    }
+    (dir, store)
+}

@@ -1020,29 +1020,7 @@ mod tests {
     /// A store of repositories of 0, 1 and many commits, one with
     /// commits a force push orphaned.
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for (n, slug) in [(0usize, "m"), (450, "b"), (1, "z"), (120, "k")] {
-            let mut repo = RepoState::new(
-                "ws",
-                &format!("{{{slug}}}"),
-                slug,
-                &format!("ws/{slug}"),
-                Utc::now(),
-            );
-            let commits: Vec<CommitRecord> = (0..n).map(|i| record(&repo, i)).collect();
-            for page in commits.chunks(100) {
-                repo = store.apply_page(&repo, page).unwrap().repo;
-            }
-            if n == 0 {
-                store.put_repo(&repo).unwrap();
-            }
-            if slug == "k" {
-                let head = record(&repo, 10).hash;
-                store.mark_reachability(&repo, &head, Utc::now()).unwrap();
-            }
-        }
-        (dir, store)
+        crate::query::test_store(&[(0, "m"), (450, "b"), (1, "z"), (120, "k")], record)
     }
 
     fn read(bytes: Vec<u8>) -> Vec<RecordBatch> {
