@@ -360,48 +360,6 @@ async fn sync_starts_no_pass_below_the_free_disk_floor() {
     assert!(!sim.requests().is_empty());
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (as mount(8) reads it) at `dir`; `None`
-    /// when this process may not mount (not root, or no CAP_SYS_ADMIN).
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot resize the tmpfs at {}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: a daemon killed on a failed assertion may still hold it.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// The daemon on a disk that fills mid-pass (a 3 MiB tmpfs, a world of
 /// 20,000 commits): the pass fails with "the disk is full", the daemon
 /// keeps running; once there is space (the tmpfs grown to 256 MiB) it

@@ -70,45 +70,6 @@ fn env_seconds(name: &str, default: u64) -> u64 {
     }
 }
 
-/// A tmpfs mounted for this test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` at `dir`; `None` when this process may not
-    /// mount (not root, or no CAP_SYS_ADMIN).
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-
-    /// Bytes free on it.
-    fn free(&self) -> u64 {
-        fs2::available_space(&self.0).unwrap()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: a daemon killed on a failed assertion may still hold it.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// The daemons' logs: removed after a soak that passed; after one that
 /// failed, kept (and named) with a copy of the store (the tmpfs goes).
 struct KeptOnFailure {

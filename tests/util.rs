@@ -368,3 +368,53 @@ fn assert_truth(records: Vec<bbcrawl::record::CommitRecord>, sim: &Simulator) {
         by_repo.keys().collect::<Vec<_>>()
     );
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped (disk-full and
+/// read-only tests; they need root).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as mount(8) reads it) at `dir`; `None`
+    /// when this process may not mount (not root, or no CAP_SYS_ADMIN).
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Grows or shrinks it.
+    pub fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot resize the tmpfs at {}", self.0.display());
+    }
+
+    /// Bytes free on it.
+    pub fn free(&self) -> u64 {
+        fs2::available_space(&self.0).unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a daemon killed on a failed assertion may still hold it.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
