@@ -398,36 +398,26 @@ impl Columns {
         repo: &RepoState,
         out: &mut Vec<u8>,
     ) -> Result<(), serde_json::Error> {
-        let a = &self.authors[self.author[i] as usize];
-        let (name, email) = self.names_ref(a.raw.as_deref());
-        let committer_raw = match &self.committer[i] {
-            BlockCommitter::None => None,
-            BlockCommitter::SameAsAuthor => Some(a.raw.as_deref()),
-            BlockCommitter::Raw(raw) => Some(raw.as_deref()),
-        };
-        let committer = committer_raw.map(|raw| {
-            let (name, email) = self.names_ref(raw);
-            CommitterView { raw, name, email }
-        });
+        let v = self.view(i);
         let view = RecordView {
             workspace: &repo.workspace,
             repo: &repo.slug,
             repo_uuid: &repo.uuid,
-            branch: &self.branches[self.branch[i] as usize],
-            hash: HexView(self.hashes[i]),
-            date: crate::record::format_date(&self.date(i)),
+            branch: v.branch,
+            hash: HexView(*v.hash),
+            date: crate::record::format_date(&v.date),
             author: AuthorView {
-                raw: a.raw.as_deref(),
-                name,
-                email,
-                uuid: a.uuid.as_deref(),
-                account_id: a.account_id.as_deref(),
-                display_name: a.display_name.as_deref(),
+                raw: v.author.raw,
+                name: v.author.name,
+                email: v.author.email,
+                uuid: v.author_uuid,
+                account_id: v.author_account_id,
+                display_name: v.author_display_name,
             },
-            committer,
-            message: &self.messages[i],
+            committer: v.committer,
+            message: v.message,
             parents: ParentsView(self, i),
-            reachable: self.reachable[i],
+            reachable: v.reachable,
         };
         serde_json::to_writer(out, &view)
     }
@@ -519,8 +509,9 @@ pub struct CommitView<'a> {
     pub reachable: bool,
 }
 
-/// A raw git identity and the name and e-mail parsed from it.
-#[derive(Debug, Clone)]
+/// A raw git identity and the name and e-mail parsed from it (serialised
+/// as [`Committer`] is).
+#[derive(Debug, Clone, Serialize)]
 pub struct IdentityView<'a> {
     /// `Name <email>` as recorded in git.
     pub raw: Option<&'a str>,
@@ -541,7 +532,7 @@ struct RecordView<'a> {
     hash: HexView,
     date: String,
     author: AuthorView<'a>,
-    committer: Option<CommitterView<'a>>,
+    committer: Option<IdentityView<'a>>,
     message: &'a str,
     parents: ParentsView<'a>,
     reachable: bool,
@@ -556,14 +547,6 @@ struct AuthorView<'a> {
     uuid: Option<&'a str>,
     account_id: Option<&'a str>,
     display_name: Option<&'a str>,
-}
-
-/// [`Committer`]'s fields, borrowed.
-#[derive(Serialize)]
-struct CommitterView<'a> {
-    raw: Option<&'a str>,
-    name: Option<Cow<'a, str>>,
-    email: Option<Cow<'a, str>>,
 }
 
 /// A hash as its 40 hex digits, written from the stack.
