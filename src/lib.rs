@@ -15,6 +15,8 @@
 //! - [`demo`]      `bbcrawl demo`: the whole pipeline against the built-in simulator.
 //! - [`progress`]  what `sync` shows while it runs: a live bar or one line per repository.
 //! - [`verify`]    the `verify` connection check and its DX-compatible error codes.
+//! - [`hooks`]     Bitbucket `repo:push` webhooks: the signed receiver on its own listener,
+//!   the walks it schedules (through the crawl's writer and locks), `hooks install`.
 //! - [`web`]       the endpoint's TLS and basic auth, from the exporter toolkit's web config file.
 //!
 //! Crawling:
@@ -44,6 +46,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
+pub mod hooks;
 pub mod human;
 pub mod panic;
 pub mod progress;

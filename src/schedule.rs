@@ -54,6 +54,9 @@ pub enum Reason {
     Unchanged,
     /// Not crawled: its audit is due but the budget is needed elsewhere.
     AuditDeferred,
+    /// A signed `repo:push` webhook moved its default branch (section 13):
+    /// walked at once, outside any pass.
+    Hook,
 }
 
 impl Reason {
@@ -68,6 +71,7 @@ impl Reason {
             Reason::Audit => "audit",
             Reason::Unchanged => "skipped: unchanged",
             Reason::AuditDeferred => "skipped: audit deferred (budget)",
+            Reason::Hook => "webhook push",
         }
     }
 
@@ -80,7 +84,7 @@ impl Reason {
     /// pass runs these phases one after the other.
     pub fn phase(self) -> u8 {
         match self {
-            Reason::Forced | Reason::Changed | Reason::Retry => 0,
+            Reason::Forced | Reason::Changed | Reason::Retry | Reason::Hook => 0,
             Reason::New | Reason::Unfinished => 1,
             Reason::Audit => 2,
             Reason::Unchanged | Reason::AuditDeferred => 3,

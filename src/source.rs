@@ -354,6 +354,24 @@ impl Daemon {
         Err(RemoteError::Failed(format!("backup: {}", err.error)))
     }
 
+    /// The daemon's webhook receiver status (`None`: it has none).
+    pub async fn hooks_status(&self) -> Result<Option<crate::hooks::HookStatus>, RemoteError> {
+        let resp = self
+            .send(crate::daemon::ADMIN_HOOKS, |http, url| http.get(url))
+            .await?;
+        if !self.is_ours(&resp) {
+            return Err(self.not_ours());
+        }
+        if resp.status().is_success() {
+            return resp
+                .json()
+                .await
+                .map_err(|e| RemoteError::Failed(e.to_string()));
+        }
+        let (status, err) = ApiError::of(resp).await;
+        Err(RemoteError::Failed(format!("HTTP {status}: {}", err.error)))
+    }
+
     async fn fetch(&self, req: &Request) -> Result<reqwest::Response, RemoteError> {
         let (path, params) = req.to_url();
         self.get(&path, &params).await

@@ -57,6 +57,12 @@ pub const LAST_SYNC_SUCCESS: &str = "bbcrawl_last_sync_success_timestamp_seconds
 pub const LAST_SYNC_FAILED: &str = "bbcrawl_last_sync_failed";
 /// Request budget per hour, summed over credentials.
 pub const RATELIMIT_LIMIT: &str = "bbcrawl_ratelimit_limit";
+/// `{outcome}`: webhook deliveries received (see [`crate::hooks::OUTCOMES`]).
+pub const HOOK_DELIVERIES: &str = crate::hooks::DELIVERIES;
+/// `{result}`: walks a webhook triggered.
+pub const HOOK_FETCHES: &str = crate::hooks::FETCHES;
+/// From a webhook delivery's arrival to its commits stored.
+pub const HOOK_PUSH_TO_STORED: &str = crate::hooks::PUSH_TO_STORED;
 /// Requests left in the rolling hour, summed over credentials.
 pub const RATELIMIT_REMAINING: &str = "bbcrawl_ratelimit_remaining_estimate";
 /// Seconds until the longest 429 pause in force ends (0 when none).
@@ -140,7 +146,7 @@ pub struct MetricDef {
 }
 
 /// Every metric bbcrawl exports.
-pub const METRICS: [MetricDef; 30] = [
+pub const METRICS: [MetricDef; 33] = [
     MetricDef { name: HTTP_REQUESTS, kind: Kind::Counter, unit: Unit::Count, labels: &["endpoint", "code"],
         help: "HTTP attempts sent to Bitbucket, every retry included, by endpoint and status code (`error` when no answer came)." },
     MetricDef { name: HTTP_REQUEST_DURATION, kind: Kind::Histogram, unit: Unit::Seconds, labels: &["endpoint"],
@@ -201,6 +207,12 @@ pub const METRICS: [MetricDef; 30] = [
         help: "Connections to the daemon's TLS endpoint whose handshake failed or timed out (plain HTTP, an untrusted or missing client certificate, a scanner)." },
     MetricDef { name: BACKFILL_ETA, kind: Kind::Gauge, unit: Unit::Seconds, labels: &[],
         help: "Rough time to finish outstanding backfill at the current budget (each unfinished walk is assumed to need as many pages again as it has fetched)." },
+    MetricDef { name: HOOK_DELIVERIES, kind: Kind::Counter, unit: Unit::Count, labels: &["outcome"],
+        help: "Webhook deliveries received on hooks_listen: accepted (a default-branch push to fetch), ignored (another branch, a tag, a deletion, another event or repository), duplicate (seen before or already stored), or refused: unsigned, bad_signature (401), too_large (413), unknown_workspace (404), malformed (400)." },
+    MetricDef { name: HOOK_FETCHES, kind: Kind::Counter, unit: Unit::Count, labels: &["result"],
+        help: "Walks of a repository's default branch that webhooks triggered, by result (ok, failed: the next pass retries)." },
+    MetricDef { name: HOOK_PUSH_TO_STORED, kind: Kind::Histogram, unit: Unit::Seconds, labels: &[],
+        help: "Time from a webhook delivery's arrival to its commits stored and flushed (queryable)." },
 ];
 
 /// Why the recorder could not be installed.
@@ -218,6 +230,10 @@ pub fn builder() -> Result<PrometheusBuilder, TelemetryError> {
         .set_buckets_for_metric(
             Matcher::Full(STORE_WRITE_DURATION.into()),
             &STORE_WRITE_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(HOOK_PUSH_TO_STORED.into()),
+            &crate::hooks::LATENCY_BUCKETS,
         )?)
 }
 
@@ -260,6 +276,12 @@ pub fn describe_and_register() {
         metrics::counter!(HTTP_AUTH_FAILURES, "reason" => reason).absolute(0);
     }
     metrics::counter!(TLS_HANDSHAKE_FAILURES).absolute(0);
+    for outcome in crate::hooks::OUTCOMES {
+        metrics::counter!(HOOK_DELIVERIES, "outcome" => outcome).absolute(0);
+    }
+    for result in crate::hooks::FETCH_RESULTS {
+        metrics::counter!(HOOK_FETCHES, "result" => result).absolute(0);
+    }
     for result in PASS_RESULTS {
         metrics::counter!(SYNC_PASSES, "result" => result).absolute(0);
     }

@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 use crate::telemetry;
 
 pub use repository::RepoOutcome;
-pub use supervisor::{run_pass, Crawler, PassEnd, PassError, PassOptions, DRAIN_DEADLINE};
+pub use supervisor::{
+    run_pass, Crawler, HookTarget, HookWalkOptions, PassEnd, PassError, PassOptions, RepoLocks,
+    DRAIN_DEADLINE,
+};
 
 /// Set to stop a pass: repository actors check it before every page.
 pub type StopFlag = Arc<AtomicBool>;

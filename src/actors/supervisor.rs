@@ -87,6 +87,54 @@ impl From<actix::MailboxError> for PassError {
 pub struct Crawler {
     supervisor: Addr<Supervisor>,
     writer: Addr<Writer>,
+    client: BitbucketClient,
+    store: Arc<Store>,
+    observer: Arc<dyn PassObserver>,
+    locks: Arc<RepoLocks>,
+}
+
+/// One lock per repository, shared by passes and webhook walks: a walk
+/// holds its repository's lock and reads the repository's record only once
+/// it has it, so two walks of one repository never run at once and none
+/// starts from a record another walk has since moved on.
+#[derive(Default)]
+pub struct RepoLocks {
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl RepoLocks {
+    /// Waits for the repository's lock. The map holds one small entry per
+    /// repository ever walked (bounded by the workspace).
+    pub async fn lock(&self, uuid: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(locks.entry(uuid.to_owned()).or_default())
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// What a webhook asks to walk (see [`Crawler::hook_walk`]).
+#[derive(Debug, Clone)]
+pub enum HookTarget {
+    /// A repository the store knows, by uuid: walked from its stored record
+    /// (read under its lock), with no listing request.
+    Known {
+        /// Braced uuid.
+        uuid: String,
+    },
+    /// A repository whose listing entry was just fetched (new to the store,
+    /// renamed, or marked deleted): walked with that entry.
+    Listed(Repository),
+}
+
+/// What a webhook walk needs besides its target.
+#[derive(Clone)]
+pub struct HookWalkOptions {
+    /// First crawls skip commits older than this.
+    pub since: Option<DateTime<Utc>>,
+    /// Set when the daemon stops.
+    pub stop: StopFlag,
 }
 
 impl Crawler {
@@ -98,14 +146,85 @@ impl Crawler {
     ) -> Crawler {
         let writer_store = Arc::clone(&store);
         let writer = SyncArbiter::start(1, move || Writer::new(Arc::clone(&writer_store)));
+        let locks = Arc::new(RepoLocks::default());
         let supervisor = Supervisor {
-            client,
-            store,
+            client: client.clone(),
+            store: Arc::clone(&store),
             writer: writer.clone(),
-            observer,
+            observer: Arc::clone(&observer),
+            locks: Arc::clone(&locks),
         }
         .start();
-        Crawler { supervisor, writer }
+        Crawler {
+            supervisor,
+            writer,
+            client,
+            store,
+            observer,
+            locks,
+        }
+    }
+
+    /// Walks one repository's default branch for a webhook (SPEC section
+    /// 13), through the same client (budget, 429 gate), writer and
+    /// repository lock as passes, then flushes. `Ok(None)`: the store does
+    /// not know a [`HookTarget::Known`] repository (any more).
+    pub async fn hook_walk(
+        &self,
+        workspace: &str,
+        target: HookTarget,
+        opts: HookWalkOptions,
+    ) -> Result<Option<RepoOutcome>, PassError> {
+        let uuid = match &target {
+            HookTarget::Known { uuid } => uuid.clone(),
+            HookTarget::Listed(listing) => listing.uuid.clone(),
+        };
+        let guard = self.locks.lock(&uuid).await;
+        let stored = {
+            let store = Arc::clone(&self.store);
+            let (ws, uuid) = (workspace.to_owned(), uuid.clone());
+            tokio::task::spawn_blocking(move || store.repo(&ws, &uuid))
+                .await
+                .map_err(|e| PassError::Internal(e.to_string()))??
+        };
+        let (listing, slug, reason) = match target {
+            HookTarget::Known { .. } => {
+                let Some(repo) = &stored else {
+                    return Ok(None);
+                };
+                (listing_of(repo), repo.slug.clone(), Reason::Hook)
+            }
+            HookTarget::Listed(listing) => {
+                let Some(slug) = listing.slug().map(str::to_owned) else {
+                    return Ok(None);
+                };
+                let reason = if stored.is_some() {
+                    Reason::Hook
+                } else {
+                    Reason::New
+                };
+                (listing, slug, reason)
+            }
+        };
+        let job = RepoJob {
+            client: self.client.clone(),
+            writer: self.writer.clone(),
+            workspace: workspace.to_owned(),
+            stored,
+            slug,
+            listing,
+            full: false,
+            since: opts.since,
+            observer: Arc::clone(&self.observer),
+            stop: opts.stop,
+            queue: Arc::new(WriterQueue::default()),
+            reason,
+            max_pages: None,
+        };
+        let outcome = crawl_one(job).await;
+        drop(guard);
+        self.flush().await?;
+        Ok(Some(outcome))
     }
 
     /// One pass; `stop` ends it early (a fatal API error sets it too: a
@@ -115,6 +234,15 @@ impl Crawler {
         let result = self.supervisor.send(RunPass { opts, stop }).await?;
         self.flush().await?;
         result
+    }
+
+    /// Saves a meta document through the writer.
+    pub async fn put_meta(
+        &self,
+        key: &'static [u8],
+        value: serde_json::Value,
+    ) -> Result<(), PassError> {
+        Ok(self.writer.send(PutMeta { key, value }).await??)
     }
 
     /// Asks the writer to flush everything it wrote (after the pages it
@@ -199,6 +327,7 @@ pub struct Supervisor {
     store: Arc<Store>,
     writer: Addr<Writer>,
     observer: Arc<dyn PassObserver>,
+    locks: Arc<RepoLocks>,
 }
 
 impl Actor for Supervisor {
@@ -224,6 +353,7 @@ impl Handler<RunPass> for Supervisor {
             store: Arc::clone(&self.store),
             writer: self.writer.clone(),
             observer: Arc::clone(&self.observer),
+            locks: Arc::clone(&self.locks),
             stop: msg.stop,
             opts: msg.opts,
         };
@@ -236,11 +366,31 @@ struct Pass {
     store: Arc<Store>,
     writer: Addr<Writer>,
     observer: Arc<dyn PassObserver>,
+    locks: Arc<RepoLocks>,
     stop: StopFlag,
     opts: PassOptions,
 }
 
 impl Pass {
+    /// Changes a stored repository's record under its lock, from the record
+    /// as stored now (a webhook walk may have moved it since the pass read
+    /// it): `f` returns whether to save.
+    async fn update_repo(
+        &self,
+        workspace: &str,
+        uuid: &str,
+        f: impl FnOnce(&mut RepoState) -> bool,
+    ) -> Result<(), PassError> {
+        let _guard = self.locks.lock(uuid).await;
+        let Some(mut repo) = self.store.repo(workspace, uuid)? else {
+            return Ok(());
+        };
+        if f(&mut repo) {
+            self.writer.send(PutRepo(repo)).await??;
+        }
+        Ok(())
+    }
+
     async fn run(self) -> Result<PassSummary, PassError> {
         let started = Instant::now();
         let before = self.client.stats();
@@ -294,11 +444,13 @@ impl Pass {
             // Repositories gone from the listing: deleted, commits kept.
             for repo in stored.values() {
                 if !listed.contains(repo.uuid.as_str()) && repo.status != RepoStatus::Deleted {
-                    let mut repo = repo.clone();
-                    repo.status = RepoStatus::Deleted;
-                    repo.record_event(Utc::now(), RepoEventKind::Deleted);
-                    tracing::info!(repo = %repo.full_name, "repository no longer listed: marked deleted");
-                    self.writer.send(PutRepo(repo)).await??;
+                    self.update_repo(ws, &repo.uuid, |repo| {
+                        repo.status = RepoStatus::Deleted;
+                        repo.record_event(Utc::now(), RepoEventKind::Deleted);
+                        tracing::info!(repo = %repo.full_name, "repository no longer listed: marked deleted");
+                        true
+                    })
+                    .await?;
                     summary.deleted += 1;
                 }
             }
@@ -359,10 +511,13 @@ impl Pass {
                 }
                 // Record why it was skipped (only when that changed: an
                 // unchanged pass should not rewrite every record).
-                if let Some(mut repo) = stored {
+                if let Some(repo) = stored {
                     if repo.last_decision.as_deref() != Some(p.reason.as_str()) {
-                        repo.last_decision = Some(p.reason.as_str().to_owned());
-                        self.writer.send(PutRepo(repo)).await??;
+                        self.update_repo(&ws, &repo.uuid, |repo| {
+                            repo.last_decision = Some(p.reason.as_str().to_owned());
+                            true
+                        })
+                        .await?;
                     }
                 }
                 continue;
@@ -401,8 +556,9 @@ impl Pass {
             phases[phase].push(job);
         }
         let mut outcomes = futures::stream::iter(phases).flat_map(move |jobs| {
+            let (locks, store) = (Arc::clone(&self.locks), Arc::clone(&self.store));
             futures::stream::iter(jobs)
-                .map(crawl_one)
+                .map(move |job| crawl_locked(job, Arc::clone(&locks), Arc::clone(&store)))
                 .buffer_unordered(concurrency)
         });
 
@@ -460,6 +616,42 @@ impl Pass {
             })
             .await??;
         Ok(summary)
+    }
+}
+
+/// [`crawl_one`] under the repository's lock, from its record as stored
+/// once the lock is held (a webhook walk may have moved it since the pass
+/// planned).
+async fn crawl_locked(mut job: RepoJob, locks: Arc<RepoLocks>, store: Arc<Store>) -> RepoOutcome {
+    let _guard = locks.lock(&job.listing.uuid).await;
+    match store.repo(&job.workspace, &job.listing.uuid) {
+        Ok(stored) => job.stored = stored,
+        Err(e) => {
+            tracing::warn!(repo = %job.slug, error = %e, "cannot re-read the repository's record; using the pass's copy")
+        }
+    }
+    crawl_one(job).await
+}
+
+/// The listing entry a stored repository had when it was last walked, for
+/// a webhook walk that makes no listing request: same slug, default branch
+/// and `updated_on`, so the walk notices no rename or branch change and the
+/// next pass's gate still compares against the last listing it saw.
+fn listing_of(repo: &RepoState) -> Repository {
+    Repository {
+        uuid: repo.uuid.clone(),
+        slug: Some(repo.slug.clone()),
+        full_name: Some(repo.full_name.clone()),
+        name: None,
+        mainbranch: repo
+            .default_branch
+            .clone()
+            .map(|name| crate::bitbucket::models::Branch { name }),
+        updated_on: repo
+            .updated_on
+            .as_deref()
+            .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok()),
+        is_private: None,
     }
 }
 

@@ -19,7 +19,9 @@ use url::Url;
 
 use super::budget::{Outcome, RateBudget, RateLimitBackoff};
 use super::error::ApiError;
-use super::models::{Commit, ErrorBody, Page, Repository, COMMIT_FIELDS, REPOSITORY_FIELDS};
+use super::models::{
+    Commit, ErrorBody, Page, Repository, COMMIT_FIELDS, REPOSITORY_FIELDS, REPOSITORY_FIELDS_ONE,
+};
 use crate::config::{self, Config, Credential};
 use crate::telemetry;
 
@@ -497,8 +499,56 @@ impl BitbucketClient {
     /// malformed, wrong shape) is transient and retried. `url` must already
     /// be on the API origin.
     pub async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T, ApiError> {
-        self.request(Method::GET, url, |body| serde_json::from_slice::<T>(body))
+        self.request(Method::GET, url, None, |body| {
+            serde_json::from_slice::<T>(body)
+        })
+        .await
+    }
+
+    /// Sends `body` as JSON with `method` (`POST`, `PUT`) to `url` and
+    /// decodes the answer as `T`; budget, retries and classification as for
+    /// [`BitbucketClient::get_json`]. Used by `hooks install` only: a crawl
+    /// never writes.
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: &serde_json::Value,
+    ) -> Result<T, ApiError> {
+        let body = bytes::Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        self.request(method, url, Some(body), |b| serde_json::from_slice::<T>(b))
             .await
+    }
+
+    /// `DELETE url` (204, no body expected).
+    pub async fn delete(&self, url: Url) -> Result<(), ApiError> {
+        self.request(Method::DELETE, url, None, |_| Ok::<(), String>(()))
+            .await
+    }
+
+    /// URL of one repository (`GET` gives its listing entry).
+    pub fn repository_url(&self, workspace: &str, slug: &str) -> Result<Url, ApiError> {
+        let mut url = self.endpoint(&[
+            ("workspace", "repositories"),
+            ("workspace", workspace),
+            ("repository", slug),
+        ])?;
+        url.query_pairs_mut()
+            .append_pair("fields", REPOSITORY_FIELDS_ONE);
+        Ok(url)
+    }
+
+    /// URL of a workspace's webhooks, or of one of them (`uid`: its braced uuid).
+    pub fn workspace_hooks_url(&self, workspace: &str, uid: Option<&str>) -> Result<Url, ApiError> {
+        let mut segments = vec![
+            ("workspace", "workspaces"),
+            ("workspace", workspace),
+            ("workspace", "hooks"),
+        ];
+        if let Some(uid) = uid {
+            segments.push(("hook", uid));
+        }
+        self.endpoint(&segments)
     }
 
     /// Sends one logical request, retrying transient failures; its retry
@@ -507,9 +557,10 @@ impl BitbucketClient {
         &self,
         method: Method,
         url: Url,
+        body: Option<bytes::Bytes>,
         decode: impl Fn(&[u8]) -> Result<T, E>,
     ) -> Result<T, ApiError> {
-        let result = self.attempts(method, url.clone(), decode).await;
+        let result = self.attempts(method, url.clone(), body, decode).await;
         self.inner.retries.settled(&url);
         result
     }
@@ -519,6 +570,7 @@ impl BitbucketClient {
         &self,
         method: Method,
         url: Url,
+        body: Option<bytes::Bytes>,
         decode: impl Fn(&[u8]) -> Result<T, E>,
     ) -> Result<T, ApiError> {
         let opts = &self.inner.opts;
@@ -559,7 +611,7 @@ impl BitbucketClient {
                 self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             }
             let result = self
-                .attempt(endpoint, &method, &url, credential, &budget)
+                .attempt(endpoint, &method, &url, body.as_ref(), credential, &budget)
                 .await
                 .and_then(|body| {
                     decode(&body).map_err(|e| Failure::Transient {
@@ -730,13 +782,14 @@ impl BitbucketClient {
         endpoint: &'static str,
         method: &Method,
         url: &Url,
+        body: Option<&bytes::Bytes>,
         credential: &Credential,
         budget: &RateBudget,
     ) -> Result<bytes::Bytes, Failure> {
         let started = tokio::time::Instant::now();
         let mut status = None;
         let result = self
-            .exchange(method, url, credential, budget, &mut status)
+            .exchange(method, url, body, credential, budget, &mut status)
             .await;
         telemetry::http_attempt(endpoint, status, started.elapsed().as_secs_f64());
         result
@@ -747,11 +800,17 @@ impl BitbucketClient {
         &self,
         method: &Method,
         url: &Url,
+        body: Option<&bytes::Bytes>,
         credential: &Credential,
         budget: &RateBudget,
         status_seen: &mut Option<u16>,
     ) -> Result<bytes::Bytes, Failure> {
-        let req = self.inner.http.request(method.clone(), url.clone());
+        let mut req = self.inner.http.request(method.clone(), url.clone());
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
         // reqwest marks these Authorization headers sensitive, so they are
         // never printed by its Debug output or logs.
         let req = match credential {

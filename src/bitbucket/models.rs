@@ -318,6 +318,11 @@ pub mod dates {
 /// crawler reads, and `next` so the page keeps its link.
 pub const REPOSITORY_FIELDS: &str = "values.uuid,values.slug,values.full_name,values.name,values.mainbranch.name,values.updated_on,values.is_private,next";
 
+/// `fields` for one repository (`GET /repositories/{workspace}/{slug}`):
+/// the same fields as a listing entry.
+pub const REPOSITORY_FIELDS_ONE: &str =
+    "uuid,slug,full_name,name,mainbranch.name,updated_on,is_private";
+
 /// The keep-only `fields=` list for commit pages.
 pub const COMMIT_FIELDS: &str = "values.hash,values.date,values.author.raw,values.author.user.display_name,values.author.user.uuid,values.author.user.account_id,values.committer.raw,values.committer.user.display_name,values.committer.user.uuid,values.committer.user.account_id,values.message,values.parents.hash,next";
 

@@ -182,6 +182,7 @@ pub(super) async fn run_daemon(
         ProgressMode::Lines
     };
     let observer: Arc<dyn PassObserver> = SyncProgress::start(mode, client.clone());
+    let hooks = hooks_options(&cfg)?;
     let opts = daemon::DaemonOptions {
         listen: cfg.listen,
         interval: cfg.interval,
@@ -189,11 +190,35 @@ pub(super) async fn run_daemon(
         min_free_disk: cfg.min_free_disk,
         observer,
         endpoint,
+        hooks,
     };
     let ran = daemon::run(client, Arc::clone(&store), opts, metrics, shutdown).await;
     close_store(store).await;
     ran?;
     Ok(exit::SUCCESS)
+}
+
+/// The webhook receiver, when `hooks_listen` is set: its secret must be
+/// readable and non-empty (exit 2 otherwise).
+fn hooks_options(cfg: &Config) -> Result<Option<daemon::HooksOptions>, CliError> {
+    let (Some(listen), Some(path)) = (cfg.hooks_listen, cfg.hooks_secret_file.as_deref()) else {
+        return Ok(None);
+    };
+    let secret =
+        bbcrawl::hooks::HookSecret::load(path).map_err(|e| CliError::Usage(e.to_string()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!(path = %path.display(), "hooks_secret_file is readable by group or others: chmod 600 it");
+        }
+    }
+    if !listen.ip().is_loopback() {
+        tracing::info!(%listen, "the webhook receiver listens beyond loopback (as intended for Bitbucket): it serves only POST /hooks/bitbucket, signed deliveries");
+    }
+    Ok(Some(daemon::HooksOptions {
+        listen,
+        secret: Arc::new(secret),
+    }))
 }
 
 /// Lets go of the store once the actors have (the writer's last flush

@@ -5,6 +5,7 @@
 
 mod ask;
 mod crawl;
+mod hooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -221,6 +222,12 @@ enum Command {
         #[command(subcommand)]
         what: StoreCommand,
     },
+    /// Bitbucket `repo:push` webhooks: commits in the store seconds after
+    /// a push (the daemon's `hooks_listen` receives them).
+    Hooks {
+        #[command(subcommand)]
+        what: HooksCommand,
+    },
     /// Serve the Bitbucket API simulator and print how to use it.
     Simulate {
         /// Address to listen on.
@@ -244,6 +251,29 @@ enum Command {
         /// Latency added to every answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HooksCommand {
+    /// Create (or update: one per URL) the workspace webhook for
+    /// `repo:push` with a fresh secret, written to `hooks_secret_file`
+    /// (0600). Needs a credential with the webhook scope.
+    Install {
+        /// The workspace (default: the only configured one).
+        #[arg(long, value_name = "W")]
+        workspace: Option<String>,
+        /// Where Bitbucket sends deliveries: the public URL of the daemon's
+        /// `hooks_listen`, ending in /hooks/bitbucket.
+        #[arg(long, value_name = "URL")]
+        url: String,
+    },
+    /// The workspace webhooks Bitbucket has, and the last delivery and
+    /// webhook walk the daemon saw.
+    Status {
+        /// Only this workspace (default: every configured one).
+        #[arg(long, value_name = "W")]
+        workspace: Option<String>,
     },
 }
 
@@ -356,6 +386,9 @@ pub enum CliError {
     /// The daemon's endpoint settings (exit 2).
     #[error(transparent)]
     Endpoint(#[from] bbcrawl::web::EndpointError),
+    /// `hooks install` / `hooks status`.
+    #[error(transparent)]
+    Hooks(#[from] bbcrawl::hooks::install::InstallError),
     /// The metrics recorder.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -385,6 +418,7 @@ impl CliError {
             CliError::Api(e) => e.exit_code(),
             CliError::Daemon(e) => e.exit_code(),
             CliError::Endpoint(e) => e.exit_code(),
+            CliError::Hooks(e) => e.exit_code(),
             CliError::Telemetry(_) | CliError::Demo(_) | CliError::Io { .. } => exit::RUNTIME,
         }
     }
@@ -496,6 +530,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             shard,
         } => crawl::run_daemon(g, workspaces, listen, web_config_file, shard).await,
         Command::Demo => demo(g).await,
+        Command::Hooks { what } => hooks::run(g, what).await,
         Command::Store {
             what: StoreCommand::Backup { dest },
         } => {

@@ -134,6 +134,8 @@ pub(super) struct FileConfig {
     pub(super) api: Option<bool>,
     pub(super) health_without_auth: Option<bool>,
     pub(super) shard: Option<String>,
+    pub(super) hooks_listen: Option<String>,
+    pub(super) hooks_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) credentials: Vec<FileCredential>,
 }

@@ -172,6 +172,12 @@ pub struct Config {
     /// This instance crawls only the repositories of this shard (`shard`);
     /// `None`: every repository.
     pub shard: Option<Shard>,
+    /// The webhook receiver's own listener (`hooks_listen`; section 13);
+    /// `None`: no receiver.
+    pub hooks_listen: Option<SocketAddr>,
+    /// The file holding the webhooks' HMAC secret (`hooks_secret_file`):
+    /// required with `hooks_listen`, written by `hooks install`.
+    pub hooks_secret_file: Option<PathBuf>,
     /// Credentials, in file order (or the single one from the environment). May be
     /// empty: commands that need the API check that themselves.
     pub credentials: Vec<Credential>,
@@ -437,6 +443,31 @@ impl Config {
             |shard| Ok(Some(shard)),
         )?;
 
+        let hooks_listen = resolve(
+            "hooks_listen",
+            None,
+            env.found("BBCRAWL_HOOKS_LISTEN"),
+            in_file(file, |v| v.hooks_listen.clone()),
+            None,
+            |raw| Ok(Some(parse_listen(&raw)?)),
+        )?;
+        let hooks_secret_file = resolve(
+            "hooks_secret_file",
+            None,
+            env.found("BBCRAWL_HOOKS_SECRET_FILE")
+                .map(|f| f.map(PathBuf::from)),
+            file.and_then(|f| f.path(|v| v.hooks_secret_file.as_ref())),
+            None,
+            |p| non_empty_path(p).map(Some),
+        )?;
+        if let (Some(addr), None) = (hooks_listen, &hooks_secret_file) {
+            return Err(ConfigError::Invalid {
+                key: "hooks_listen".into(),
+                origin: format!("{addr}"),
+                message: "the webhook receiver needs `hooks_secret_file` (the HMAC secret Bitbucket signs deliveries with; `bbcrawl hooks install` writes it): an unsigned receiver would let anyone trigger crawls".into(),
+            });
+        }
+
         let credentials = resolve_credentials(&env, file, &mut warnings)?;
 
         Ok(Config {
@@ -460,6 +491,8 @@ impl Config {
             api,
             health_without_auth,
             shard,
+            hooks_listen,
+            hooks_secret_file,
             credentials,
             warnings,
         })

@@ -38,6 +38,8 @@ pub(super) struct AppState {
     pub(super) health: Arc<RwLock<Health>>,
     pub(super) metrics: PrometheusHandle,
     pub(super) client: BitbucketClient,
+    /// The webhook receiver's status, when it runs.
+    pub(super) hooks: Option<Arc<std::sync::Mutex<crate::hooks::HookStatus>>>,
     pub(super) web: Arc<WebState>,
 }
 
@@ -68,6 +70,7 @@ pub(super) fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route(&format!("{API_PREFIX}/{{*question}}"), get(api))
         .route(ADMIN_BACKUP, axum::routing::post(backup))
+        .route(ADMIN_HOOKS, get(hooks_status))
         .fallback(|| async { ApiFailure::from(BadRequest::NoSuchEndpoint) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::middleware::map_response_with_state(
@@ -155,6 +158,31 @@ async fn identify(State(s): State<AppState>, mut resp: Response) -> Response {
     }
     headers.insert(PID_HEADER, header::HeaderValue::from(std::process::id()));
     resp
+}
+
+/// `GET` here with the address file's token: the webhook receiver's status
+/// as JSON (`bbcrawl hooks status` while the daemon runs); `null` when the
+/// daemon has no receiver.
+pub const ADMIN_HOOKS: &str = "/admin/hooks";
+
+async fn hooks_status(State(s): State<AppState>, headers: header::HeaderMap) -> Response {
+    if !has_local_token(&s, &headers) {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"code": "unauthorized", "error": "admin requests need the token of the daemon's address file"}).to_string(),
+        )
+            .into_response();
+    }
+    let status = s
+        .hooks
+        .as_ref()
+        .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&status).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 /// `POST` here with `{"dest": "/absolute/dir"}` and the address file's

@@ -20,7 +20,7 @@
 
 mod address;
 mod api;
-pub use api::{ADMIN_BACKUP, AUTH_FAILURES};
+pub use api::{ADMIN_BACKUP, ADMIN_HOOKS, AUTH_FAILURES};
 mod health;
 mod passes;
 
@@ -70,6 +70,16 @@ pub struct DaemonOptions {
     pub observer: Arc<dyn PassObserver>,
     /// TLS, basic auth, headers and the API switch of the endpoint.
     pub endpoint: crate::web::Endpoint,
+    /// The webhook receiver (`hooks_listen`), if configured.
+    pub hooks: Option<HooksOptions>,
+}
+
+/// The webhook receiver's listener and secret (SPEC section 13).
+pub struct HooksOptions {
+    /// Its own address, apart from the endpoint's.
+    pub listen: SocketAddr,
+    /// The HMAC secret deliveries must be signed with.
+    pub secret: Arc<crate::hooks::HookSecret>,
 }
 
 /// Why the daemon could not run.
@@ -183,11 +193,17 @@ pub async fn run(
             source,
         })?;
     let health = Arc::new(RwLock::new(Health::default()));
-    let crawler = Crawler::start(
+    let crawler = Arc::new(Crawler::start(
         client.clone(),
         Arc::clone(&store),
         Arc::clone(&opts.observer),
-    );
+    ));
+    let hooks = match &opts.hooks {
+        Some(h) => {
+            Some(start_hooks(h, &crawler, &store, &client, &opts.pass, stop_rx.clone()).await?)
+        }
+        None => None,
+    };
     let token = {
         use rand::Rng;
         format!("{:032x}", rand::thread_rng().gen::<u128>())
@@ -200,6 +216,7 @@ pub async fn run(
         health: Arc::clone(&health),
         metrics: metrics.clone(),
         client: client.clone(),
+        hooks: hooks.as_ref().map(|h| Arc::clone(&h.status)),
         web: Arc::new(api::WebState {
             auth: endpoint.auth.clone(),
             headers: endpoint.headers.clone(),
@@ -313,6 +330,16 @@ pub async fn run(
         Err(_) => tracing::warn!("HTTP answers still in flight were cut off"),
     }
     upkeep.abort();
+    if let Some(h) = hooks {
+        match tokio::time::timeout(SERVER_DEADLINE, h.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "the webhook listener ended with an error")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "the webhook listener task failed"),
+            Err(_) => tracing::warn!("webhook answers still in flight were cut off"),
+        }
+    }
     if let Some(r) = rewriting {
         r.abort();
     }
@@ -321,4 +348,71 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The running webhook receiver.
+struct Hooks {
+    status: Arc<std::sync::Mutex<crate::hooks::HookStatus>>,
+    server: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+/// Binds `hooks_listen`, starts the scheduler and serves `POST
+/// /hooks/bitbucket` there until the daemon stops (then walks in flight
+/// stop between pages, as a pass does).
+async fn start_hooks(
+    h: &HooksOptions,
+    crawler: &Arc<Crawler>,
+    store: &Arc<Store>,
+    client: &BitbucketClient,
+    pass: &PassOptions,
+    mut stop_rx: watch::Receiver<bool>,
+) -> Result<Hooks, DaemonError> {
+    use crate::hooks::{HookStatus, Receiver, Scheduler, SchedulerOptions};
+    let listen_error = |source| DaemonError::Listen {
+        addr: h.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(h.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let mut status: HookStatus = store
+        .meta(crate::store::keys::META_HOOKS)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    status.listening = Some(addr.to_string());
+    let status = Arc::new(std::sync::Mutex::new(status));
+    let stop: crate::actors::StopFlag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scheduler = Scheduler::start(
+        Arc::clone(crawler),
+        Arc::clone(store),
+        client.clone(),
+        SchedulerOptions {
+            slugs: pass.slugs.clone(),
+            shard: pass.shard,
+            since: pass.since,
+            stop: Arc::clone(&stop),
+        },
+        Arc::clone(&status),
+    );
+    let receiver = Arc::new(Receiver::new(
+        Arc::clone(&h.secret),
+        &pass.workspaces,
+        scheduler.clone(),
+        Arc::clone(&status),
+    ));
+    let router = crate::hooks::router(receiver);
+    let stopped = async move {
+        passes::stopped(&mut stop_rx).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        scheduler.stop();
+    };
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await
+    });
+    tracing::info!(%addr, "receiving Bitbucket webhooks at http://{addr}{}", crate::hooks::HOOK_PATH);
+    Ok(Hooks { status, server })
 }

@@ -54,6 +54,9 @@ pub const META_FEED_NEXT: &[u8] = b"mfeed_next";
 /// Meta key, only while a store's feed is being filled in at open: how far
 /// it got (see `feed`).
 pub const META_FEED_BACKFILL: &[u8] = b"mfeed_backfill";
+/// Meta key holding the last accepted webhook delivery and webhook walk
+/// (JSON, see `hooks::HookStatus`).
+pub const META_HOOKS: &[u8] = b"mhooks";
 /// Meta key, only while schema 2 → 3 runs: the last key sealed (see
 /// `migrate::seal_in_place`).
 pub const META_SEALED_UPTO: &[u8] = b"msealed_upto";
