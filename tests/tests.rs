@@ -25,6 +25,7 @@ mod quirks;
 mod ratelimit;
 mod secrets;
 mod shards;
+mod sim_hooks;
 mod simulator;
 mod soak;
 mod store;

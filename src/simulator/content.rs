@@ -218,7 +218,7 @@ fn rendered(raw: &str) -> Value {
            "html": format!("<p>{}</p>", html_escape(raw))})
 }
 
-fn user_json(origin: &str, user: &User) -> Value {
+pub(crate) fn user_json(origin: &str, user: &User) -> Value {
     let uuid = user.uuid.clone().unwrap_or_default();
     let enc_uuid = enc(&uuid);
     json!({
@@ -252,7 +252,8 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn api_repo(&self) -> String {
+    /// `{origin}/2.0/repositories/{ws}/{slug}`.
+    pub(crate) fn api_repo(&self) -> String {
         format!(
             "{}/2.0/repositories/{}/{}",
             self.origin,
@@ -261,7 +262,8 @@ impl Ctx<'_> {
         )
     }
 
-    fn html_repo(&self) -> String {
+    /// `{origin}/{ws}/{slug}`.
+    pub(crate) fn html_repo(&self) -> String {
         format!("{}/{}/{}", self.origin, enc(self.ws), enc(&self.repo.slug))
     }
 

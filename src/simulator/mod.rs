@@ -10,9 +10,25 @@
 //! deletions). Everything is deterministic for a given seed: hashes, dates and
 //! messages come from the simulator's own generator, and dates start at
 //! 2024-01-01 instead of the wall clock.
+//!
+//! Webhooks ([`hooks`]): the workspace and repository hooks API
+//! (`…/hooks`, webhook scope), and real-shaped, signed `repo:push`
+//! deliveries whenever a change moves a ref ([`Simulator::push`],
+//! [`Simulator::force_push`], [`Simulator::add_branch`],
+//! [`Simulator::push_branch`], [`Simulator::delete_branch`],
+//! [`Simulator::push_tag`]), sent from a background thread with Bitbucket's
+//! timeout and 5xx retries, logged in [`Simulator::deliveries`]; plus lost
+//! and forged deliveries for tests. Without a hook a change sends nothing.
+//!
+//! Files: `world.rs` the model (workspaces, repositories, commit arenas);
+//! `content.rs` generated people, messages and JSON shapes; `server.rs`
+//! HTTP, authentication, rate limit and the read endpoints; `hooks.rs`
+//! webhooks; `render.rs` the commit-page cache; `fields.rs` partial
+//! responses; `query.rs` the listing's `q=`; `rng.rs` the generator.
 
 mod content;
 mod fields;
+pub mod hooks;
 mod query;
 mod render;
 mod rng;
@@ -27,9 +43,14 @@ use chrono::{DateTime, FixedOffset};
 
 use crate::bitbucket::models::User;
 use content::{datetime, message, PEOPLE};
+use hooks::RefChange;
 use rng::{mix, Rng};
 use world::{hex, Graph, Repo, Workspace, World, BASE_TIME, NO_COMMITTER};
 
+pub use hooks::{
+    hub_signature, send_delivery, Delivery, DeliveryKind, DeliveryRecord, SimHook,
+    DELIVERY_TIMEOUT, MAX_PAYLOAD_BYTES,
+};
 pub use server::SimServer;
 
 /// How the simulator behaves; see each field.
@@ -258,6 +279,10 @@ struct Inner {
     /// Key signing page tokens; derived from the seed so tokens survive a
     /// restart of a simulator with the same seed.
     secret: u64,
+    /// Webhooks and delivery settings (never locked while `world` is held).
+    hooks: Mutex<hooks::HookState>,
+    /// Every delivery; shared with the thread that sends them.
+    deliveries: Arc<hooks::DeliveryLog>,
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section leaves the
@@ -314,6 +339,7 @@ impl Simulator {
         let secret = mix(opts.seed ^ 0x0070_CE5E_C2E7);
         let latency_nanos = u64::try_from(opts.latency.as_nanos()).unwrap_or(u64::MAX);
         let cache = render::RenderCache::new(opts.render_cache_bytes);
+        let opts_seed = opts.seed;
         Simulator {
             inner: Arc::new(Inner {
                 opts,
@@ -324,6 +350,8 @@ impl Simulator {
                 limits: Mutex::new(HashMap::new()),
                 render: Mutex::new(cache),
                 secret,
+                hooks: Mutex::new(hooks::HookState::new(opts_seed)),
+                deliveries: Arc::default(),
             }),
         }
     }
@@ -445,15 +473,17 @@ impl Simulator {
     /// Adds a branch with `n` new commits on top of the default branch's tip
     /// (not merged anywhere); returns their hashes newest first. Makes
     /// `GET …/commits` (all branches) differ from the default branch.
+    /// Hooks get a `created` change (or a move, if the branch existed).
     pub fn add_branch(&self, ws: &str, slug: &str, name: &str, n: usize) -> Vec<String> {
-        self.change(ws, slug, |repo| {
+        self.change_ref(ws, slug, |repo| {
+            let old = repo.branches.get(name).copied().flatten();
             let base = repo.main_tip();
             let before = repo.graph.nodes.len();
             let tip = repo.grow(base, n, false);
             repo.branches.insert(name.to_owned(), tip);
-            new_hashes(&repo.graph, before)
+            let change = RefChange::branch(name, old, tip, &repo.graph, before);
+            (new_hashes(&repo.graph, before), change)
         })
-        .unwrap_or_default()
     }
 
     /// Copies a repository under a new slug with a new uuid, sharing its
@@ -499,19 +529,19 @@ impl Simulator {
 
     /// Pushes `n` new commits on the default branch (first-parent line);
     /// returns their hashes newest first. Empty for a repository without a
-    /// default branch.
+    /// default branch. Hooks get a `repo:push` delivery.
     pub fn push(&self, ws: &str, slug: &str, n: usize) -> Vec<String> {
-        self.change(ws, slug, |repo| {
+        self.change_ref(ws, slug, |repo| {
             let Some(branch) = repo.mainbranch.clone() else {
-                return Vec::new();
+                return (Vec::new(), None);
             };
             let before = repo.graph.nodes.len();
-            let tip = repo.branches.get(&branch).copied().flatten();
-            let tip = repo.grow(tip, n, false);
-            repo.branches.insert(branch, tip);
-            new_hashes(&repo.graph, before)
+            let old = repo.branches.get(&branch).copied().flatten();
+            let tip = repo.grow(old, n, false);
+            repo.branches.insert(branch.clone(), tip);
+            let change = RefChange::branch(&branch, old, tip, &repo.graph, before);
+            (new_hashes(&repo.graph, before), change)
         })
-        .unwrap_or_default()
     }
 
     /// Pushes like [`Simulator::push`] but leaves the repository's
@@ -529,23 +559,25 @@ impl Simulator {
     /// Force push: drops the newest `drop` commits of the default branch
     /// (first-parent steps) and adds `add` new ones on the remaining tip;
     /// returns the new hashes newest first. Dropped commits then answer 404
-    /// when named in a revision, `include` or `exclude`.
+    /// when named in a revision, `include` or `exclude`. Hooks get a change
+    /// with `forced: true` when commits were dropped.
     pub fn force_push(&self, ws: &str, slug: &str, drop: usize, add: usize) -> Vec<String> {
-        self.change(ws, slug, |repo| {
+        self.change_ref(ws, slug, |repo| {
             let Some(branch) = repo.mainbranch.clone() else {
-                return Vec::new();
+                return (Vec::new(), None);
             };
-            let mut tip = repo.branches.get(&branch).copied().flatten();
+            let old = repo.branches.get(&branch).copied().flatten();
+            let mut tip = old;
             for _ in 0..drop {
                 tip = tip.and_then(|t| repo.graph.nodes[t as usize].parents().first().copied());
             }
             let before = repo.graph.nodes.len();
             let tip = repo.grow(tip, add, false);
-            repo.branches.insert(branch, tip);
+            repo.branches.insert(branch.clone(), tip);
             repo.refresh_alive();
-            new_hashes(&repo.graph, before)
+            let change = RefChange::branch(&branch, old, tip, &repo.graph, before);
+            (new_hashes(&repo.graph, before), change)
         })
-        .unwrap_or_default()
     }
 
     /// Renames the default branch (mainbranch.name changes; the old branch
@@ -731,7 +763,10 @@ impl Simulator {
     /// Serves on an already-bound listener (tests pass 127.0.0.1:0). Returns
     /// once the server task is spawned.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<SimServer> {
-        server::serve(self.clone(), listener)
+        let server = server::serve(self.clone(), listener)?;
+        // Webhook payloads link to the API as this server serves it.
+        self.set_hook_origin(format!("http://{}", server.local_addr()));
+        Ok(server)
     }
 }
 

@@ -1,6 +1,7 @@
 //! HTTP serving: our own accept loop with hyper's HTTP/1 connections, so a
 //! fault can act below the handler (drop a connection without answering, cut
-//! a body short); routing, authentication, rate limiting and the endpoints.
+//! a body short); routing, authentication, rate limiting and the endpoints
+//! (the hooks API's handlers live with the rest of webhooks, in `hooks.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -133,7 +134,7 @@ pub(super) struct Auth {
     identity: String,
     kind: Kind,
     scopes: Vec<String>,
-    workspaces: Vec<String>,
+    pub(super) workspaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,15 +145,15 @@ enum Kind {
 }
 
 /// An answer before it becomes an HTTP response.
-struct Answer {
-    status: u16,
+pub(super) struct Answer {
+    pub(super) status: u16,
     content_type: &'static str,
     headers: Vec<(&'static str, String)>,
     body: Bytes,
 }
 
 impl Answer {
-    fn json(status: u16, value: &Value) -> Answer {
+    pub(super) fn json(status: u16, value: &Value) -> Answer {
         Answer {
             status,
             content_type: "application/json; charset=utf-8",
@@ -172,12 +173,22 @@ impl Answer {
     }
 
     /// Bitbucket's error envelope.
-    fn error(status: u16, message: &str, extra: Option<(&str, Value)>) -> Answer {
+    pub(super) fn error(status: u16, message: &str, extra: Option<(&str, Value)>) -> Answer {
         let mut err = json!({"message": message});
         if let (Some((k, v)), Value::Object(m)) = (extra, &mut err) {
             m.insert(k.to_owned(), v);
         }
         Answer::json(status, &json!({"type": "error", "error": err}))
+    }
+
+    /// 204 No Content, as a deletion answers.
+    pub(super) fn no_content() -> Answer {
+        Answer {
+            status: 204,
+            content_type: "text/plain",
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
     }
 
     fn text(status: u16, content_type: &'static str, body: &str) -> Answer {
@@ -266,17 +277,19 @@ fn fallback() -> Response<Body> {
 }
 
 /// The parts of a request the API logic needs.
-struct ApiRequest {
-    method: String,
-    path: String,
-    /// Query pairs, then the form body's pairs for a POST.
-    params: Vec<(String, String)>,
+pub(super) struct ApiRequest {
+    pub(super) method: String,
+    pub(super) path: String,
+    /// Query pairs, then the form body's pairs for a POST that is not JSON.
+    pub(super) params: Vec<(String, String)>,
+    /// The raw body of a POST or PUT (at most 1 MiB; empty if longer).
+    pub(super) body: Bytes,
     /// `http://host:port` as the client addressed us (for absolute links).
-    origin: String,
+    pub(super) origin: String,
 }
 
 impl ApiRequest {
-    fn param(&self, key: &str) -> Option<&str> {
+    pub(super) fn param(&self, key: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(k, _)| k == key)
@@ -319,10 +332,21 @@ async fn handle(
         .as_deref()
         .map(|q| pairs(q.as_bytes()))
         .unwrap_or_default();
-    if method == "POST" {
+    let mut raw = Bytes::new();
+    if method == "POST" || method == "PUT" {
         // Bounded: a test double must not be exhausted by a runaway client.
         if let Ok(collected) = Limited::new(body, 1 << 20).collect().await {
-            params.extend(pairs(&collected.to_bytes()));
+            raw = collected.to_bytes();
+        }
+        // Commit walks take their revisions as a form body; the hooks API
+        // takes JSON, which is no form.
+        let json = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if method == "POST" && !json {
+            params.extend(pairs(&raw));
         }
     }
     let origin = parts
@@ -335,6 +359,7 @@ async fn handle(
         method,
         path,
         params,
+        body: raw,
         origin,
     };
 
@@ -624,8 +649,13 @@ impl Simulator {
                 "This API is no longer available (CHANGE-2770). Use the workspace-scoped endpoints.",
                 None,
             ),
+            // Before the repository routes: hooks need the webhook scope, not the repository one.
+            ["workspaces", ws, "hooks", rest @ ..] => self.hooks_api(req, auth, ws, None, rest),
+            ["repositories", ws, slug, "hooks", rest @ ..] => {
+                self.hooks_api(req, auth, ws, Some(slug), rest)
+            }
             ["repositories", ws, tail @ ..] => {
-                if let Some(denied) = scope_check(auth) {
+                if let Some(denied) = scope_check(auth, Scope::ReadRepository) {
                     return denied;
                 }
                 let visible = auth.workspaces.iter().any(|w| w.eq_ignore_ascii_case(ws))
@@ -885,27 +915,51 @@ fn per_hour(limit: u32, window: Duration) -> u64 {
     (u128::from(limit) * 3_600_000 / ms).min(u128::from(u64::MAX)) as u64
 }
 
-/// The `repository` scope check (`read:repository:bitbucket` for API tokens).
-fn scope_check(auth: &Auth) -> Option<Answer> {
-    let (required, ok) = match auth.kind {
-        Kind::ApiToken => (
+/// What a request needs its credential to be allowed to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// Read repositories and commits.
+    ReadRepository,
+    /// List and read webhooks.
+    ReadWebhook,
+    /// Create, change and delete webhooks.
+    WriteWebhook,
+}
+
+/// The scope check: `repository` (`read:repository:bitbucket` for API
+/// tokens) for repositories, `webhook` (`read:webhook:bitbucket` /
+/// `write:webhook:bitbucket`) for hooks. `None` when granted; otherwise
+/// Bitbucket's 403 naming the scope required.
+pub(super) fn scope_check(auth: &Auth, need: Scope) -> Option<Answer> {
+    let granted = |any: &[&str]| auth.scopes.iter().any(|s| any.contains(&s.as_str()));
+    let (required, ok) = match (auth.kind, need) {
+        // Broader scopes imply read access.
+        (Kind::ApiToken, Scope::ReadRepository) => (
             "read:repository:bitbucket",
-            auth.scopes.iter().any(|s| {
-                matches!(
-                    s.as_str(),
-                    "read:repository:bitbucket"
-                        | "write:repository:bitbucket"
-                        | "admin:repository:bitbucket"
-                )
-            }),
+            granted(&[
+                "read:repository:bitbucket",
+                "write:repository:bitbucket",
+                "admin:repository:bitbucket",
+            ]),
         ),
-        // Broader repository scopes imply read access.
-        Kind::AccessToken | Kind::AppPassword => (
+        (Kind::ApiToken, Scope::ReadWebhook) => (
+            "read:webhook:bitbucket",
+            granted(&["read:webhook:bitbucket", "write:webhook:bitbucket"]),
+        ),
+        (Kind::ApiToken, Scope::WriteWebhook) => (
+            "write:webhook:bitbucket",
+            granted(&["write:webhook:bitbucket"]),
+        ),
+        (Kind::AccessToken | Kind::AppPassword, Scope::ReadRepository) => (
             "repository",
             auth.scopes
                 .iter()
                 .any(|s| s == "repository" || s.starts_with("repository:")),
         ),
+        // One `webhook` scope reads and manages hooks.
+        (Kind::AccessToken | Kind::AppPassword, Scope::ReadWebhook | Scope::WriteWebhook) => {
+            ("webhook", granted(&["webhook"]))
+        }
     };
     (!ok).then(|| {
         Answer::error(
@@ -919,7 +973,7 @@ fn scope_check(auth: &Auth) -> Option<Answer> {
     })
 }
 
-fn pagelen(req: &ApiRequest, default: usize) -> Result<usize, Answer> {
+pub(super) fn pagelen(req: &ApiRequest, default: usize) -> Result<usize, Answer> {
     match req.param("pagelen").map(str::parse::<usize>) {
         None => Ok(default),
         // Clamped like the documented maximum (Bitbucket sometimes answers
@@ -929,11 +983,11 @@ fn pagelen(req: &ApiRequest, default: usize) -> Result<usize, Answer> {
     }
 }
 
-fn invalid_page() -> Answer {
+pub(super) fn invalid_page() -> Answer {
     Answer::error(400, "Invalid page", None)
 }
 
-fn repo_not_found(ws: &str, slug: &str) -> Answer {
+pub(super) fn repo_not_found(ws: &str, slug: &str) -> Answer {
     Answer::error(404, &format!("Repository {ws}/{slug} not found"), None)
 }
 

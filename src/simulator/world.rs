@@ -85,6 +85,8 @@ pub(crate) struct Repo {
     pub mainbranch: Option<String>,
     /// Branch name → tip (`None`: the branch exists but has no commits).
     pub branches: BTreeMap<String, Option<u32>>,
+    /// Tag name → tagged commit (lightweight tags; only webhooks show them).
+    pub tags: BTreeMap<String, u32>,
     pub graph: Arc<Graph>,
     pub created_on: i64,
     pub updated_on: i64,
@@ -110,6 +112,7 @@ impl Repo {
             name: slug.to_owned(),
             mainbranch: None,
             branches: BTreeMap::new(),
+            tags: BTreeMap::new(),
             graph: Arc::new(Graph::default()),
             created_on: start,
             updated_on: start,
