@@ -12,6 +12,7 @@ mod crawl;
 mod daemon;
 mod feed;
 mod freshness;
+mod hooks;
 mod hostile;
 mod hostile_input;
 mod integrity;

@@ -87,10 +87,6 @@ impl From<actix::MailboxError> for PassError {
 pub struct Crawler {
     supervisor: Addr<Supervisor>,
     writer: Addr<Writer>,
-    client: BitbucketClient,
-    store: Arc<Store>,
-    observer: Arc<dyn PassObserver>,
-    locks: Arc<RepoLocks>,
 }
 
 /// One lock per repository, shared by passes and webhook walks: a walk
@@ -146,23 +142,15 @@ impl Crawler {
     ) -> Crawler {
         let writer_store = Arc::clone(&store);
         let writer = SyncArbiter::start(1, move || Writer::new(Arc::clone(&writer_store)));
-        let locks = Arc::new(RepoLocks::default());
         let supervisor = Supervisor {
-            client: client.clone(),
-            store: Arc::clone(&store),
-            writer: writer.clone(),
-            observer: Arc::clone(&observer),
-            locks: Arc::clone(&locks),
-        }
-        .start();
-        Crawler {
-            supervisor,
-            writer,
             client,
             store,
+            writer: writer.clone(),
             observer,
-            locks,
+            locks: Arc::new(RepoLocks::default()),
         }
+        .start();
+        Crawler { supervisor, writer }
     }
 
     /// Walks one repository's default branch for a webhook (SPEC section
@@ -175,56 +163,17 @@ impl Crawler {
         target: HookTarget,
         opts: HookWalkOptions,
     ) -> Result<Option<RepoOutcome>, PassError> {
-        let uuid = match &target {
-            HookTarget::Known { uuid } => uuid.clone(),
-            HookTarget::Listed(listing) => listing.uuid.clone(),
-        };
-        let guard = self.locks.lock(&uuid).await;
-        let stored = {
-            let store = Arc::clone(&self.store);
-            let (ws, uuid) = (workspace.to_owned(), uuid.clone());
-            tokio::task::spawn_blocking(move || store.repo(&ws, &uuid))
-                .await
-                .map_err(|e| PassError::Internal(e.to_string()))??
-        };
-        let (listing, slug, reason) = match target {
-            HookTarget::Known { .. } => {
-                let Some(repo) = &stored else {
-                    return Ok(None);
-                };
-                (listing_of(repo), repo.slug.clone(), Reason::Hook)
-            }
-            HookTarget::Listed(listing) => {
-                let Some(slug) = listing.slug().map(str::to_owned) else {
-                    return Ok(None);
-                };
-                let reason = if stored.is_some() {
-                    Reason::Hook
-                } else {
-                    Reason::New
-                };
-                (listing, slug, reason)
-            }
-        };
-        let job = RepoJob {
-            client: self.client.clone(),
-            writer: self.writer.clone(),
-            workspace: workspace.to_owned(),
-            stored,
-            slug,
-            listing,
-            full: false,
-            since: opts.since,
-            observer: Arc::clone(&self.observer),
-            stop: opts.stop,
-            queue: Arc::new(WriterQueue::default()),
-            reason,
-            max_pages: None,
-        };
-        let outcome = crawl_one(job).await;
-        drop(guard);
+        // Through the supervisor: repository actors start in its context.
+        let outcome = self
+            .supervisor
+            .send(HookWalk {
+                workspace: workspace.to_owned(),
+                target,
+                opts,
+            })
+            .await??;
         self.flush().await?;
-        Ok(Some(outcome))
+        Ok(outcome)
     }
 
     /// One pass; `stop` ends it early (a fatal API error sets it too: a
@@ -358,6 +307,78 @@ impl Handler<RunPass> for Supervisor {
             opts: msg.opts,
         };
         Box::pin(pass.run())
+    }
+}
+
+/// Walks one repository for a webhook (see [`Crawler::hook_walk`]).
+#[derive(Message)]
+#[rtype(result = "Result<Option<RepoOutcome>, PassError>")]
+pub struct HookWalk {
+    /// The repository's workspace.
+    pub workspace: String,
+    /// Which repository, and whether its listing entry was read.
+    pub target: HookTarget,
+    /// `since` and the stop flag.
+    pub opts: HookWalkOptions,
+}
+
+impl Handler<HookWalk> for Supervisor {
+    type Result = ResponseFuture<Result<Option<RepoOutcome>, PassError>>;
+
+    fn handle(&mut self, msg: HookWalk, _ctx: &mut Self::Context) -> Self::Result {
+        let client = self.client.clone();
+        let writer = self.writer.clone();
+        let store = Arc::clone(&self.store);
+        let observer = Arc::clone(&self.observer);
+        let locks = Arc::clone(&self.locks);
+        Box::pin(async move {
+            let HookWalk {
+                workspace,
+                target,
+                opts,
+            } = msg;
+            let uuid = match &target {
+                HookTarget::Known { uuid } => uuid.clone(),
+                HookTarget::Listed(listing) => listing.uuid.clone(),
+            };
+            let _guard = locks.lock(&uuid).await;
+            let stored = store.repo(&workspace, &uuid)?;
+            let (listing, slug, reason) = match target {
+                HookTarget::Known { .. } => {
+                    let Some(repo) = &stored else {
+                        return Ok(None);
+                    };
+                    (listing_of(repo), repo.slug.clone(), Reason::Hook)
+                }
+                HookTarget::Listed(listing) => {
+                    let Some(slug) = listing.slug().map(str::to_owned) else {
+                        return Ok(None);
+                    };
+                    let reason = if stored.is_some() {
+                        Reason::Hook
+                    } else {
+                        Reason::New
+                    };
+                    (listing, slug, reason)
+                }
+            };
+            let job = RepoJob {
+                client,
+                writer,
+                workspace,
+                stored,
+                slug,
+                listing,
+                full: false,
+                since: opts.since,
+                observer,
+                stop: opts.stop,
+                queue: Arc::new(WriterQueue::default()),
+                reason,
+                max_pages: None,
+            };
+            Ok(Some(crawl_one(job).await))
+        })
     }
 }
 

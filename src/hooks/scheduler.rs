@@ -255,6 +255,7 @@ impl Scheduler {
             }
         }
         for job in starting {
+            tracing::info!(repo = %format!("{}/{}", job.workspace, job.slug), deliveries = job.waiting.len(), "webhook: walking the pushed default branch");
             let scheduler = self.clone();
             tokio::spawn(async move { scheduler.walk(job).await });
         }
