@@ -484,6 +484,7 @@ async fn metrics_count_what_the_simulator_saw() {
     forbidden.insert(TOKEN.to_owned());
     let allowed_keys = [
         "endpoint", "code", "reason", "result", "state", "version", "shard", "shards", "le",
+        "outcome",
     ];
     for sample in &s.samples {
         for (k, v) in &sample.labels {
@@ -501,13 +502,16 @@ async fn metrics_count_what_the_simulator_saw() {
                 sample.name
             );
             assert!(
-                v.len() <= 16 && !v.contains(['/', '@', ' ', ':']),
+                v.len() <= 20 && !v.contains(['/', '@', ' ', ':']),
                 "{}: label {k}={v:?} looks unbounded",
                 sample.name
             );
         }
         if let Some(code) = sample.labels.get("code") {
             assert!(code == "error" || code.parse::<u16>().is_ok(), "{code}");
+        }
+        if let Some(o) = sample.labels.get("outcome") {
+            assert!(bbcrawl::hooks::OUTCOMES.contains(&o.as_str()), "{o}");
         }
         if let Some(e) = sample.labels.get("endpoint") {
             assert!(e == "commits" || e == "repositories", "{e}");

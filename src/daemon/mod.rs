@@ -393,6 +393,7 @@ async fn start_hooks(
             shard: pass.shard,
             since: pass.since,
             stop: Arc::clone(&stop),
+            concurrency: pass.concurrency,
         },
         Arc::clone(&status),
     );

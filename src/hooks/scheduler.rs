@@ -67,6 +67,8 @@ pub struct SchedulerOptions {
     pub since: Option<DateTime<Utc>>,
     /// Set when the daemon stops: walks end, no new ones start.
     pub stop: StopFlag,
+    /// Webhook walks running at once (a pass's repository concurrency).
+    pub concurrency: usize,
 }
 
 /// Schedules webhook walks; cheap to clone.
@@ -81,6 +83,9 @@ struct Inner {
     client: BitbucketClient,
     opts: SchedulerOptions,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Bounds the walks running at once (a push to every repository at
+    /// once queues, it does not start thousands of walks).
+    walks: tokio::sync::Semaphore,
     wake: Notify,
     status: Arc<Mutex<HookStatus>>,
 }
@@ -121,8 +126,9 @@ impl Scheduler {
                 crawler,
                 store,
                 client,
-                opts,
                 entries: Mutex::new(HashMap::new()),
+                walks: tokio::sync::Semaphore::new(opts.concurrency.max(1)),
+                opts,
                 wake: Notify::new(),
                 status,
             }),
@@ -267,7 +273,10 @@ impl Scheduler {
     async fn walk(&self, job: Job) {
         let inner = &self.inner;
         let full_name = format!("{}/{}", job.workspace, job.slug);
-        let result = self.walk_once(&job).await;
+        let result = match inner.walks.acquire().await {
+            Ok(_permit) => self.walk_once(&job).await,
+            Err(e) => Err(e.to_string()),
+        };
         let ended = Instant::now();
         let (ok, new_commits, error) = match result {
             Ok(Some((ok, new_commits, error))) => (ok, new_commits, error),
