@@ -395,6 +395,7 @@ mod tests {
             http_attempt("commits", Some(200), 0.01);
             http_attempt("repositories", None, 0.01);
             metrics::histogram!(STORE_WRITE_DURATION).record(0.001);
+            metrics::histogram!(HOOK_PUSH_TO_STORED).record(0.4);
         });
         let text = handle.render();
         let help: BTreeSet<&str> = text

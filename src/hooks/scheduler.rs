@@ -17,6 +17,9 @@ use crate::schedule::SlugFilter;
 use crate::shard::Shard;
 use crate::store::{keys, Store};
 
+/// The store's gauges are refreshed after webhook walks at most this often.
+const GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Entries idle this long are forgotten (their [`MIN_GAP`] is long past).
 const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -88,6 +91,7 @@ struct Inner {
     walks: tokio::sync::Semaphore,
     wake: Notify,
     status: Arc<Mutex<HookStatus>>,
+    gauges_at: Mutex<Option<Instant>>,
 }
 
 /// One repository's webhook work.
@@ -131,6 +135,7 @@ impl Scheduler {
                 opts,
                 wake: Notify::new(),
                 status,
+                gauges_at: Mutex::new(None),
             }),
         };
         let looping = scheduler.clone();
@@ -162,9 +167,12 @@ impl Scheduler {
                 return Offer::Ignored;
             }
         };
-        let listing = stored
-            .as_ref()
-            .is_none_or(|r| r.status == RepoStatus::Deleted || r.slug != push.slug);
+        // Unknown, renamed, deleted, or without a default branch so far
+        // (a first push to an empty repository gives it one): the listing
+        // entry says what it is now.
+        let listing = stored.as_ref().is_none_or(|r| {
+            r.status == RepoStatus::Deleted || r.slug != push.slug || r.default_branch.is_none()
+        });
         let hashes: Vec<String> = match &stored {
             // Not known as it is now: any branch it moved means it exists
             // and has commits; its listing entry says which is the default.
@@ -305,6 +313,9 @@ impl Scheduler {
             status.clone()
         };
         persist(&inner.crawler, &status).await;
+        if ok {
+            self.refresh_gauges();
+        }
 
         // Pushes that came while this walk ran: walked again, unless this
         // walk already stored their tips.
@@ -382,6 +393,34 @@ impl Scheduler {
             let ok = o.error.is_none() && !o.interrupted && o.status != RepoStatus::Failed;
             (ok, o.new_commits, o.error)
         }))
+    }
+
+    /// `bbcrawl_store_commits` and the repositories by state, as after a
+    /// pass (at most every [`GAUGES_EVERY`]: passes may be an hour apart
+    /// when webhooks keep the store fresh).
+    fn refresh_gauges(&self) {
+        {
+            let mut last = self
+                .inner
+                .gauges_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < GAUGES_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.inner.store.repos() {
+            Ok(repos) => {
+                let totals = crate::record::RepoTotals::of(&repos);
+                metrics::gauge!(crate::telemetry::STORE_COMMITS).set(totals.commits as f64);
+                for status in RepoStatus::ALL {
+                    metrics::gauge!(crate::telemetry::REPOS, "state" => status.as_str())
+                        .set(totals.count(status) as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the store for its gauges"),
+        }
     }
 
     /// Records an accepted delivery in the store (for `hooks status` after
