@@ -166,7 +166,7 @@ fn push_and_measure(sim: &Simulator, base: &str, pushes: usize) -> (Vec<Duration
     (out, pages)
 }
 
-fn report(mode: &str, latencies: &[Duration], sim: &Simulator, pages: usize, seconds: f64) {
+fn report(mode: &str, latencies: &[Duration], sim: &Simulator, pages: usize) {
     let q = |p: f64| {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[i].as_secs_f64() * 1e3
@@ -183,10 +183,29 @@ fn report(mode: &str, latencies: &[Duration], sim: &Simulator, pages: usize, sec
     println!("{mode}_latency_max: {:.0} ms", q(1.0));
     println!("{mode}_commit_requests: {commits} (Σ⌈new/100⌉ = {pages})");
     println!("{mode}_other_requests: {listings}");
+}
+
+/// What the daemon spends while nothing is pushed: requests over
+/// BBCRAWL_BENCH_IDLE_SECONDS (default 10), per hour.
+fn idle(mode: &str, sim: &Simulator) {
+    let seconds: u64 = common::env_num("BBCRAWL_BENCH_IDLE_SECONDS", 10);
+    std::thread::sleep(Duration::from_secs(2));
+    sim.clear_requests();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let n = sim.requests().len();
     println!(
-        "{mode}_requests_per_hour_at_this_rate: {:.0}",
-        requests.len() as f64 * 3600.0 / seconds
+        "{mode}_idle_requests_per_hour: {:.0} ({n} in {seconds} s)",
+        n as f64 * 3600.0 / seconds as f64
     );
+}
+
+/// No rate limit on the simulator: it would announce 1,000 an hour, which
+/// the daemon adopts and paces to.
+fn unlimited() -> SimOptions {
+    SimOptions {
+        requests_per_hour: 0,
+        ..SimOptions::default()
+    }
 }
 
 fn main() {
@@ -203,7 +222,7 @@ fn main() {
     );
 
     // Webhooks.
-    let sim = common::simulator(SimOptions::default(), REPOS, 200);
+    let sim = common::simulator(unlimited(), REPOS, 200);
     let server = BackgroundSimulator::start(sim.clone()).expect("serve the simulator");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -217,19 +236,19 @@ fn main() {
         Some(SECRET),
     );
     sim.clear_requests();
-    let t = Instant::now();
     let (latencies, pages) = push_and_measure(&sim, &daemon.base, pushes);
-    report("hooks", &latencies, &sim, pages, t.elapsed().as_secs_f64());
+    report("hooks", &latencies, &sim, pages);
+    idle("hooks", &sim);
     drop(daemon);
     drop(server);
 
     // Polling every second.
-    let sim = common::simulator(SimOptions::default(), REPOS, 200);
+    let sim = common::simulator(unlimited(), REPOS, 200);
     let server = BackgroundSimulator::start(sim.clone()).expect("serve the simulator");
     let bin = old_bin.unwrap_or(new_bin);
     let daemon = start(&bin, "poll", server.api_url(), None, "1");
     sim.clear_requests();
-    let t = Instant::now();
     let (latencies, pages) = push_and_measure(&sim, &daemon.base, pushes);
-    report("poll", &latencies, &sim, pages, t.elapsed().as_secs_f64());
+    report("poll", &latencies, &sim, pages);
+    idle("poll", &sim);
 }
