@@ -795,3 +795,97 @@ async fn a_receiver_without_a_usable_secret_does_not_start() {
     assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
     assert!(!store.join("daemon.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_walk_killed_mid_way_resumes_where_it_stopped() {
+    let s = setup(hooked_world(2, 10), "3600").await;
+    let (sim, daemon) = (&s.sim, &s.daemon);
+    // A new repository of 30 pages, pushed to: its first crawl is a
+    // webhook walk, slowed so that the kill lands in the middle.
+    sim.add_repo(WS, RepoSpec::new("big", 2990));
+    sim.set_latency(Duration::from_millis(40));
+    sim.push(WS, "big", 10);
+    let big = |sim: &Simulator| {
+        sim.requests()
+            .iter()
+            .filter(|r| r.path.contains("/big/commits/"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while big(sim) < 10 {
+        assert!(Instant::now() < deadline, "{}", daemon.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-KILL", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let Setup {
+        sim,
+        _server,
+        _dir,
+        store,
+        mut daemon,
+    } = s;
+    daemon.child.wait().await.unwrap();
+    let before = big(&sim);
+    assert!(
+        before < 30,
+        "the walk finished before the kill ({before} pages)"
+    );
+    sim.set_latency(Duration::ZERO);
+
+    // The next daemon's first pass resumes the saved walk.
+    std::fs::remove_file(store.join("daemon.json")).unwrap();
+    let secret = store.parent().unwrap().join("hook-secret");
+    let daemon = Hooked::start(&store, &_server.api_url(), &secret, "3600", &[]).await;
+    let after = big(&sim) - before;
+    assert!(
+        after <= 30 - before + 2,
+        "{before} pages before the kill, {after} after: the walk started over"
+    );
+    daemon.stop().await;
+    assert_store_is_truth(&store, &sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_walks_and_passes_every_second_together_keep_the_store_exact() {
+    let s = setup(hooked_world(5, 60), "1").await;
+    let (sim, daemon) = (&s.sim, &s.daemon);
+    sim.set_latency(Duration::from_millis(5));
+    let mut last = Vec::new();
+    for i in 0..40usize {
+        let slug = format!("r{:02}", i % 5);
+        if i % 10 == 7 {
+            last = sim.force_push(WS, &slug, 3, 2);
+        } else {
+            last = sim.push(WS, &slug, 1 + i % 3);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    daemon.wait_for(&last[..1], Duration::from_secs(10)).await;
+    assert!(sim.deliveries_settled(Duration::from_secs(10)).await);
+    // Let the last walks and one more pass end.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        daemon
+            .metric("bbcrawl_hook_fetches_total", Some("result=\"ok\""))
+            .await
+            > 0.0
+    );
+    assert_eq!(
+        daemon
+            .metric("bbcrawl_hook_fetches_total", Some("result=\"failed\""))
+            .await,
+        0.0
+    );
+    let Setup {
+        sim, store, daemon, ..
+    } = s;
+    daemon.stop().await;
+    let orphans = assert_reachable_is_truth(&store, &sim);
+    // Four force pushes dropped three commits each; a dropped commit no
+    // walk had stored yet is not in the store at all.
+    assert!((1..=12).contains(&orphans), "{orphans} unreachable");
+}

@@ -194,14 +194,14 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
             "this workspace is not crawled here",
         );
     }
-    if !valid_uuid(&payload.repository.uuid) {
+    let Some(uuid) = braced_uuid(&payload.repository.uuid) else {
         r.seen("malformed", Some((&request_uuid, &full_name)));
         return answer(
             StatusCode::BAD_REQUEST,
             "malformed",
             "the repository has no usable uuid",
         );
-    }
+    };
     let fresh = {
         let mut recent = r.recent.lock().unwrap_or_else(|e| e.into_inner());
         let by_body = recent.insert(digest(b"body", &bytes));
@@ -236,7 +236,7 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
     } else {
         r.scheduler.offer(Push {
             workspace,
-            uuid: payload.repository.uuid.to_ascii_lowercase(),
+            uuid,
             slug,
             moves,
             received,
@@ -276,14 +276,15 @@ fn digest(kind: &[u8], bytes: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// `{` + 36 characters of hex digits and dashes + `}`.
-fn valid_uuid(uuid: &str) -> bool {
-    uuid.len() == 38
-        && uuid.starts_with('{')
-        && uuid.ends_with('}')
-        && uuid[1..37]
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+/// The repository uuid as the store keys it: braced, lower case. Bitbucket
+/// sends it braced; a bare one is accepted too. Anything else is refused.
+fn braced_uuid(uuid: &str) -> Option<String> {
+    let bare = uuid
+        .strip_prefix('{')
+        .and_then(|u| u.strip_suffix('}'))
+        .unwrap_or(uuid);
+    let ok = bare.len() == 36 && bare.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    ok.then(|| format!("{{{}}}", bare.to_ascii_lowercase()))
 }
 
 /// The last [`REMEMBERED`] keys.
@@ -388,8 +389,13 @@ mod tests {
         assert_eq!(repo("acme/..").names(), None);
         assert_eq!(repo("acme").names(), None);
         assert_eq!(repo("acme/a/b").names(), None);
-        assert!(valid_uuid("{0b9e5f4c-1d2e-4f3a-8b7c-6d5e4f3a2b1c}"));
-        assert!(!valid_uuid("0b9e5f4c-1d2e-4f3a-8b7c-6d5e4f3a2b1c"));
-        assert!(!valid_uuid("{../../etc/passwd-xxxxxxxxxxxxxxxxxxxx}"));
+        let braced = Some("{0b9e5f4c-1d2e-4f3a-8b7c-6d5e4f3a2b1c}".to_owned());
+        assert_eq!(
+            braced_uuid("{0B9E5F4C-1D2E-4F3A-8B7C-6D5E4F3A2B1C}"),
+            braced
+        );
+        assert_eq!(braced_uuid("0b9e5f4c-1d2e-4f3a-8b7c-6d5e4f3a2b1c"), braced);
+        assert_eq!(braced_uuid("{../../etc/passwd-xxxxxxxxxxxxxxxxxxxx}"), None);
+        assert_eq!(braced_uuid("{0b9e5f4c}"), None);
     }
 }
