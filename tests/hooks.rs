@@ -889,3 +889,36 @@ async fn webhook_walks_and_passes_every_second_together_keep_the_store_exact() {
     // walk had stored yet is not in the store at all.
     assert!((1..=12).contains(&orphans), "{orphans} unreachable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_of_a_quiet_push_is_found_by_the_audit() {
+    let sim = hooked_world(3, 10);
+    let server = serve(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let secret = secret_file(dir.path());
+    let daemon = Hooked::start(
+        &store,
+        &server.api_url(),
+        &secret,
+        "1",
+        &[("BBCRAWL_AUDIT_INTERVAL_SECONDS", "3")],
+    )
+    .await;
+    sim.add_hook(WS, &daemon.hook_url, Some(SECRET));
+    // A push that moves no `updated_on`, and whose delivery is lost: only
+    // the audit can find it.
+    sim.lose_next_deliveries(1);
+    let pushed = sim.push_quietly(WS, "r01", 4);
+    assert!(sim.deliveries_settled(Duration::from_secs(10)).await);
+    daemon.wait_for(&pushed[..1], Duration::from_secs(20)).await;
+    assert!(
+        daemon
+            .metric("bbcrawl_audit_found_changes_total", None)
+            .await
+            >= 1.0
+    );
+    assert_eq!(daemon.metric("bbcrawl_hook_fetches_total", None).await, 0.0);
+    daemon.stop().await;
+    assert_store_is_truth(&store, &sim);
+}

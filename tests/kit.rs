@@ -639,6 +639,13 @@ fn alerts_fire_on_matching_series() {
     );
     t +=
         &format!("      - series: 'bbcrawl_repos{{{l},state=\"ok\"}}'\n        values: '40x130'\n");
+    // Webhook deliveries that all fail the signature check.
+    t += &format!(
+        "      - series: 'bbcrawl_hook_deliveries_total{{{l},outcome=\"bad_signature\"}}'\n        values: '0+2x130'\n"
+    );
+    t += &format!(
+        "      - series: 'bbcrawl_hook_deliveries_total{{{l},outcome=\"accepted\"}}'\n        values: '0x130'\n"
+    );
     t += "    alert_rule_test:\n";
     t += &silent("BbcrawlLastSyncFailed", "5m");
     t += &fires("BbcrawlLastSyncFailed", "10m", "warning", "");
@@ -658,6 +665,8 @@ fn alerts_fire_on_matching_series() {
     t += &silent("BbcrawlDown", "99m");
     t += &fires("BbcrawlDown", "110m", "critical", "");
     t += &silent("BbcrawlTargetMissing", "110m");
+    t += &silent("BbcrawlWebhookSecretMismatch", "10m");
+    t += &fires("BbcrawlWebhookSecretMismatch", "40m", "warning", "");
     // A healthy daemon: nothing fires.
     t += "  - interval: 1m\n    input_series:\n";
     for (series, values) in [
@@ -669,6 +678,12 @@ fn alerts_fire_on_matching_series() {
         ("up", "1x180"),
     ] {
         t += &format!("      - series: '{series}{{{l}}}'\n        values: '{values}'\n");
+    }
+    // A scanner's forged deliveries among Bitbucket's accepted ones.
+    for (outcome, values) in [("bad_signature", "0+1x180"), ("accepted", "0+3x180")] {
+        t += &format!(
+            "      - series: 'bbcrawl_hook_deliveries_total{{{l},outcome=\"{outcome}\"}}'\n        values: '{values}'\n"
+        );
     }
     t += "    alert_rule_test:\n";
     for alert in alert_rules() {
