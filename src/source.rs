@@ -341,6 +341,16 @@ impl Daemon {
                 http.post(url).json(&body)
             })
             .await?;
+        self.admin_answer(resp, "backup").await
+    }
+
+    /// An admin request's JSON answer, from this daemon only; a refusal
+    /// is `what: <its error>`.
+    async fn admin_answer<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<T, RemoteError> {
         if !self.is_ours(&resp) {
             return Err(self.not_ours());
         }
@@ -351,7 +361,7 @@ impl Daemon {
                 .map_err(|e| RemoteError::Failed(e.to_string()));
         }
         let (_, err) = ApiError::of(resp).await;
-        Err(RemoteError::Failed(format!("backup: {}", err.error)))
+        Err(RemoteError::Failed(format!("{what}: {}", err.error)))
     }
 
     /// The daemon's webhook receiver status (`None`: it has none).
@@ -359,17 +369,7 @@ impl Daemon {
         let resp = self
             .send(crate::daemon::ADMIN_HOOKS, |http, url| http.get(url))
             .await?;
-        if !self.is_ours(&resp) {
-            return Err(self.not_ours());
-        }
-        if resp.status().is_success() {
-            return resp
-                .json()
-                .await
-                .map_err(|e| RemoteError::Failed(e.to_string()));
-        }
-        let (status, err) = ApiError::of(resp).await;
-        Err(RemoteError::Failed(format!("HTTP {status}: {}", err.error)))
+        self.admin_answer(resp, "webhook status").await
     }
 
     async fn fetch(&self, req: &Request) -> Result<reqwest::Response, RemoteError> {

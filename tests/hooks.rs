@@ -258,6 +258,17 @@ async fn setup(sim: Simulator, interval_seconds: &str) -> Setup {
 /// A pushed tip: when it was pushed, and how long until it was queryable.
 type Pending = (String, Instant, Option<Duration>);
 
+impl Setup {
+    /// Stops the daemon and checks the store is exactly the simulator's.
+    async fn stop_and_check_exact(self) {
+        let Setup {
+            sim, store, daemon, ..
+        } = self;
+        daemon.stop().await;
+        assert_store_is_truth(&store, &sim);
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
@@ -369,11 +380,7 @@ async fn pushes_are_queryable_within_seconds_with_only_the_commit_requests_they_
         200.0
     );
 
-    let Setup {
-        sim, store, daemon, ..
-    } = s;
-    daemon.stop().await;
-    assert_store_is_truth(&store, &sim);
+    s.stop_and_check_exact().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,11 +461,7 @@ async fn other_branches_tags_deletions_and_repeats_fetch_nothing_and_bursts_fetc
             >= 3.0
     );
 
-    let Setup {
-        sim, store, daemon, ..
-    } = s;
-    daemon.stop().await;
-    assert_store_is_truth(&store, &sim);
+    s.stop_and_check_exact().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,11 +613,7 @@ async fn a_lost_delivery_is_found_by_the_next_pass() {
     // No delivery: the gated pass (every 2 s) sees updated_on move.
     daemon.wait_for(&pushed[..1], Duration::from_secs(15)).await;
     assert!(listing_requests(sim) >= 1);
-    let Setup {
-        sim, store, daemon, ..
-    } = s;
-    daemon.stop().await;
-    assert_store_is_truth(&store, &sim);
+    s.stop_and_check_exact().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
