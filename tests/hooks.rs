@@ -488,6 +488,30 @@ async fn a_new_repository_is_listed_once_then_crawled_and_the_answer_never_waits
     assert!(took < Duration::from_millis(100), "answered in {took:?}");
     sim.set_latency(Duration::ZERO);
 
+    // The receiver's listener serves nothing else: no metrics, no API.
+    let base = daemon
+        .hook_url
+        .trim_end_matches("/hooks/bitbucket")
+        .to_owned();
+    for path in [
+        "/metrics",
+        "/healthz",
+        "/api/v1/stats",
+        "/api/v1/export",
+        "/admin/hooks",
+    ] {
+        let resp = daemon
+            .http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert!(!resp.text().await.unwrap().contains("bbcrawl_"), "{path}");
+    }
+    let resp = daemon.http.get(&daemon.hook_url).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+
     let Setup {
         sim, store, daemon, ..
     } = s;
@@ -793,6 +817,15 @@ async fn a_receiver_without_a_usable_secret_does_not_start() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
     assert!(!store.join("daemon.json").exists());
+
+    // The receiver's address cannot be the endpoint's.
+    let mut env = base.to_vec();
+    env.pop();
+    env.push(("BBCRAWL_HOOKS_LISTEN", "127.0.0.1:9490"));
+    env.push(("BBCRAWL_HOOKS_SECRET_FILE", empty.to_str().unwrap()));
+    let out = bbcrawl(dir.path(), &["run"], &env).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("its own address"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -463,8 +463,18 @@ impl Config {
         if let (Some(addr), None) = (hooks_listen, &hooks_secret_file) {
             return Err(ConfigError::Invalid {
                 key: "hooks_listen".into(),
-                origin: format!("{addr}"),
+                origin: format!("{addr}, from the configuration"),
                 message: "the webhook receiver needs `hooks_secret_file` (the HMAC secret Bitbucket signs deliveries with; `bbcrawl hooks install` writes it): an unsigned receiver would let anyone trigger crawls".into(),
+            });
+        }
+
+        if let Some(addr) = hooks_listen.filter(|a| a.port() != 0 && *a == listen) {
+            return Err(ConfigError::Invalid {
+                key: "hooks_listen".into(),
+                origin: "the configuration".into(),
+                message: format!(
+                    "{addr} is also `listen`: the webhook receiver needs its own address, so that only it can face the internet"
+                ),
             });
         }
 
