@@ -409,6 +409,7 @@ async fn start_hooks(
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         scheduler.stop();
     };
+    let listener = crate::hooks::listener::BoundedListener::new(listener);
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(stopped)

@@ -20,12 +20,16 @@
 //!   nothing. A push to a repository the store does not know (or knows
 //!   under another slug, or as deleted) first reads its listing entry (one
 //!   request), then crawls it as a pass would.
+//! - [`listener`]: at most 256 connections at once, each closed after
+//!   30 s, so idle or trickling clients cannot pile up on a listener that
+//!   faces the internet.
 //! - [`install`]: `bbcrawl hooks install` and `hooks status`.
 //!
 //! Passes and audits keep running: a delivery Bitbucket never sent (it has
 //! no replay) is found by the next gated pass or audit.
 
 pub mod install;
+pub mod listener;
 pub mod receiver;
 pub mod scheduler;
 pub mod secret;
