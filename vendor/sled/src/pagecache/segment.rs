@@ -635,11 +635,14 @@ impl SegmentAccountant {
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(
-                &self.config.file,
-                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
-                segment_base,
-            )?;
+            // bbcrawl: zero the segment by punching a hole (reads back as
+            // zeros, `MessageKind::Corrupted`) instead of writing
+            // `segment_size` zero bytes: upstream rewrote every free
+            // segment on every open, so a read-only query of a store with
+            // many free segments wrote hundreds of MB. A hole punched
+            // again costs no data I/O. Falls back to the write where the
+            // filesystem cannot punch holes.
+            zero_segment(&self.config.file, segment_base, self.config.segment_size)?;
         }
 
         // we want to complete all truncations because
@@ -1127,4 +1130,29 @@ impl SegmentAccountant {
 
         idx
     }
+}
+
+/// bbcrawl: `len` zero bytes at `offset`, as a punched hole where the
+/// filesystem supports it (Linux: ext4, xfs, btrfs, tmpfs), else written.
+fn zero_segment(
+    file: &std::fs::File,
+    offset: LogOffset,
+    len: usize,
+) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let punched = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if punched == 0 {
+            return Ok(());
+        }
+    }
+    pwrite_all(file, &vec![MessageKind::Corrupted.into(); len], offset)
 }
