@@ -954,3 +954,36 @@ async fn a_lost_delivery_of_a_quiet_push_is_found_by_the_audit() {
     daemon.stop().await;
     assert_store_is_truth(&store, &sim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_answers_during_a_webhook_walk_are_retried_and_lose_nothing() {
+    let s = setup(hooked_world(2, 10), "3600").await;
+    let (sim, daemon) = (&s.sim, &s.daemon);
+    // The walk's first answers: a 502, a reset, a cut body, bad JSON; then
+    // the real page (retried with the crawl's own backoff).
+    sim.inject(
+        Some("/r01/commits/"),
+        vec![
+            bbcrawl::simulator::Fault::Status(502),
+            bbcrawl::simulator::Fault::Reset,
+            bbcrawl::simulator::Fault::Truncated,
+            bbcrawl::simulator::Fault::MalformedJson,
+        ],
+    );
+    let pushed = sim.push(WS, "r01", 120);
+    daemon.wait_for(&pushed[..1], Duration::from_secs(30)).await;
+    daemon
+        .wait_for(&pushed[119..], Duration::from_secs(10))
+        .await;
+    assert!(sim.deliveries_settled(Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        daemon
+            .metric("bbcrawl_hook_fetches_total", Some("result=\"ok\""))
+            .await,
+        1.0
+    );
+    // Two pages, four of their attempts broken.
+    assert_eq!(commit_requests(sim), 2 + 4, "{:?}", sim.requests());
+    s.stop_and_check_exact().await;
+}
