@@ -63,21 +63,9 @@ impl Hooked {
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("cannot start bbcrawl run");
-        let file = store.join("daemon.json");
+        let addr: SocketAddr = daemon_addr(store, &mut child, &log).await.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let http = reqwest::Client::new();
-        let addr: SocketAddr = loop {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    break v["addr"].as_str().unwrap().parse().unwrap();
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("bbcrawl run exited ({status}): {}", read(&log));
-            }
-            assert!(Instant::now() < deadline, "no daemon.json: {}", read(&log));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
         let daemon = Hooked {
             child,
             addr,
@@ -488,6 +476,21 @@ async fn a_new_repository_is_listed_once_then_crawled_and_the_answer_never_waits
     assert!(took < Duration::from_millis(100), "answered in {took:?}");
     sim.set_latency(Duration::ZERO);
 
+    // A signed delivery for a workspace this instance does not crawl: 404,
+    // counted, nothing fetched.
+    sim.clear_requests();
+    let foreign = sim.push_delivery("elsewhere", "web").signed(SECRET);
+    assert_eq!(send_delivery(&daemon.hook_url, &foreign).await, Ok(404));
+    assert_eq!(
+        daemon
+            .metric(
+                "bbcrawl_hook_deliveries_total",
+                Some("outcome=\"unknown_workspace\"")
+            )
+            .await,
+        1.0
+    );
+
     // The receiver's listener serves nothing else: no metrics, no API.
     let base = daemon
         .hook_url
@@ -680,6 +683,8 @@ async fn hooks_install_is_idempotent_rotates_the_secret_and_the_daemon_follows()
     let install = vec![
         "hooks".to_owned(),
         "install".into(),
+        "--workspace".into(),
+        WS.into(),
         "--url".into(),
         url.clone(),
     ];
@@ -985,5 +990,46 @@ async fn broken_answers_during_a_webhook_walk_are_retried_and_lose_nothing() {
     );
     // Two pages, four of their attempts broken.
     assert_eq!(commit_requests(sim), 2 + 4, "{:?}", sim.requests());
+    s.stop_and_check_exact().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_is_never_walked_by_a_pass_and_a_webhook_at_once() {
+    // Passes every second and a webhook walk after every push, both wanting
+    // the same repository; every answer takes 150 ms. A walk sends its next
+    // request only after the previous answer, so while one walk at a time
+    // holds the repository, its requests arrive at least 150 ms apart.
+    let s = setup(hooked_world(1, 10), "1").await;
+    let (sim, daemon) = (&s.sim, &s.daemon);
+    let latency = Duration::from_millis(150);
+    sim.set_latency(latency);
+    let mut last = Vec::new();
+    for _ in 0..6 {
+        last = sim.push(WS, "r00", 250);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    daemon.wait_for(&last[..1], Duration::from_secs(30)).await;
+    assert!(sim.deliveries_settled(Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at: Vec<tokio::time::Instant> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/r00/commits/"))
+        .map(|r| r.at)
+        .collect();
+    let hooks = daemon
+        .metric("bbcrawl_hook_fetches_total", Some("result=\"ok\""))
+        .await;
+    assert!(hooks >= 1.0, "no webhook walk ran");
+    let closest = at
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .min()
+        .expect("commit requests");
+    assert!(
+        closest >= latency - Duration::from_millis(5),
+        "two requests for r00 {closest:?} apart: two walks of it ran at once ({} requests, {hooks} webhook walks)",
+        at.len()
+    );
     s.stop_and_check_exact().await;
 }

@@ -305,22 +305,6 @@ async fn links_without_a_web_origin_are_refused_by_their_scheme_not_as_null() {
     }
 }
 
-/// The daemon's address from its address file, once written.
-async fn daemon_addr(store: &Path, log: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(a) = bbcrawl::daemon::read_address(store) {
-            return a.addr.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no daemon.json after 15 s\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// One sample of `/metrics`.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -343,8 +327,8 @@ async fn a_retry_after_of_a_billion_seconds_is_capped_at_an_hour_logged_and_show
     let log = dir.path().join("run.log");
     let mut env = sync_env(&server.api_url(), &store);
     env.push(("BBCRAWL_LISTEN".into(), "127.0.0.1:0".into()));
-    let child = spawn_bbcrawl(&["run", "--log-format", "json"], &env, &log);
-    let addr = daemon_addr(&store, &log).await;
+    let mut child = spawn_bbcrawl(&["run", "--log-format", "json"], &env, &log);
+    let addr = daemon_addr(&store, &mut child, &log).await;
     let http = reqwest::Client::new();
 
     // /healthz: 200, the pass waits on the rate limit, for an hour at most.
@@ -724,7 +708,7 @@ async fn a_stale_address_file_never_makes_a_query_answer_from_another_store() {
     let mut env_a = sync_env(&server_a.api_url(), &store_a);
     env_a.push(("BBCRAWL_LISTEN".into(), "127.0.0.1:0".into()));
     let mut a = spawn_bbcrawl(&["run"], &env_a, &log_a);
-    let addr = daemon_addr(&store_a, &log_a).await;
+    let addr = daemon_addr(&store_a, &mut a, &log_a).await;
     a.kill().await.unwrap();
     a.wait().await.unwrap();
     assert!(bbcrawl::daemon::read_address(&store_a).is_some());
@@ -733,8 +717,8 @@ async fn a_stale_address_file_never_makes_a_query_answer_from_another_store() {
     let log_b = store_b.parent().unwrap().join("b.log");
     let mut env_b = sync_env(&server_b.api_url(), &store_b);
     env_b.push(("BBCRAWL_LISTEN".into(), addr.clone()));
-    let _b = spawn_bbcrawl(&["run"], &env_b, &log_b);
-    daemon_addr(&store_b, &log_b).await;
+    let mut b = spawn_bbcrawl(&["run"], &env_b, &log_b);
+    daemon_addr(&store_b, &mut b, &log_b).await;
 
     // Store A is held (here, by this test) while the CLI asks it: the stale
     // file leads to daemon B, which is not A's. Exit 7, nothing printed.

@@ -958,28 +958,6 @@ async fn dashboard_and_alert_queries_are_valid_promql() {
     }
 }
 
-/// The address `bbcrawl run` recorded in `<store>/daemon.json`.
-async fn daemon_addr(store: &Path, daemon: &mut tokio::process::Child, log: &Path) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(store.join("daemon.json")) {
-            if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                if let Some(addr) = v["addr"].as_str() {
-                    return addr.to_owned();
-                }
-            }
-        }
-        if let Ok(Some(status)) = daemon.try_wait() {
-            panic!(
-                "bbcrawl run exited ({status}):\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "no daemon.json within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Prometheus scrapes `bbcrawl run` and sees every commit of the simulator's
 /// default branches stored; everything the daemon exports is in METRICS.
 #[tokio::test]
@@ -1031,7 +1009,7 @@ async fn prometheus_scrapes_commits_stored_from_the_daemon() {
         .kill_on_drop(true)
         .spawn()
         .expect("cannot start bbcrawl run");
-    let addr = daemon_addr(&store, &mut daemon, &log).await;
+    let addr = crate::util::daemon_addr(&store, &mut daemon, &log).await;
 
     let prom = Prometheus::start(&prometheus, Some(&addr)).await;
     let deadline = Instant::now() + WAIT;

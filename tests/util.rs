@@ -418,3 +418,26 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// The address `bbcrawl run` recorded in `<store>/daemon.json`, once it is
+/// written (within 30 s; the child's log if it exits first).
+pub async fn daemon_addr(store: &Path, child: &mut tokio::process::Child, log: &Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(a) = bbcrawl::daemon::read_address(store) {
+            return a.addr.to_string();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "bbcrawl run exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no daemon.json after 30 s\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -536,10 +536,7 @@ impl Builders {
             hash: &c.hash,
             date: c.date,
             author: author_fields(&c.author),
-            committer: c
-                .committer
-                .as_ref()
-                .map(|x| [x.raw.as_deref(), x.name.as_deref(), x.email.as_deref()]),
+            committer: committer_fields(c.committer.as_ref()),
             message: &c.message,
             reachable: c.reachable,
         };
@@ -556,10 +553,7 @@ impl Builders {
             hash: &c.hash,
             date: c.date,
             author: author_fields(&c.author),
-            committer: c
-                .committer
-                .as_ref()
-                .map(|x| [x.raw.as_deref(), x.name.as_deref(), x.email.as_deref()]),
+            committer: committer_fields(c.committer.as_ref()),
             message: &c.message,
             reachable: c.reachable,
         };
@@ -611,6 +605,11 @@ fn author_fields(a: &crate::record::Author) -> [Option<&str>; 6] {
         a.account_id.as_deref(),
         a.display_name.as_deref(),
     ]
+}
+
+/// A committer's columns: raw, name, email.
+fn committer_fields(c: Option<&crate::record::Committer>) -> Option<[Option<&str>; 3]> {
+    c.map(|x| [x.raw.as_deref(), x.name.as_deref(), x.email.as_deref()])
 }
 
 /// A repository as an event names it.
