@@ -395,20 +395,19 @@ struct Pass {
 impl Pass {
     /// Changes a stored repository's record under its lock, from the record
     /// as stored now (a webhook walk may have moved it since the pass read
-    /// it): `f` returns whether to save.
+    /// it), and saves it.
     async fn update_repo(
         &self,
         workspace: &str,
         uuid: &str,
-        f: impl FnOnce(&mut RepoState) -> bool,
+        f: impl FnOnce(&mut RepoState),
     ) -> Result<(), PassError> {
         let _guard = self.locks.lock(uuid).await;
         let Some(mut repo) = self.store.repo(workspace, uuid)? else {
             return Ok(());
         };
-        if f(&mut repo) {
-            self.writer.send(PutRepo(repo)).await??;
-        }
+        f(&mut repo);
+        self.writer.send(PutRepo(repo)).await??;
         Ok(())
     }
 
@@ -469,7 +468,6 @@ impl Pass {
                         repo.status = RepoStatus::Deleted;
                         repo.record_event(Utc::now(), RepoEventKind::Deleted);
                         tracing::info!(repo = %repo.full_name, "repository no longer listed: marked deleted");
-                        true
                     })
                     .await?;
                     summary.deleted += 1;
@@ -536,7 +534,6 @@ impl Pass {
                     if repo.last_decision.as_deref() != Some(p.reason.as_str()) {
                         self.update_repo(&ws, &repo.uuid, |repo| {
                             repo.last_decision = Some(p.reason.as_str().to_owned());
-                            true
                         })
                         .await?;
                     }

@@ -252,11 +252,6 @@ async fn deliver(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Body)
     };
     r.seen(outcome, Some((&request_uuid, &full_name)));
     tracing::debug!(repo = %full_name, request = %request_uuid, outcome, "webhook delivery");
-    if offer == Offer::Scheduled {
-        let status = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let scheduler = r.scheduler.clone();
-        tokio::spawn(async move { scheduler.persist(&status).await });
-    }
     answer(StatusCode::ACCEPTED, outcome, message)
 }
 

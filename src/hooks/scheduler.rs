@@ -422,12 +422,6 @@ impl Scheduler {
             Err(e) => tracing::warn!(error = %e, "cannot read the store for its gauges"),
         }
     }
-
-    /// Records an accepted delivery in the store (for `hooks status` after
-    /// a restart).
-    pub async fn persist(&self, status: &HookStatus) {
-        persist(&self.inner.crawler, status).await;
-    }
 }
 
 struct Job {
@@ -438,7 +432,8 @@ struct Job {
     waiting: Vec<Instant>,
 }
 
-/// Keeps the last accepted delivery and walk in the store's meta.
+/// Keeps the last accepted delivery and walk in the store's meta (after
+/// each walk: every scheduled delivery ends in one).
 async fn persist(crawler: &Crawler, status: &HookStatus) {
     let kept = HookStatus {
         last_accepted: status.last_accepted.clone(),
