@@ -114,6 +114,15 @@ impl Source {
         out.flush().map_err(OutputError::Io)?;
         Ok(())
     }
+
+    /// Lets go of the source in a process that exits right after (see
+    /// [`Store::close_at_exit`]).
+    pub fn close_at_exit(self) {
+        match self {
+            Source::Local(store) => store.close_at_exit(),
+            Source::Daemon(_) => {}
+        }
+    }
 }
 
 /// Why the daemon could not answer.

@@ -523,7 +523,7 @@ async fn store_check_finds_each_kind_of_damage() {
     for (kind, words, damage) in damages {
         let (_d, copy) = copy_of(&store);
         {
-            let db = sled::open(&copy).unwrap();
+            let db = bbcrawl::store::sled_config(&copy).open().unwrap();
             damage(&db);
             db.flush().unwrap();
         }
@@ -687,7 +687,7 @@ async fn store_repair_rebuilds_and_sync_refetches_what_was_lost() {
     // An unreadable block of `web` (repository id 1 or 2: find it by its
     // record).
     {
-        let db = sled::open(&store).unwrap();
+        let db = bbcrawl::store::sled_config(&store).open().unwrap();
         let web: u32 = db
             .scan_prefix(b"r")
             .values()

@@ -345,7 +345,7 @@ fn the_fixture_is_a_schema_1_store() {
         !store.join("daemon.json").exists(),
         "the fixture holds a daemon.json"
     );
-    let db = sled::open(&store).unwrap();
+    let db = bbcrawl::store::sled_config(&store).open().unwrap();
     let schema = db.get(b"mschema").unwrap().expect("no mschema key");
     assert_eq!(schema.as_ref(), 1u32.to_be_bytes(), "schema version");
 }
@@ -383,7 +383,7 @@ fn the_copy_helper_copies_subdirectories() {
 /// The fixture copy's schema-1 records and schema version, read with sled
 /// directly (never through bbcrawl, which would carry the migration on).
 fn old_layout(store: &Path) -> (usize, Vec<u8>) {
-    let db = sled::open(store).unwrap();
+    let db = bbcrawl::store::sled_config(store).open().unwrap();
     let records = db.scan_prefix(b"c").count();
     let schema = db
         .get(b"mschema")
@@ -578,7 +578,7 @@ async fn the_migration_is_announced_once_and_an_older_bbcrawl_is_refused_after()
     assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
     assert!(!stderr(&second).contains("migrat"), "{}", stderr(&second));
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let db = sled::open(&store).unwrap();
+    let db = bbcrawl::store::sled_config(&store).open().unwrap();
     let schema = db.get(b"mschema").unwrap().expect("no mschema key");
     // A bbcrawl that knows only an older schema refuses a store of schema 4.
     assert_eq!(schema.as_ref(), 4u32.to_be_bytes(), "schema version");
@@ -587,7 +587,7 @@ async fn the_migration_is_announced_once_and_an_older_bbcrawl_is_refused_after()
 #[test]
 fn the_second_fixture_is_a_schema_2_store() {
     let (_dir, store) = fixture_copy_of(&fixture2());
-    let db = sled::open(&store).unwrap();
+    let db = bbcrawl::store::sled_config(&store).open().unwrap();
     let schema = db.get(b"mschema").unwrap().expect("no mschema key");
     assert_eq!(schema.as_ref(), 2u32.to_be_bytes(), "schema version");
     // Blocks and their summaries, postings; no schema-1 record.
@@ -617,14 +617,14 @@ fn seal_holds(key: &[u8], value: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealing_a_schema_2_store_killed_three_times_ends_exact() {
     let (_dir, store) = fixture_copy_of(&fixture2());
-    let keys = sled::open(&store).unwrap().len();
+    let keys = bbcrawl::store::sled_config(&store).open().unwrap().len();
     assert!(keys > 150, "{keys} keys: too few to kill in the middle");
     std::thread::sleep(std::time::Duration::from_millis(100));
     let mut sealed_before = 0;
     for kill in 1..=3 {
         // 10 keys a batch, 60 ms after each.
         let after = kill_mid_migration(&store, 60, "schema 2 to schema 3", 150..400, kill).await;
-        let db = sled::open(&store).unwrap();
+        let db = bbcrawl::store::sled_config(&store).open().unwrap();
         assert_eq!(
             db.get(b"mschema").unwrap().unwrap().as_ref(),
             2u32.to_be_bytes()
@@ -684,7 +684,7 @@ async fn sealing_a_schema_2_store_killed_three_times_ends_exact() {
     .await;
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let db = sled::open(&store).unwrap();
+    let db = bbcrawl::store::sled_config(&store).open().unwrap();
     assert_eq!(
         db.get(b"mschema").unwrap().unwrap().as_ref(),
         4u32.to_be_bytes()

@@ -124,7 +124,7 @@ fn a_second_opener_gets_a_locked_error_not_a_panic() {
 fn a_store_from_a_newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = bbcrawl::store::sled_config(dir.path()).open().unwrap();
         db.insert(b"mschema", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }

@@ -27,6 +27,8 @@ async fn ask_to_stdout(g: &Global, req: Request, buffer: usize) -> Result<u8, Cl
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(buffer, stdout.lock());
     source.answer(&req, &mut out).await?;
+    drop(out);
+    source.close_at_exit();
     Ok(exit::SUCCESS)
 }
 
@@ -83,6 +85,7 @@ pub(super) async fn export(
             answer_to_file(&source, &req, &path, mode, false).await?;
         }
     }
+    source.close_at_exit();
     Ok(exit::SUCCESS)
 }
 

@@ -762,6 +762,29 @@ impl Store {
         }
     }
 
+    /// Closes the store for a process that exits right after. A handle
+    /// that wrote is closed as on drop (flushed, manifest, settled). A
+    /// handle that only read is flushed and then left for the exit to
+    /// reclaim: tearing sled down frees every node of its page table one
+    /// by one and syncs its file, which at 10M commits (55k nodes) took
+    /// ~5 ms of a 40 ms query, growing with the store, for memory the exit
+    /// gives back anyway. sled's file lock goes with the process.
+    pub fn close_at_exit(mut self) {
+        if self.wrote.load(Ordering::Relaxed) {
+            return;
+        }
+        let db = self
+            .slot
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(db) = db {
+            if db.flush().is_ok() {
+                std::mem::forget(db);
+            }
+        }
+    }
+
     /// The store's id (see [`ID_FILE`]), when it has one.
     pub fn id(&self) -> Option<&str> {
         self.id.as_deref()
@@ -959,15 +982,21 @@ impl Drop for Store {
     }
 }
 
-/// Opens sled in `dir` with the store's settings.
-fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+/// sled's configuration for the store in `dir`: what every open uses.
+/// Public for tests and tools that look at sled's keys directly (no
+/// schema check, no migration).
+pub fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()
         .path(dir)
         .cache_capacity(CACHE_BYTES)
         // The writer flushes on its own cadence and before reporting a
         // pass done; no background flusher racing it.
         .flush_every_ms(None)
-        .open()
+}
+
+/// Opens sled in `dir` with the store's settings.
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    sled_config(dir).open()
 }
 
 fn sled_error(path: &Path, e: sled::Error) -> StoreError {

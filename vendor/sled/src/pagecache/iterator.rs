@@ -333,31 +333,45 @@ fn scan_segment_headers_and_tail(
         segments
     );
 
-    // scatter
-    let header_promises_res: Result<Vec<_>> = (0..segments)
-        .map({
-            // let config = config.clone();
-            move |idx| {
-                threadpool::spawn({
-                    let config = config.clone();
-                    move || fetch(idx, min, &config)
-                })
-            }
-        })
-        .collect();
-
-    let header_promises = header_promises_res?;
-
-    // gather
-    let mut headers: Vec<(LogOffset, SegmentHeader)> = vec![];
-    for promise in header_promises {
-        let read_attempt =
-            promise.wait().expect("thread pool should not crash");
-
-        if let Some(completed_result) = read_attempt {
-            headers.push(completed_result);
+    // bbcrawl: the headers are read in two contiguous halves, one on a
+    // scoped thread, rather than as one threadpool job per segment:
+    // upstream's job per 512 KiB segment (4,100 at 10M commits) cost a
+    // boxed closure, a lock and a wake-up of every waiting worker each, more
+    // than the 20-byte read it carried (vendor/README.md).
+    let read_range = |range: std::ops::Range<u64>| {
+        range
+            .filter_map(|idx| fetch(idx, min, config))
+            .collect::<Vec<(LogOffset, SegmentHeader)>>()
+    };
+    // bbcrawl: no readahead while the headers are read. Each read lands
+    // on the first page of a segment that an earlier read of the segment's
+    // data may have marked for readahead, and the kernel then starts
+    // reading the pages after it, for nothing (a fifth of a query's start-up
+    // at 10M commits). Readahead is back to normal for the reads after.
+    let advise = |advice| {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let _ = unsafe {
+                libc::posix_fadvise(config.file.as_raw_fd(), 0, 0, advice)
+            };
         }
-    }
+    };
+    advise(libc::POSIX_FADV_RANDOM);
+    let headers: Vec<(LogOffset, SegmentHeader)> = if segments < 256 {
+        read_range(0..segments)
+    } else {
+        let mid = segments / 2;
+        std::thread::scope(|scope| {
+            let upper = scope.spawn(|| read_range(mid..segments));
+            let mut headers = read_range(0..mid);
+            headers.extend(
+                upper.join().expect("segment header reader should not crash"),
+            );
+            headers
+        })
+    };
+    advise(libc::POSIX_FADV_NORMAL);
 
     // find max stable LSN recorded in segment headers
     let mut ordering = BTreeMap::new();

@@ -2063,6 +2063,9 @@ impl PageCache {
         self.next_pid_to_allocate = Mutex::new(next_pid_to_allocate);
 
         debug!("load_snapshot loading pages from 0..{}", next_pid_to_allocate);
+        // bbcrawl: one guard for the whole load rather than one per page
+        // (nothing is retired while the table is being filled).
+        let guard = pin();
         for pid in 0..next_pid_to_allocate {
             let state = if let Some(state) =
                 snapshot.pt.get(usize::try_from(pid).unwrap())
@@ -2077,9 +2080,13 @@ impl PageCache {
 
             trace!("load_snapshot pid {} {:?}", pid, state);
 
-            let mut cache_infos = Vec::default();
-
-            let guard = pin();
+            // bbcrawl: sized to what it holds. `Vec::default()` + `push`
+            // reserved four `CacheInfo`s (192 bytes) for every page of the
+            // store, though almost every recovered page has one.
+            let mut cache_infos = Vec::with_capacity(match *state {
+                PageState::Present { ref frags, .. } => 1 + frags.len(),
+                _ => 1,
+            });
 
             match *state {
                 PageState::Present { base, ref frags } => {
