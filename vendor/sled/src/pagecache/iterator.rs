@@ -358,7 +358,7 @@ fn scan_segment_headers_and_tail(
         }
     };
     advise(libc::POSIX_FADV_RANDOM);
-    let headers: Vec<(LogOffset, SegmentHeader)> = if segments < 256 {
+    let headers: Vec<(LogOffset, SegmentHeader)> = if segments < 64 {
         read_range(0..segments)
     } else {
         let mid = segments / 2;
