@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use bbcrawl::simulator::{Fault, RepoSpec, RetryAfter, Simulator};
@@ -34,24 +34,7 @@ impl Daemon {
         interval_seconds: &str,
         extra_env: &[(&str, &str)],
     ) -> Daemon {
-        let dir = store.parent().unwrap();
-        let log = dir.join("daemon.log");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
-        cmd.current_dir(dir)
-            .args(["run", "--log-format", "json"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("BBCRAWL_API_URL", api_url)
-            .env("BBCRAWL_WORKSPACES", WS)
-            .env("BITBUCKET_ACCESS_TOKEN", TOKEN)
-            .env("BBCRAWL_STORE", store)
-            .env("BBCRAWL_LISTEN", "127.0.0.1:0")
-            .env("BBCRAWL_INTERVAL_SECONDS", interval_seconds)
-            .env("BBCRAWL_REQUESTS_PER_HOUR", "1000000")
-            .envs(extra_env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
+        let (mut cmd, log) = run_command(store, api_url, interval_seconds, extra_env);
         let mut child = cmd.spawn().expect("cannot start bbcrawl run");
         let file = store.join("daemon.json");
         let deadline = Instant::now() + Duration::from_secs(15);

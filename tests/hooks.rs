@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,29 +38,18 @@ impl Hooked {
         interval_seconds: &str,
         extra_env: &[(&str, &str)],
     ) -> Hooked {
-        let dir = store.parent().unwrap();
-        let log = dir.join("daemon.log");
         let port = free_port();
         let hooks_listen = format!("127.0.0.1:{port}");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
-        cmd.current_dir(dir)
-            .args(["run", "--log-format", "json"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("BBCRAWL_API_URL", api_url)
-            .env("BBCRAWL_WORKSPACES", WS)
-            .env("BITBUCKET_ACCESS_TOKEN", TOKEN)
-            .env("BBCRAWL_STORE", store)
-            .env("BBCRAWL_LISTEN", "127.0.0.1:0")
-            .env("BBCRAWL_INTERVAL_SECONDS", interval_seconds)
-            .env("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000")
-            .env("BBCRAWL_REQUESTS_PER_HOUR", "1000000")
-            .env("BBCRAWL_HOOKS_LISTEN", &hooks_listen)
-            .env("BBCRAWL_HOOKS_SECRET_FILE", secret_file)
-            .envs(extra_env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
+        let secret_file = secret_file.to_str().unwrap();
+        let env: Vec<(&str, &str)> = [
+            ("BBCRAWL_AUDIT_INTERVAL_SECONDS", "31536000"),
+            ("BBCRAWL_HOOKS_LISTEN", hooks_listen.as_str()),
+            ("BBCRAWL_HOOKS_SECRET_FILE", secret_file),
+        ]
+        .into_iter()
+        .chain(extra_env.iter().copied())
+        .collect();
+        let (mut cmd, log) = run_command(store, api_url, interval_seconds, &env);
         let mut child = cmd.spawn().expect("cannot start bbcrawl run");
         let addr: SocketAddr = daemon_addr(store, &mut child, &log).await.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);

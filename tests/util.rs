@@ -419,6 +419,38 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `bbcrawl run` on `store` against `api_url` (workspace [`WS`], [`TOKEN`],
+/// listening on an ephemeral loopback port, a pass every
+/// `interval_seconds`, a budget that never binds), `extra_env` after
+/// those, stderr into `daemon.log` beside the store: the command, ready
+/// to spawn, and that log's path.
+pub fn run_command(
+    store: &Path,
+    api_url: &str,
+    interval_seconds: &str,
+    extra_env: &[(&str, &str)],
+) -> (tokio::process::Command, PathBuf) {
+    let dir = store.parent().unwrap();
+    let log = dir.join("daemon.log");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"));
+    cmd.current_dir(dir)
+        .args(["run", "--log-format", "json"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BBCRAWL_API_URL", api_url)
+        .env("BBCRAWL_WORKSPACES", WS)
+        .env("BITBUCKET_ACCESS_TOKEN", TOKEN)
+        .env("BBCRAWL_STORE", store)
+        .env("BBCRAWL_LISTEN", "127.0.0.1:0")
+        .env("BBCRAWL_INTERVAL_SECONDS", interval_seconds)
+        .env("BBCRAWL_REQUESTS_PER_HOUR", "1000000")
+        .envs(extra_env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true);
+    (cmd, log)
+}
+
 /// The address `bbcrawl run` recorded in `<store>/daemon.json`, once it is
 /// written (within 30 s; the child's log if it exits first).
 pub async fn daemon_addr(store: &Path, child: &mut tokio::process::Child, log: &Path) -> String {
