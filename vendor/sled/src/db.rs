@@ -427,6 +427,14 @@ impl Db {
         self.context.pagecache.size_on_disk()
     }
 
+    /// bbcrawl: the number of pages (tree nodes and sled's own) in use:
+    /// what every open reads from the snapshot into memory, one entry each
+    /// (vendor/README.md, change 6).
+    #[doc(hidden)]
+    pub fn pages_in_use(&self) -> u64 {
+        self.context.pagecache.pages_in_use()
+    }
+
     /// Traverses all files and calculates their total physical
     /// size, then traverses all pages and calculates their
     /// total logical size, then divides the physical size

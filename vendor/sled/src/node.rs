@@ -2,6 +2,19 @@ use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
 
+/// bbcrawl: a leaf splits past this many items whatever their size (see
+/// `Node::should_split`).
+const LEAF_MAX_ITEMS: usize = 64;
+/// bbcrawl: a leaf of more than 16 items splits once its keys and values
+/// exceed this many bytes.
+const LEAF_SPLIT_BYTES: usize = 32 * 1024;
+/// bbcrawl: at most this many bytes of keys and values stay on the left of
+/// a split past the middle (see `Node::split_index`).
+const LEAF_LEFT_MAX_BYTES: usize = 64 * 1024;
+/// bbcrawl: a split leaves at least this many items on the right: a node of
+/// fewer is merged into its left sibling (`Node::should_merge`).
+const MIN_RIGHT_ITEMS: usize = 4;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -163,18 +176,20 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// bbcrawl: `key` is the key whose traversal found this node over full
+    /// (see `split_index`; upstream always split in the middle).
+    pub(crate) fn split(mut self, key: &[u8]) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -241,6 +256,7 @@ impl Node {
             )
         }
 
+        let split_point = self.split_index(key);
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
@@ -252,6 +268,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_point,
                     );
 
                 (
@@ -271,6 +288,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        split_point,
                     );
 
                 (
@@ -605,10 +623,81 @@ impl Node {
             16
         };
 
-        let size_checks = self.data.len() > threshold;
+        // bbcrawl: a leaf of small values grows past 16 items, up to
+        // `LEAF_MAX_ITEMS` or `LEAF_SPLIT_BYTES` of keys and values, whichever
+        // comes first (upstream: 16 items whatever their size). sled keeps
+        // one page-table entry per node in memory and reads all of them at
+        // every open (vendor/README.md).
+        let size_checks = if threshold == 16 {
+            let n = self.data.len();
+            n > threshold
+                && (n > LEAF_MAX_ITEMS || self.leaf_bytes() > LEAF_SPLIT_BYTES)
+        } else {
+            self.data.len() > threshold
+        };
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
+    }
+
+    /// bbcrawl: the bytes of a leaf's keys and values (0 for an index).
+    fn leaf_bytes(&self) -> usize {
+        match self.data {
+            Data::Leaf(ref leaf) => leaf
+                .keys
+                .iter()
+                .zip(&leaf.values)
+                .map(|(k, v)| k.len() + v.len())
+                .sum(),
+            Data::Index(_) => 0,
+        }
+    }
+
+    /// bbcrawl: where an over-full node splits: the number of items kept on
+    /// the left. Upstream always split in the middle, so a leaf that only
+    /// grows at its end (keys written in ascending order: a repository's
+    /// blocks, the change feed) stayed half full for good. A leaf that `key`
+    /// would extend past its middle is split where `key` goes instead, as
+    /// far as leaves `MIN_RIGHT_ITEMS` on the right (fewer would be merged
+    /// straight back) and `LEAF_LEFT_MAX_BYTES` on the left (which keeps a
+    /// leaf of large values as upstream had it, in the middle). Any index
+    /// from 1 to len - 1 is a correct split; only the fill differs.
+    fn split_index(&self, key: &[u8]) -> usize {
+        let n = self.data.len();
+        let middle = n / 2 + 1;
+        let leaf = match self.data {
+            Data::Leaf(ref leaf) if !cfg!(any(test, feature = "lock_free_delays")) => leaf,
+            _ => return middle,
+        };
+        if n < middle + MIN_RIGHT_ITEMS {
+            return middle;
+        }
+        let suffix = match key.get(self.prefix_len as usize..) {
+            Some(suffix)
+                if key >= self.lo.as_ref()
+                    && (self.hi.is_empty() || key < self.hi.as_ref()) =>
+            {
+                suffix
+            }
+            _ => return middle,
+        };
+        let at = match leaf.keys.binary_search_by(|k| fastcmp(k, suffix)) {
+            Ok(at) | Err(at) => at,
+        };
+        if at <= middle {
+            return middle;
+        }
+        let mut bytes = 0;
+        let fits = leaf
+            .keys
+            .iter()
+            .zip(&leaf.values)
+            .take_while(|(k, v)| {
+                bytes += k.len() + v.len();
+                bytes <= LEAF_LEFT_MAX_BYTES
+            })
+            .count();
+        at.min(n - MIN_RIGHT_ITEMS).min(fits).max(middle)
     }
 
     pub(crate) fn should_merge(&self) -> bool {

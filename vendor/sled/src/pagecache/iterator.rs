@@ -279,77 +279,97 @@ fn valid_entry_offset(lid: LogOffset, segment_len: usize) -> bool {
     lid >= min_lid && lid <= max_lid
 }
 
-// Scan the log file if we don't know of any Lsn offsets yet,
-// and recover the order of segments, and the highest Lsn.
-fn scan_segment_headers_and_tail(
-    min: Lsn,
-    config: &RunningConfig,
-) -> Result<(BTreeMap<Lsn, LogOffset>, Lsn)> {
-    fn fetch(
-        idx: u64,
-        min: Lsn,
-        config: &RunningConfig,
-    ) -> Option<(LogOffset, SegmentHeader)> {
-        let segment_len = u64::try_from(config.segment_size).unwrap();
-        let base_lid = idx * segment_len;
-        let segment = read_segment_header(&config.file, base_lid).ok()?;
+/// bbcrawl: reads the header of every segment of the log, for
+/// `scan_segment_headers_and_tail`. Upstream read them there, after the
+/// snapshot had been read and decoded, as one threadpool job per segment.
+/// They need nothing from the snapshot, so `read_snapshot_or_default`
+/// starts a scoped thread on them (`read_some`) while it decodes the
+/// snapshot, then reads what is left alongside it: each takes the next 32
+/// segments until none are left (vendor/README.md, change 5).
+pub(crate) struct SegmentHeaderScan<'a> {
+    config: &'a RunningConfig,
+    segments: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl<'a> SegmentHeaderScan<'a> {
+    const CHUNK: u64 = 32;
+
+    /// A scan of every segment of the file as it is now. Readahead is off
+    /// until `finish`: each read lands on the first page of a segment that
+    /// an earlier read of the segment's data may have marked for readahead,
+    /// and the kernel then starts reading the pages after it, for nothing
+    /// (a tenth of the CPU samples of a query's open at 10M commits under
+    /// perf).
+    pub(crate) fn start(config: &'a RunningConfig) -> Result<Self> {
+        let segment_len = LogOffset::try_from(config.segment_size).unwrap();
+
+        let f = &config.file;
+        let file_len = f.metadata()?.len();
+        let segments = (file_len / segment_len)
+            + if file_len % segment_len
+                < LogOffset::try_from(SEG_HEADER_LEN).unwrap()
+            {
+                0
+            } else {
+                1
+            };
+
         trace!(
-            "SA scanned header at lid {} during startup: {:?}",
-            base_lid,
-            segment
+            "file len: {} segment len {} segments: {}",
+            file_len,
+            segment_len,
+            segments
         );
-        if segment.ok && segment.lsn >= min {
-            assert_ne!(segment.lsn, Lsn::max_value());
-            Some((base_lid, segment))
-        } else {
-            trace!(
-                "not using segment at lid {}, ok: {} lsn: {} min lsn: {}",
-                base_lid,
-                segment.ok,
-                segment.lsn,
-                min
-            );
-            None
+        Self::readahead(config, false);
+        Ok(Self { config, segments, next: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    /// Reads headers until every segment has been taken; returns the valid
+    /// ones it read.
+    pub(crate) fn read_some(&self) -> Vec<(LogOffset, SegmentHeader)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let segment_len = LogOffset::try_from(self.config.segment_size).unwrap();
+        let mut headers = vec![];
+        loop {
+            let first = self.next.fetch_add(Self::CHUNK, Relaxed);
+            if first >= self.segments {
+                return headers;
+            }
+            for idx in first..(first + Self::CHUNK).min(self.segments) {
+                let base_lid = idx * segment_len;
+                let segment =
+                    match read_segment_header(&self.config.file, base_lid) {
+                        Ok(segment) => segment,
+                        Err(_) => continue,
+                    };
+                trace!(
+                    "SA scanned header at lid {} during startup: {:?}",
+                    base_lid,
+                    segment
+                );
+                if segment.ok {
+                    headers.push((base_lid, segment));
+                } else {
+                    trace!("not using segment at lid {}: not ok", base_lid);
+                }
+            }
         }
-    };
+    }
 
-    let segment_len = LogOffset::try_from(config.segment_size).unwrap();
+    /// Readahead back to normal; `parts` (each a `read_some`'s) in file
+    /// order.
+    pub(crate) fn finish(
+        self,
+        parts: Vec<Vec<(LogOffset, SegmentHeader)>>,
+    ) -> Vec<(LogOffset, SegmentHeader)> {
+        Self::readahead(self.config, true);
+        let mut headers: Vec<_> = parts.into_iter().flatten().collect();
+        headers.sort_unstable_by_key(|(lid, _)| *lid);
+        headers
+    }
 
-    let f = &config.file;
-    let file_len = f.metadata()?.len();
-    let segments = (file_len / segment_len)
-        + if file_len % segment_len
-            < LogOffset::try_from(SEG_HEADER_LEN).unwrap()
-        {
-            0
-        } else {
-            1
-        };
-
-    trace!(
-        "file len: {} segment len {} segments: {}",
-        file_len,
-        segment_len,
-        segments
-    );
-
-    // bbcrawl: the headers are read in two contiguous halves, one on a
-    // scoped thread, rather than as one threadpool job per segment:
-    // upstream's job per 512 KiB segment (4,100 at 10M commits) cost a
-    // boxed closure, a lock and a wake-up of every waiting worker each, more
-    // than the 20-byte read it carried (vendor/README.md).
-    let read_range = |range: std::ops::Range<u64>| {
-        range
-            .filter_map(|idx| fetch(idx, min, config))
-            .collect::<Vec<(LogOffset, SegmentHeader)>>()
-    };
-    // bbcrawl: no readahead while the headers are read. Each read lands
-    // on the first page of a segment that an earlier read of the segment's
-    // data may have marked for readahead, and the kernel then starts
-    // reading the pages after it, for nothing (a tenth of the CPU samples
-    // of a query's open at 10M commits under perf; little wall time on a
-    // machine with cores to spare). Readahead is back to normal after.
-    let readahead = |on: bool| {
+    fn readahead(config: &RunningConfig, on: bool) {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::io::AsRawFd;
@@ -360,23 +380,32 @@ fn scan_segment_headers_and_tail(
             };
         }
         #[cfg(not(target_os = "linux"))]
-        let _ = on;
-    };
-    readahead(false);
-    let headers: Vec<(LogOffset, SegmentHeader)> = if segments < 64 {
-        read_range(0..segments)
-    } else {
-        let mid = segments / 2;
-        std::thread::scope(|scope| {
-            let upper = scope.spawn(|| read_range(mid..segments));
-            let mut headers = read_range(0..mid);
-            headers.extend(
-                upper.join().expect("segment header reader should not crash"),
+        let _ = (config, on);
+    }
+}
+
+// Scan the log file if we don't know of any Lsn offsets yet,
+// and recover the order of segments, and the highest Lsn.
+// bbcrawl: from the headers `SegmentHeaderScan` read.
+fn scan_segment_headers_and_tail(
+    min: Lsn,
+    headers: Vec<(LogOffset, SegmentHeader)>,
+    config: &RunningConfig,
+) -> Result<(BTreeMap<Lsn, LogOffset>, Lsn)> {
+    let headers = headers.into_iter().filter(|(base_lid, segment)| {
+        if segment.lsn >= min {
+            assert_ne!(segment.lsn, Lsn::max_value());
+            true
+        } else {
+            trace!(
+                "not using segment at lid {}, lsn: {} min lsn: {}",
+                base_lid,
+                segment.lsn,
+                min
             );
-            headers
-        })
-    };
-    readahead(true);
+            false
+        }
+    });
 
     // find max stable LSN recorded in segment headers
     let mut ordering = BTreeMap::new();
@@ -486,15 +515,17 @@ fn check_contiguity_in_unstable_tail(
 /// and a set of segments that can be
 /// zeroed after the new snapshot is written,
 /// but no sooner, otherwise it is not crash-safe.
+/// bbcrawl: `headers` are what `SegmentHeaderScan` read.
 pub fn raw_segment_iter_from(
     lsn: Lsn,
+    headers: Vec<(LogOffset, SegmentHeader)>,
     config: &RunningConfig,
 ) -> Result<LogIter> {
     let segment_len = config.segment_size as Lsn;
     let normalized_lsn = lsn / segment_len * segment_len;
 
     let (ordering, end_of_last_msg) =
-        scan_segment_headers_and_tail(normalized_lsn, config)?;
+        scan_segment_headers_and_tail(normalized_lsn, headers, config)?;
 
     // find the last stable tip, to properly handle batch manifests.
     let tip_segment_iter: BTreeMap<_, _> = ordering

@@ -42,7 +42,7 @@ use self::{
     },
     header::Header,
     iobuf::{roll_iobuf, IoBuf, IoBufs},
-    iterator::{raw_segment_iter_from, LogIter},
+    iterator::{raw_segment_iter_from, LogIter, SegmentHeaderScan},
     pagetable::PageTable,
     segment::{SegmentAccountant, SegmentCleaner, SegmentOp},
 };
@@ -646,12 +646,25 @@ impl PageCache {
         let cache_capacity = config.cache_capacity;
         let lru = Lru::new(cache_capacity);
 
+        // bbcrawl: the log (its segment accounting) and the page table are
+        // each built from the snapshot alone, so the log starts on a scoped
+        // thread while this one fills the table (upstream: one after the
+        // other). Only the meta and counter pages are read from the log, so
+        // they are installed once both are done (vendor/README.md).
+        let inner = PageTable::default();
+        let mut free = BinaryHeap::new();
+        let log = std::thread::scope(|scope| {
+            let log = scope.spawn(|| Log::start(config.clone(), &snapshot));
+            Self::fill_page_table(&inner, &mut free, &snapshot);
+            log.join().expect("the log should start without crashing")
+        })?;
+
         let mut pc = Self {
             config: config.clone(),
-            inner: PageTable::default(),
-            next_pid_to_allocate: Mutex::new(0),
-            free: Arc::new(Mutex::new(BinaryHeap::new())),
-            log: Log::start(config, &snapshot)?,
+            inner,
+            next_pid_to_allocate: Mutex::new(snapshot.pt.len() as PageId),
+            free: Arc::new(Mutex::new(free)),
+            log,
             lru,
             idgen_persist_mu: Arc::new(Mutex::new(())),
             idgen: Arc::new(AtomicU64::new(0)),
@@ -754,6 +767,12 @@ impl PageCache {
         trace!("pagecache started");
 
         Ok(pc)
+    }
+
+    /// bbcrawl: pages allocated and not freed (see `Db::pages_in_use`).
+    pub(crate) fn pages_in_use(&self) -> u64 {
+        let allocated = *self.next_pid_to_allocate.lock();
+        allocated - self.free.lock().len() as u64
     }
 
     /// Flushes any pending IO buffers to disk to ensure durability.
@@ -2057,85 +2076,94 @@ impl PageCache {
         }
     }
 
-    fn load_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let next_pid_to_allocate = snapshot.pt.len() as PageId;
-
-        self.next_pid_to_allocate = Mutex::new(next_pid_to_allocate);
-
-        debug!("load_snapshot loading pages from 0..{}", next_pid_to_allocate);
-        // bbcrawl: one guard for the whole load rather than one per page
-        // (nothing is retired while the table is being filled).
+    /// bbcrawl: every page of the snapshot but the meta and counter pages
+    /// (see `load_snapshot`) goes into `table`, the free ones also into
+    /// `free`. Upstream did this inside `load_snapshot`, after the log had
+    /// started; it needs nothing from the log.
+    fn fill_page_table(
+        table: &PageTable,
+        free: &mut BinaryHeap<PageId>,
+        snapshot: &Snapshot,
+    ) {
+        debug!("load_snapshot loading pages from 0..{}", snapshot.pt.len());
+        // one guard for the whole load rather than one per page (nothing is
+        // retired while the table is being filled).
         let guard = pin();
-        for pid in 0..next_pid_to_allocate {
+        for (pid, state) in snapshot.pt.iter().enumerate() {
+            let pid = pid as PageId;
+            if pid == META_PID || pid == COUNTER_PID {
+                continue;
+            }
+            trace!("load_snapshot pid {} {:?}", pid, state);
+            if let PageState::Free(..) = *state {
+                trace!("load_snapshot freeing pid {}", pid);
+                free.push(pid);
+            }
+            let update =
+                if state.is_free() { Some(Box::new(Update::Free)) } else { None };
+            trace!("installing page for pid {}", pid);
+            let page = Page { update, cache_infos: Self::cache_infos(state) };
+            table.insert(pid, page, &guard);
+        }
+    }
+
+    /// The log locations of a page of the snapshot.
+    fn cache_infos(state: &PageState) -> Vec<CacheInfo> {
+        match *state {
+            PageState::Present { base, ref frags } => {
+                // bbcrawl: sized to what it holds. `Vec::default()` + `push`
+                // reserved four `CacheInfo`s (192 bytes) for every page of
+                // the store, though almost every recovered page has one.
+                let mut cache_infos = Vec::with_capacity(1 + frags.len());
+                cache_infos.push(CacheInfo {
+                    lsn: base.0,
+                    pointer: base.1,
+                    log_size: base.2,
+                    ts: 0,
+                });
+                for (lsn, pointer, sz) in frags {
+                    cache_infos.push(CacheInfo {
+                        lsn: *lsn,
+                        pointer: *pointer,
+                        log_size: *sz,
+                        ts: 0,
+                    });
+                }
+                cache_infos
+            }
+            PageState::Free(lsn, pointer) => vec![CacheInfo {
+                lsn,
+                pointer,
+                log_size: u64::try_from(MAX_MSG_HEADER_LEN).unwrap(),
+                ts: 0,
+            }],
+            _ => panic!("tried to load a {:?}", state),
+        }
+    }
+
+    /// bbcrawl: the meta and counter pages, read from the log (every other
+    /// page of the snapshot is already in the table, see
+    /// `fill_page_table`).
+    fn load_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let guard = pin();
+        for pid in [META_PID, COUNTER_PID] {
             let state = if let Some(state) =
                 snapshot.pt.get(usize::try_from(pid).unwrap())
             {
                 state
             } else {
-                panic!(
-                    "load_snapshot pid {} not found, despite being below the max pid {}",
-                    pid, next_pid_to_allocate
-                );
+                continue;
             };
-
             trace!("load_snapshot pid {} {:?}", pid, state);
-
-            // bbcrawl: sized to what it holds. `Vec::default()` + `push`
-            // reserved four `CacheInfo`s (192 bytes) for every page of the
-            // store, though almost every recovered page has one.
-            let mut cache_infos = Vec::with_capacity(match *state {
-                PageState::Present { ref frags, .. } => 1 + frags.len(),
-                _ => 1,
-            });
-
-            match *state {
-                PageState::Present { base, ref frags } => {
-                    cache_infos.push(CacheInfo {
-                        lsn: base.0,
-                        pointer: base.1,
-                        log_size: base.2,
-                        ts: 0,
-                    });
-                    for (lsn, pointer, sz) in frags {
-                        let cache_info = CacheInfo {
-                            lsn: *lsn,
-                            pointer: *pointer,
-                            log_size: *sz,
-                            ts: 0,
-                        };
-
-                        cache_infos.push(cache_info);
-                    }
-                }
-                PageState::Free(lsn, pointer) => {
-                    // blow away any existing state
-                    trace!("load_snapshot freeing pid {}", pid);
-                    let cache_info = CacheInfo {
-                        lsn,
-                        pointer,
-                        log_size: u64::try_from(MAX_MSG_HEADER_LEN).unwrap(),
-                        ts: 0,
-                    };
-                    cache_infos.push(cache_info);
-                    self.free.lock().push(pid);
-                }
-                _ => panic!("tried to load a {:?}", state),
+            let cache_infos = Self::cache_infos(state);
+            if state.is_free() {
+                trace!("load_snapshot freeing pid {}", pid);
+                self.free.lock().push(pid);
             }
-
-            // Set up new page
+            let update =
+                self.pull(pid, cache_infos[0].lsn, cache_infos[0].pointer)?;
             trace!("installing page for pid {}", pid);
-
-            let update = if pid == META_PID || pid == COUNTER_PID {
-                let update =
-                    self.pull(pid, cache_infos[0].lsn, cache_infos[0].pointer)?;
-                Some(Box::new(update))
-            } else if state.is_free() {
-                Some(Box::new(Update::Free))
-            } else {
-                None
-            };
-            let page = Page { update, cache_infos };
-
+            let page = Page { update: Some(Box::new(update)), cache_infos };
             self.inner.insert(pid, page, &guard);
         }
 

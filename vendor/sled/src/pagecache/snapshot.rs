@@ -4,7 +4,7 @@ use zstd::block::{compress, decompress};
 use crate::*;
 
 use super::{
-    arr_to_u32, gc_blobs, pwrite_all, raw_segment_iter_from, u32_to_arr,
+    arr_to_u32, gc_blobs, pwrite_all, raw_segment_iter_from, u32_to_arr, SegmentHeaderScan,
     u64_to_arr, BasedBuf, DiskPtr, LogIter, LogKind, LogOffset, Lsn,
     MessageKind,
 };
@@ -440,12 +440,28 @@ fn advance_snapshot(
 /// Read a `Snapshot` or generate a default, then advance it to
 /// the tip of the data file, if present.
 pub fn read_snapshot_or_default(config: &RunningConfig) -> Result<Snapshot> {
+    // bbcrawl: the segment headers are read on a scoped thread while this
+    // one reads and decodes the snapshot, then by both (vendor/README.md,
+    // change 5).
+    let scan = SegmentHeaderScan::start(config)?;
+    let (last_snap, headers) = std::thread::scope(|scope| {
+        let helper = scope.spawn(|| scan.read_some());
+        let last_snap = read_snapshot(config);
+        let mine = scan.read_some();
+        let theirs =
+            helper.join().expect("reading segment headers should not crash");
+        (last_snap, vec![mine, theirs])
+    });
+    let headers = scan.finish(headers);
     // NB we want to error out if the read snapshot was corrupted.
     // We only use a default Snapshot when there is no snapshot found.
-    let last_snap = read_snapshot(config)?.unwrap_or_else(Snapshot::default);
+    let last_snap = last_snap?.unwrap_or_else(Snapshot::default);
 
-    let log_iter =
-        raw_segment_iter_from(last_snap.stable_lsn.unwrap_or(0), config)?;
+    let log_iter = raw_segment_iter_from(
+        last_snap.stable_lsn.unwrap_or(0),
+        headers,
+        config,
+    )?;
 
     let res = advance_snapshot(log_iter, last_snap, config)?;
 
