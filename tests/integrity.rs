@@ -907,6 +907,27 @@ fn key3(prefix: u8, a: u32, b: u32) -> Vec<u8> {
     k
 }
 
+/// Opens raw sled in `dir` with the store's configuration, waiting (up to
+/// 10 s) for a handle just dropped to let go of the file lock: sled's
+/// background writers hold the file for a moment after the last handle
+/// goes (the store waits the same way, `open_sled_waiting`).
+fn open_raw(dir: &Path) -> sled::Db {
+    let started = std::time::Instant::now();
+    loop {
+        match bbcrawl::store::sled_config(dir).open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(io))
+                if (io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock"))
+                    && started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open {}: {e}", dir.display()),
+        }
+    }
+}
+
 /// Writes `pairs` into `db` and `model`; returns the pages this added.
 fn write_all(
     db: &sled::Db,
@@ -949,7 +970,7 @@ fn leaves_written_in_key_order_are_filled_and_read_back_whole() {
     let small = |i: u32| format!("{i:>100}").into_bytes();
     let large = |i: u32| -> Vec<u8> { (0..8192u32).map(|j| (i * 31 + j) as u8).collect() };
     let mut model = std::collections::BTreeMap::new();
-    let db = bbcrawl::store::sled_config(dir.path()).open().unwrap();
+    let db = open_raw(dir.path());
     // One place of appends: 20,000 keys.
     let one = write_all(
         &db,
@@ -971,7 +992,7 @@ fn leaves_written_in_key_order_are_filled_and_read_back_whole() {
     assert_holds(&db, &model, "before the reopen");
     db.flush().unwrap();
     drop(db);
-    let db = bbcrawl::store::sled_config(dir.path()).open().unwrap();
+    let db = open_raw(dir.path());
     assert_holds(&db, &model, "after the reopen");
     let blobs = std::fs::read_dir(dir.path().join("blobs")).map_or(0, |d| d.count());
     eprintln!("pages: {one} for one place of appends, {eight} for eight, {big} for large values; {blobs} blob files");
@@ -1002,7 +1023,7 @@ fn random_writes_and_removes_match_a_model_across_reopens() {
     let mut model = std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new();
     let mut lanes = [0u32; 6];
     for round in 0..4 {
-        let db = bbcrawl::store::sled_config(dir.path()).open().unwrap();
+        let db = open_raw(dir.path());
         assert_holds(&db, &model, &format!("opening for round {round}"));
         for _ in 0..5_000 {
             let size = match rng.gen_range(0..100) {
