@@ -48,10 +48,6 @@ pub use sorted::SortedCommit;
 /// page and queries read few pages), so the smaller cache it is.
 pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// sled's cache for the new copy a schema-1 migration writes (see
-/// `open_sled`).
-const MIGRATION_CACHE_BYTES: u64 = 48 * 1024 * 1024;
-
 /// Why the store could not be used.
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -417,24 +413,26 @@ impl Store {
     /// missing or empty (`sync`, `run`); a directory holding anything else
     /// is refused. Checks the schema version.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, Create::IfEmpty)
+        Store::open_with(dir, Create::IfEmpty, CACHE_BYTES)
     }
 
     /// Opens the existing store in `dir` for reading commands: a missing
     /// directory, or one without a bbcrawl store in it, is an error and is
     /// left as it was.
     pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, Create::Never)
+        Store::open_with(dir, Create::Never, CACHE_BYTES)
     }
 
     /// Opens the existing store in `dir` for `store check` and `store
     /// repair`: like [`Store::open_existing`], but a manifest that
     /// disagrees with sled is left to [`Store::manifest_problem`].
     pub fn open_to_inspect(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, Create::Inspect)
+        Store::open_with(dir, Create::Inspect, CACHE_BYTES)
     }
 
-    fn open_with(dir: &Path, create: Create) -> Result<Store, StoreError> {
+    /// Opens (or creates, as `create` says) the store in `dir` with a sled
+    /// cache of `cache` bytes (`CACHE_BYTES` but for a migration's copy).
+    fn open_with(dir: &Path, create: Create, cache: u64) -> Result<Store, StoreError> {
         crate::panic::note_store(dir);
         // What an interrupted schema migration left, first.
         migrate::resume(dir, None)?;
@@ -486,7 +484,7 @@ impl Store {
         } else {
             warn_if_shared(dir);
         }
-        let db = open_sled(dir).map_err(|e| open_error(&path, e))?;
+        let db = open_sled_with(dir, cache).map_err(|e| open_error(&path, e))?;
         if fresh {
             make_private(dir).map_err(|e| io("cannot make the store owner-only", e))?;
         }
@@ -551,7 +549,7 @@ impl Store {
                     let lock = migrate::run(&store, found)?;
                     drop(store);
                     migrate::resume(dir, Some(lock))?;
-                    return Store::open_with(dir, create);
+                    return Store::open_with(dir, create, cache);
                 }
             }
         }
@@ -1000,17 +998,13 @@ pub fn sled_config(dir: &Path) -> sled::Config {
 
 /// Opens sled in `dir` with the store's settings.
 fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
-    // The copy a schema-1 migration writes (always `<store>/migrating-v2`)
-    // reads back the postings chunks and summaries it is appending to for
-    // every block; with the store's 16 MB cache it paged them in again and
-    // again (BENCHMARKS.md, "Fuller sled leaves": 1M commits migrated in
-    // 19.4–20.3 s with it, 17.9–18.2 s with 48 MB, peak RSS 129 → 145 MB).
-    if dir.ends_with(migrate::WORK_DIR) {
-        return sled_config(dir)
-            .cache_capacity(MIGRATION_CACHE_BYTES)
-            .open();
-    }
-    sled_config(dir).open()
+    open_sled_with(dir, CACHE_BYTES)
+}
+
+/// Opens sled in `dir` with the store's settings but a cache of `cache`
+/// bytes.
+fn open_sled_with(dir: &Path, cache: u64) -> sled::Result<sled::Db> {
+    sled_config(dir).cache_capacity(cache).open()
 }
 
 fn sled_error(path: &Path, e: sled::Error) -> StoreError {
