@@ -197,22 +197,10 @@ impl Daemon {
         let dir = store.parent().unwrap();
         let log = dir.join(format!("daemon-{}.log", rand::random::<u32>()));
         let _ = std::fs::remove_file(store.join("daemon.json"));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"))
-            .args(["run", "--log-format", "json"])
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("BBCRAWL_API_URL", api_url)
-            .env("BBCRAWL_WORKSPACES", WS)
-            .env("BITBUCKET_ACCESS_TOKEN", TOKEN)
-            .env("BBCRAWL_STORE", store)
-            .env("BBCRAWL_LISTEN", "127.0.0.1:0")
-            .env("BBCRAWL_INTERVAL_SECONDS", "1")
-            .env("BBCRAWL_REQUESTS_PER_HOUR", "1000000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let (mut cmd, _) = run_command(store, api_url, "1", &[]);
+        // Each daemon of a test keeps its own log.
+        let child = cmd
             .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         Daemon { child, log }

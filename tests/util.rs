@@ -422,8 +422,8 @@ impl Drop for Tmpfs {
 /// `bbcrawl run` on `store` against `api_url` (workspace [`WS`], [`TOKEN`],
 /// listening on an ephemeral loopback port, a pass every
 /// `interval_seconds`, a budget that never binds), `extra_env` after
-/// those, stderr into `daemon.log` beside the store: the command, ready
-/// to spawn, and that log's path.
+/// those, no stdin, stderr into `daemon.log` beside the store: the
+/// command, ready to spawn, and that log's path.
 pub fn run_command(
     store: &Path,
     api_url: &str,
@@ -445,6 +445,7 @@ pub fn run_command(
         .env("BBCRAWL_INTERVAL_SECONDS", interval_seconds)
         .env("BBCRAWL_REQUESTS_PER_HOUR", "1000000")
         .envs(extra_env.iter().copied())
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true);

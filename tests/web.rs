@@ -174,27 +174,8 @@ struct Daemon {
 
 impl Daemon {
     async fn start(store: &Path, api_url: &str, env: &[(&str, &str)]) -> Daemon {
-        let dir = store.parent().unwrap();
-        let log = dir.join("daemon.log");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bbcrawl"))
-            .args(["run", "--log-format", "json"])
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("BBCRAWL_API_URL", api_url)
-            .env("BBCRAWL_WORKSPACES", WS)
-            .env("BITBUCKET_ACCESS_TOKEN", TOKEN)
-            .env("BBCRAWL_STORE", store)
-            .env("BBCRAWL_LISTEN", "127.0.0.1:0")
-            .env("BBCRAWL_INTERVAL_SECONDS", "1")
-            .env("BBCRAWL_REQUESTS_PER_HOUR", "1000000")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let (mut cmd, log) = run_command(store, api_url, "1", env);
+        let mut child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(text) = std::fs::read_to_string(store.join("daemon.json")) {
